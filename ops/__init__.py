@@ -1,0 +1,15 @@
+"""seqzoo.ops: one public function per mechanism, each with interchangeable backends.
+
+    from seqzoo import ops
+    o = ops.attention(q, k, v, causal=True)
+    ops.attention.backends()        # {"reference": "available", "torch": "available", "flash": "..."}
+    ops.attention.last_backend      # which backend ran last
+
+See DESIGN.md ("The ops contract") for every signature; ``list_ops()`` lists them.
+"""
+
+from ._dispatch import Op, list_ops
+from .attention import attention
+from .causal_conv1d import causal_conv1d
+
+__all__ = ["Op", "list_ops", "attention", "causal_conv1d"]

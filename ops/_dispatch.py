@@ -1,0 +1,220 @@
+"""Backend dispatch shared by every op.
+
+Each mechanism (``ops/<mech>/``) exposes one public function built as an :class:`Op`. Backends register
+under fixed names:
+
+- ``reference``: the sequential definition in fp32 (slow; the ground truth every test compares to);
+- ``torch``: chunked / parallel PyTorch, the CPU default and the fallback anywhere;
+- ``triton``: Triton kernels, the GPU default; on a CPU they run only under ``TRITON_INTERPRET=1``;
+- ``cuda``: the ``csrc/`` kernels loaded through :mod:`seqzoo.ops._csrc`;
+- extra names for optional packages (``flash`` for flash-attn, ``causal_conv1d`` for Dao-AILab's).
+
+``backend="auto"`` walks the op's preference list for the tensors' device and takes the first backend
+that is installed and supports the arguments. Every backend computes the same function (tests hold them
+to the reference), so the choice changes speed, never results. The backend that ran is kept in
+``op.last_backend`` and, with ``SEQZOO_LOG_BACKENDS=1`` in the environment, logged once per
+(op, backend, device).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger("seqzoo.ops")
+
+STANDARD_BACKENDS = ("reference", "torch", "triton", "cuda")
+
+# Preference order of ``auto`` per device type; an op may override it.
+DEFAULT_AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "torch"),
+    "cpu": ("torch",),
+}
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run on the CPU through the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def package_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why Triton kernels cannot run on ``device`` (None when they can)."""
+    if not package_available("triton"):
+        return "the 'triton' package is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and triton_interpreting():
+        return None
+    return (
+        f"Triton kernels need a CUDA device (got {device.type}); on a CPU they run only under "
+        "TRITON_INTERPRET=1, for testing"
+    )
+
+
+@dataclass
+class Backend:
+    name: str
+    fn: Callable[..., Any]
+    devices: tuple[str, ...]
+    # Why this backend cannot run on a device at all (package missing, ...); None when it can.
+    unavailable: Callable[[torch.device], str | None] = lambda device: None
+    # Why it cannot take these particular arguments (dtype, window, head size...); None when it can.
+    unsupported: Callable[..., str | None] = lambda *args, **kwargs: None
+    description: str = ""
+
+
+@dataclass
+class Op:
+    """One mechanism's public function with its backends. Calling it dispatches."""
+
+    name: str
+    signature_doc: str
+    auto_order: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_AUTO_ORDER))
+    # Checks the arguments (shapes, dtypes, values) once, before any backend sees them; raises
+    # ValueError/TypeError naming the argument.
+    validate: Callable[..., None] | None = None
+    _backends: dict[str, Backend] = field(default_factory=dict)
+    last_backend: str | None = None
+    _logged: set = field(default_factory=set)
+
+    def register(
+        self,
+        name: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        devices: Sequence[str] = ("cpu", "cuda"),
+        unavailable: Callable[[torch.device], str | None] | None = None,
+        unsupported: Callable[..., str | None] | None = None,
+        description: str = "",
+    ):
+        """Register ``fn`` as backend ``name``. Usable as a decorator when ``fn`` is omitted."""
+
+        def add(f):
+            self._backends[name] = Backend(
+                name,
+                f,
+                tuple(devices),
+                unavailable or (lambda device: None),
+                unsupported or (lambda *a, **k: None),
+                description,
+            )
+            return f
+
+        return add(fn) if fn is not None else add
+
+    def register_lazy(self, name: str, module: str, attr: str, **kwargs):
+        """Register a backend whose module is imported only when first used (triton, cuda, flash)."""
+
+        def call(*args, **kw):
+            return getattr(importlib.import_module(module, package=__package__), attr)(*args, **kw)
+
+        self.register(name, call, **kwargs)
+
+    # -- introspection ---------------------------------------------------------------------------------
+
+    def backends(self, device: str | torch.device | None = None) -> dict[str, str]:
+        """Every registered backend and whether it can run on ``device`` (default: cpu, or cuda if present).
+
+        Returns ``{name: "available" | "<reason it is not>"}``.
+        """
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        out = {}
+        for name, b in self._backends.items():
+            reason = self._device_reason(b, device)
+            out[name] = "available" if reason is None else reason
+        return out
+
+    def backend_names(self) -> list[str]:
+        return list(self._backends)
+
+    def _device_reason(self, b: Backend, device: torch.device) -> str | None:
+        if device.type not in b.devices:
+            return f"runs on {'/'.join(b.devices)}, not {device.type}"
+        return b.unavailable(device)
+
+    # -- dispatch --------------------------------------------------------------------------------------
+
+    def resolve(self, backend: str, device: torch.device, args=(), kwargs=None) -> Backend:
+        """The backend that will run for ``backend`` on ``device`` with these arguments."""
+        kwargs = kwargs or {}
+        if not isinstance(backend, str):
+            raise TypeError(f"{self.name}: backend must be a string, got {type(backend).__name__}")
+        if backend == "auto":
+            tried = []
+            for name in self.auto_order.get(device.type, ("torch",)):
+                b = self._backends.get(name)
+                if b is None:
+                    continue
+                reason = self._device_reason(b, device) or b.unsupported(*args, **kwargs)
+                if reason is None:
+                    return b
+                tried.append(f"{name}: {reason}")
+            raise RuntimeError(
+                f"{self.name}: no backend can run on {device.type} with these arguments ({'; '.join(tried)})"
+            )
+        b = self._backends.get(backend)
+        if b is None:
+            raise ValueError(
+                f"{self.name}: unknown backend {backend!r}; expected 'auto' or one of {self.backend_names()}"
+            )
+        reason = self._device_reason(b, device) or b.unsupported(*args, **kwargs)
+        if reason is not None:
+            raise ValueError(f"{self.name}: backend {backend!r} cannot run here: {reason}")
+        return b
+
+    def __call__(self, *args, backend: str = "auto", **kwargs):
+        if self.validate is not None:
+            self.validate(*args, **kwargs)
+        device = _first_tensor_device(args, kwargs)
+        b = self.resolve(backend, device, args, kwargs)
+        self.last_backend = b.name
+        if os.environ.get("SEQZOO_LOG_BACKENDS") and (b.name, device.type) not in self._logged:
+            self._logged.add((b.name, device.type))
+            log.warning("seqzoo.ops.%s: backend %r on %s", self.name, b.name, device.type)
+        return b.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<seqzoo op {self.name}: backends {self.backend_names()}>"
+
+
+def _first_tensor_device(args, kwargs) -> torch.device:
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return torch.device("cpu")
+
+
+_REGISTRY: dict[str, Op] = {}
+
+
+def define_op(
+    name: str,
+    signature_doc: str,
+    *,
+    validate: Callable[..., None] | None = None,
+    auto_order: dict[str, tuple[str, ...]] | None = None,
+) -> Op:
+    op = Op(name, signature_doc, auto_order=dict(auto_order or DEFAULT_AUTO_ORDER), validate=validate)
+    op.__doc__ = signature_doc
+    _REGISTRY[name] = op
+    return op
+
+
+def list_ops() -> dict[str, Op]:
+    """Every op by name (``seqzoo list`` prints them with their backends)."""
+    return dict(_REGISTRY)

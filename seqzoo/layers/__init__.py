@@ -1,0 +1,11 @@
+"""The mixers. Importing this package registers every built-in mixer with :mod:`seqzoo.registry`.
+
+To add a mixer, write one file here with a :class:`Mixer` subclass decorated by
+``@register_mixer(name, description=..., paper=...)`` and import it below (see README, "Adding a mixer").
+"""
+
+from .attention import Attention, SlidingWindowAttention
+from .base import Mixer, State
+from .short_conv import ShortConv
+
+__all__ = ["Mixer", "State", "Attention", "SlidingWindowAttention", "ShortConv"]

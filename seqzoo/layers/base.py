@@ -1,0 +1,82 @@
+"""The mixer contract every layer in seqzoo follows (DESIGN.md, "The mixer contract").
+
+    y = mixer(x)                               # x, y: [B, T, d_model]
+    y, state = mixer.prefill(x, state=None)    # same y as forward, plus the state after the last token
+    y_t, state = mixer.step(x_t, state)        # x_t: [B, d_model], one decoding step
+    state = mixer.init_state(batch_size, device=..., dtype=...)
+    n = mixer.state_size(seq_len)              # numbers held per sequence to decode
+
+A state is a ``dict[str, Tensor]`` with the batch dimension first. Subclasses implement ``forward``,
+``prefill``, ``step``, ``init_state`` and ``state_size``; the checks below give every mixer the same
+errors for bad inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+class Mixer(nn.Module):
+    mixer_name: str = "mixer"  # set by @register_mixer
+    # True for mixers that see the future when built with bidirectional=True (they cannot decode).
+    bidirectional: bool = False
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
+            raise ValueError(f"{type(self).__name__}: d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+
+    # -- input checks shared by all mixers ------------------------------------------------------------
+
+    def check_input(self, x, name: str = "x", ndim: int = 3) -> None:
+        what = "[B, T, d_model]" if ndim == 3 else "[B, d_model]"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.mixer_name}: {name} must be a torch.Tensor {what}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{self.mixer_name}: {name} must be a floating-point tensor, got {x.dtype}")
+        if x.dim() != ndim:
+            raise ValueError(f"{self.mixer_name}: {name} must have shape {what}, got {tuple(x.shape)}")
+        if x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{self.mixer_name}: {name} has last dimension {x.shape[-1]}, expected d_model={self.d_model}"
+            )
+
+    def check_decodable(self) -> None:
+        if self.bidirectional:
+            raise RuntimeError(f"{self.mixer_name}: a bidirectional mixer sees the future and cannot decode")
+
+    def check_state(self, state, batch_size: int, keys) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"{self.mixer_name}: state must be a dict of tensors, got {type(state).__name__}")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"{self.mixer_name}: state lacks {missing}; build it with init_state() or prefill()")
+        for k in keys:
+            if state[k].shape[0] != batch_size:
+                raise ValueError(
+                    f"{self.mixer_name}: state[{k!r}] has batch {state[k].shape[0]}, the input has {batch_size}"
+                )
+
+    # -- the contract ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError(f"{self.mixer_name} does not implement prefill")
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError(f"{self.mixer_name} does not implement step")
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        raise NotImplementedError(f"{self.mixer_name} does not implement init_state")
+
+    def state_size(self, seq_len: int) -> int:
+        raise NotImplementedError(f"{self.mixer_name} does not implement state_size")
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}"

@@ -1,0 +1,76 @@
+"""``short_conv``: a causal depthwise convolution between two projections.
+
+    u = x W_in                                   # [B, T, D]
+    h_t = act( sum_{k<W} w[:, k] * u_{t-W+1+k} + b )
+    y = h W_out
+
+A short convolution sees only the last W tokens, so it cannot recall anything further back: the
+baseline that MQAR separates from attention (Zoology). Decoding keeps the last W-1 projected inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..registry import register_mixer
+from .base import Mixer, State
+
+
+@register_mixer(
+    "short_conv",
+    description="causal depthwise short convolution between input and output projections",
+    paper="Arora et al. 2023, Zoology (short-convolution baseline); Poli et al. 2023, Hyena (short filters)",
+)
+class ShortConv(Mixer):
+    def __init__(self, d_model: int, width: int = 4, activation: str | None = "silu", backend: str = "auto"):
+        super().__init__(d_model)
+        if not isinstance(width, int) or not 2 <= width <= 8:
+            raise ValueError(f"short_conv: width must be an int in 2..8, got {width!r}")
+        if activation not in (None, "silu"):
+            raise ValueError(f"short_conv: activation must be None or 'silu', got {activation!r}")
+        self.width, self.activation, self.backend = width, activation, backend
+        self.in_proj = nn.Linear(d_model, d_model, bias=False)
+        # Depthwise filter [D, W]; uniform in +-1/sqrt(W), as a Conv1d with groups=D initialises it.
+        bound = width**-0.5
+        self.conv_weight = nn.Parameter(torch.empty(d_model, width).uniform_(-bound, bound))
+        self.conv_bias = nn.Parameter(torch.zeros(d_model))
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, width={self.width}, activation={self.activation}"
+
+    def _conv(self, u, initial_state=None, output_final_state=False):
+        return ops.causal_conv1d(
+            u,
+            self.conv_weight,
+            self.conv_bias,
+            activation=self.activation,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            backend=self.backend,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        h, _ = self._conv(self.in_proj(x))
+        return self.out_proj(h)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return {"conv": torch.zeros(batch_size, self.d_model, self.width - 1, device=device, dtype=torch.float32)}
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self.check_input(x)
+        if state is not None:
+            self.check_state(state, x.shape[0], ("conv",))
+        h, conv = self._conv(self.in_proj(x), None if state is None else state["conv"], True)
+        return self.out_proj(h), {"conv": conv}
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self.check_input(x_t, "x_t", ndim=2)
+        y, state = self.prefill(x_t[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_model * (self.width - 1)

@@ -1,0 +1,90 @@
+"""The stack of pre-norm blocks shared by the language model and the classifier.
+
+    h = h + mixer(RMSNorm(h));   h = h + MLP(RMSNorm(h))      (the MLP is optional)
+
+Decoding threads one state per layer (a list of the mixers' state dicts) through ``prefill`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers.base import State
+from ..modules import RMSNorm, build_mlp
+from ..registry import build_mixer
+from .config import BackboneConfig
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.mixer_norm = RMSNorm(d_model, eps)
+        self.mixer = mixer
+        self.mlp = build_mlp(d_model, mlp, mlp_ratio)
+        self.mlp_norm = RMSNorm(d_model, eps) if self.mlp is not None else None
+
+    def _mlp(self, h):
+        return h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
+
+    def forward(self, h):
+        return self._mlp(h + self.mixer(self.mixer_norm(h)))
+
+    def prefill(self, h, state: State | None):
+        y, state = self.mixer.prefill(self.mixer_norm(h), state)
+        return self._mlp(h + y), state
+
+    def step(self, h_t, state: State):
+        y, state = self.mixer.step(self.mixer_norm(h_t), state)
+        return self._mlp(h_t + y), state
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: BackboneConfig, extra_mixer_kwargs: dict | None = None):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for name, kwargs in config.layer_specs():
+            mixer = build_mixer(name, config.d_model, **{**kwargs, **(extra_mixer_kwargs or {})})
+            self.blocks.append(Block(config.d_model, mixer, config.mlp, config.mlp_ratio, config.norm_eps))
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h)
+        return self.final_norm(h)
+
+    def prefill(self, h, states: list[State] | None = None):
+        states = states or [None] * len(self.blocks)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            h, state = block.prefill(h, state)
+            new_states.append(state)
+        return self.final_norm(h), new_states
+
+    def step(self, h_t, states: list[State]):
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            h_t, state = block.step(h_t, state)
+            new_states.append(state)
+        return self.final_norm(h_t), new_states
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> list[State]:
+        return [b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks]
+
+    def state_size(self, seq_len: int) -> int:
+        return sum(b.mixer.state_size(seq_len) for b in self.blocks)
+
+
+def init_weights(model: nn.Module, std: float = 0.02) -> None:
+    """GPT-style init for linear and embedding weights, then each module's own ``post_init`` (a mixer whose
+    paper prescribes an init, such as Mamba's dt bias or S4's A, restores it there)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+    for m in model.modules():
+        if m is not model and hasattr(m, "post_init"):
+            m.post_init()

@@ -1,0 +1,72 @@
+"""``SequenceClassifier``: a backbone of mixers with pooling and a linear head (Long Range Arena).
+
+    logits = model(inputs, mask=None)      # inputs [B, T] token ids or [B, T, d_input] features
+                                           # mask [B, T] bool, True on real (non-padding) positions
+Pooling: ``mean`` over unmasked positions, ``last`` unmasked position, or a learned ``cls`` token
+prepended to the sequence (pair it with ``bidirectional=True``, or a causal mixer never lets it see
+the sequence). ``bidirectional=True`` builds every mixer with ``bidirectional=True``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, init_weights
+from .config import ClassifierConfig
+from .io import load_weights, read_config, save_model_dir
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(self, config: ClassifierConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None or isinstance(config, dict):
+            config = ClassifierConfig(**{**(config or {}), **overrides})
+        if not isinstance(config, ClassifierConfig):
+            raise TypeError(f"config must be a ClassifierConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        if config.vocab_size is not None:
+            self.encoder = nn.Embedding(config.vocab_size, config.d_model)
+        else:
+            self.encoder = nn.Linear(config.d_model if config.d_input is None else config.d_input, config.d_model)
+        extra = {"bidirectional": True} if config.bidirectional else None
+        self.backbone = Backbone(config, extra_mixer_kwargs=extra)
+        self.cls_token = nn.Parameter(torch.zeros(config.d_model)) if config.pooling == "cls" else None
+        self.head = nn.Linear(config.d_model, config.n_classes)
+        init_weights(self)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.vocab_size is not None:
+            if inputs.dim() != 2 or inputs.is_floating_point():
+                raise ValueError(f"inputs must be token ids [B, T], got {tuple(inputs.shape)} {inputs.dtype}")
+        elif inputs.dim() != 3 or inputs.shape[-1] != self.config.d_input or not inputs.is_floating_point():
+            raise ValueError(f"inputs must be float features [B, T, {self.config.d_input}], got {tuple(inputs.shape)}")
+        b, t = inputs.shape[:2]
+        if mask is not None and (mask.shape != (b, t) or mask.dtype != torch.bool):
+            raise ValueError(f"mask must be a bool tensor of shape {(b, t)}, got {tuple(mask.shape)} {mask.dtype}")
+        h = self.encoder(inputs)
+        if self.cls_token is not None:
+            h = torch.cat([self.cls_token.expand(b, 1, -1).to(h.dtype), h], dim=1)
+        h = self.backbone(h)
+        if self.config.pooling == "cls":
+            pooled = h[:, 0]
+        elif self.config.pooling == "last":
+            last = (mask.sum(1) - 1).clamp_min(0) if mask is not None else torch.full((b,), t - 1, device=h.device)
+            pooled = h[torch.arange(b, device=h.device), last]
+        else:
+            if mask is None:
+                pooled = h.mean(1)
+            else:
+                m = mask.to(h.dtype)[..., None]
+                pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.head(pooled)
+
+    def save(self, directory: str | os.PathLike):
+        return save_model_dir(self, self.config.model_dump(), directory, "sequence_classifier")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device=None) -> SequenceClassifier:
+        model = cls(ClassifierConfig(**read_config(directory, "sequence_classifier")))
+        return load_weights(model, directory, device).to(device or "cpu")

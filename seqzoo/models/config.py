@@ -1,0 +1,80 @@
+"""Validated model configurations. Hybrids are configuration, not code:
+
+    LMConfig(mixer="gla")                                  # every layer a gla
+    LMConfig(mixer=["gla", "gla", "attention"], n_layers=6) # the pattern repeats to n_layers
+    LMConfig(mixer=[{"name": "sliding_window", "window": 64}, "short_conv"])  # per-layer kwargs
+
+``mixer_kwargs`` go to every layer; an entry's own keys override them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..registry import mixer_class
+
+MixerEntry = str | dict[str, Any]
+
+
+class BackboneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int = Field(128, ge=1, description="model width")
+    n_layers: int = Field(2, ge=1, description="number of blocks")
+    mixer: MixerEntry | list[MixerEntry] = Field("attention", description="mixer name(s), repeated to n_layers")
+    mixer_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs for every mixer")
+    mlp: Literal["swiglu", "geglu", "gelu", "none"] = "swiglu"
+    mlp_ratio: float = Field(4.0, gt=0)
+    norm_eps: float = Field(1e-6, gt=0)
+
+    @field_validator("mixer")
+    @classmethod
+    def _known_mixers(cls, value):
+        entries = value if isinstance(value, list) else [value]
+        if not entries:
+            raise ValueError("mixer: give at least one mixer name")
+        for entry in entries:
+            name = entry.get("name") if isinstance(entry, dict) else entry
+            if not isinstance(name, str):
+                raise ValueError(f"mixer: each entry is a name or a dict with a 'name' key, got {entry!r}")
+            mixer_class(name)  # raises ValueError naming the unknown mixer and the known ones
+        return value
+
+    def layer_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(mixer name, kwargs) for each of the n_layers blocks."""
+        entries = self.mixer if isinstance(self.mixer, list) else [self.mixer]
+        specs = []
+        for i in range(self.n_layers):
+            entry = entries[i % len(entries)]
+            if isinstance(entry, str):
+                specs.append((entry, dict(self.mixer_kwargs)))
+            else:
+                own = {k: v for k, v in entry.items() if k != "name"}
+                specs.append((entry["name"], {**self.mixer_kwargs, **own}))
+        return specs
+
+
+class LMConfig(BackboneConfig):
+    """A causal language model: embedding, n_layers pre-norm blocks, final norm, LM head."""
+
+    vocab_size: int = Field(256, ge=2, description="vocabulary size (256 for bytes)")
+    tie_embeddings: bool = True
+
+
+class ClassifierConfig(BackboneConfig):
+    """A sequence classifier (Long Range Arena): token embedding or input projection, blocks, pooling, head."""
+
+    n_classes: int = Field(ge=2)
+    vocab_size: int | None = Field(None, ge=2, description="token inputs; None for continuous inputs")
+    d_input: int | None = Field(None, ge=1, description="feature size of continuous inputs [B, T, d_input]")
+    pooling: Literal["mean", "last", "cls"] = "mean"
+    bidirectional: bool = Field(False, description="build every mixer with bidirectional=True")
+
+    @field_validator("d_input")
+    @classmethod
+    def _one_input_kind(cls, d_input, info):
+        if (info.data.get("vocab_size") is None) == (d_input is None):
+            raise ValueError("give exactly one of vocab_size (token inputs) and d_input (continuous inputs)")
+        return d_input

@@ -1,0 +1,129 @@
+"""``CausalLM``: token embedding, pre-norm blocks of any mixers, final RMSNorm, LM head (tied by default).
+
+    logits = model(input_ids)                        # [B, T] -> [B, T, V]
+    loss = model.loss(logits, labels)                # cross-entropy, labels == -100 ignored
+    ids = model.generate(prompt_ids, max_new_tokens=64, temperature=0.8, top_k=50)
+
+Generation runs ``prefill`` over the prompt and then one ``step`` per token, so recurrent mixers decode in
+constant memory while attention grows its KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone, init_weights
+from .config import LMConfig
+from .io import load_weights, read_config, save_model_dir
+from .sampling import sample_next
+
+IGNORE_INDEX = -100
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: LMConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = LMConfig(**overrides)
+        elif isinstance(config, dict):
+            config = LMConfig(**{**config, **overrides})
+        elif overrides:
+            config = config.model_copy(update=overrides)
+            config = LMConfig(**config.model_dump())  # re-validate
+        if not isinstance(config, LMConfig):
+            raise TypeError(f"config must be an LMConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.backbone = Backbone(config)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self)
+        if config.tie_embeddings:
+            self.head.weight = self.embedding.weight
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+
+    def _check_ids(self, input_ids, name="input_ids", ndim=2):
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
+            raise TypeError(f"{name} must hold integer token ids, got {input_ids.dtype}")
+        if input_ids.dim() != ndim:
+            raise ValueError(f"{name} must have shape {'[B, T]' if ndim == 2 else '[B]'}, got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size})")
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self._check_ids(input_ids)
+        return self.head(self.backbone(self.embedding(input_ids)))
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+        """Mean cross-entropy over positions whose label is not ``ignore_index`` (labels already shifted)."""
+        return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=ignore_index)
+
+    # -- decoding ------------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        return self.backbone.init_state(batch_size, device=device, dtype=dtype)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.backbone.state_size(seq_len)
+
+    def prefill(self, input_ids: torch.Tensor, states=None):
+        """Logits for every prompt position and the per-layer states after the last one."""
+        self._check_ids(input_ids)
+        h, states = self.backbone.prefill(self.embedding(input_ids), states)
+        return self.head(h), states
+
+    def step(self, token_ids: torch.Tensor, states):
+        """One token per sequence [B] -> next-token logits [B, V] and the new states."""
+        self._check_ids(token_ids, "token_ids", ndim=1)
+        h, states = self.backbone.step(self.embedding(token_ids), states)
+        return self.head(h), states
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prompt [B, T] -> [B, T + n] ids, n <= max_new_tokens. ``temperature=0`` is greedy decoding."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        logits, states = self.prefill(input_ids)
+        out = [input_ids]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        next_logits = logits[:, -1]
+        for i in range(max_new_tokens):
+            token = sample_next(next_logits, temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                token = token.masked_fill(done, eos_token_id)
+                done |= token == eos_token_id
+            out.append(token[:, None])
+            if i + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
+                break
+            next_logits, states = self.step(token, states)
+        return torch.cat(out, dim=1)
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike):
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        return save_model_dir(self, self.config.model_dump(), directory, "causal_lm")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device=None) -> CausalLM:
+        model = cls(LMConfig(**read_config(directory, "causal_lm")))
+        return load_weights(model, directory, device).to(device or "cpu")
