@@ -31,7 +31,7 @@ TOLERANCES: dict[torch.dtype, float] = {
     torch.bfloat16: 3e-2,
 }
 # Below this magnitude the error is measured as absolute rather than relative.
-FLOOR = 1e-3
+FLOOR = 1e-2
 
 
 @dataclass

@@ -25,8 +25,10 @@ def padded_input(x: torch.Tensor, initial_state: torch.Tensor | None, width: int
 
 def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, output_final_state=False):
     width = weight.shape[1]
-    xp = padded_input(x.float(), None if initial_state is None else initial_state.float(), width)
-    y = F.conv1d(xp, weight.float().unsqueeze(1), None if bias is None else bias.float(), groups=x.shape[2])
+    # fp32 arithmetic (fp64 stays fp64, so float64 tests can be exact).
+    dt = torch.promote_types(x.dtype, torch.float32)
+    xp = padded_input(x.to(dt), None if initial_state is None else initial_state.to(dt), width)
+    y = F.conv1d(xp, weight.to(dt).unsqueeze(1), None if bias is None else bias.to(dt), groups=x.shape[2])
     if activation == "silu":
         y = F.silu(y)
     final = xp[:, :, xp.shape[2] - (width - 1) :] if output_final_state else None

@@ -29,5 +29,6 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, out
         y = F.silu(y)
     final = None
     if output_final_state:
-        final = xp[:, t:].transpose(1, 2).float() if width > 1 else x.new_zeros(b, d, 0, dtype=torch.float32)
+        # The state is kept in fp32 (fp64 for fp64 inputs), whatever the input precision.
+        final = xp[:, t:].transpose(1, 2).to(torch.promote_types(x.dtype, torch.float32))
     return y.to(x.dtype), final

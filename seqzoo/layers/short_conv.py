@@ -58,7 +58,9 @@ class ShortConv(Mixer):
         return self.out_proj(h)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        return {"conv": torch.zeros(batch_size, self.d_model, self.width - 1, device=device, dtype=torch.float32)}
+        # The state is fp32 for fp32/fp16/bf16 models (fp64 for fp64), as the op returns it.
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return {"conv": torch.zeros(batch_size, self.d_model, self.width - 1, device=device, dtype=dtype)}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         self.check_input(x)

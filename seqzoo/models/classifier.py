@@ -30,7 +30,7 @@ class SequenceClassifier(nn.Module):
         if config.vocab_size is not None:
             self.encoder = nn.Embedding(config.vocab_size, config.d_model)
         else:
-            self.encoder = nn.Linear(config.d_model if config.d_input is None else config.d_input, config.d_model)
+            self.encoder = nn.Linear(config.d_input, config.d_model)
         extra = {"bidirectional": True} if config.bidirectional else None
         self.backbone = Backbone(config, extra_mixer_kwargs=extra)
         self.cls_token = nn.Parameter(torch.zeros(config.d_model)) if config.pooling == "cls" else None

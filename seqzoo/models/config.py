@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..registry import mixer_class
 
@@ -72,9 +72,8 @@ class ClassifierConfig(BackboneConfig):
     pooling: Literal["mean", "last", "cls"] = "mean"
     bidirectional: bool = Field(False, description="build every mixer with bidirectional=True")
 
-    @field_validator("d_input")
-    @classmethod
-    def _one_input_kind(cls, d_input, info):
-        if (info.data.get("vocab_size") is None) == (d_input is None):
+    @model_validator(mode="after")
+    def _one_input_kind(self):
+        if (self.vocab_size is None) == (self.d_input is None):
             raise ValueError("give exactly one of vocab_size (token inputs) and d_input (continuous inputs)")
-        return d_input
+        return self

@@ -1,0 +1,159 @@
+"""CausalLM and SequenceClassifier: configs, hybrids, decoding, sampling, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import seqzoo
+from seqzoo import CausalLM, LMConfig, SequenceClassifier
+from seqzoo.models.sampling import sample_next
+
+HYBRID = ["short_conv", {"name": "sliding_window", "window": 4, "n_heads": 2}, {"name": "attention", "n_heads": 2}]
+
+
+def tiny(mixer=HYBRID, **kw):
+    return CausalLM(LMConfig(vocab_size=50, d_model=32, n_layers=3, mixer=mixer, **kw))
+
+
+def test_mixer_pattern_repeats_to_n_layers():
+    cfg = LMConfig(mixer=["short_conv", "attention"], n_layers=5, mixer_kwargs={"n_heads": 2})
+    assert [n for n, _ in cfg.layer_specs()] == ["short_conv", "attention"] * 2 + ["short_conv"]
+    cfg = LMConfig(mixer=[{"name": "attention", "n_heads": 4}], n_layers=2, mixer_kwargs={"n_heads": 2})
+    assert cfg.layer_specs()[0] == ("attention", {"n_heads": 4})  # an entry's own kwargs win
+    m = tiny()
+    assert [type(b.mixer).__name__ for b in m.backbone.blocks] == ["ShortConv", "SlidingWindowAttention", "Attention"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(mixer="nonexistent"), "nonexistent"),
+        (dict(n_layers=0), "n_layers"),
+        (dict(mlp="relu"), "mlp"),
+        (dict(vocab_size=1), "vocab_size"),
+        (dict(bogus=1), "bogus"),
+        (dict(mixer=[{"window": 3}]), "name"),
+    ],
+)
+def test_bad_config_names_the_key(kwargs, word):
+    with pytest.raises(ValidationError, match=word):
+        LMConfig(**kwargs)
+
+
+def test_forward_prefill_step_agree():
+    m = tiny().double()
+    ids = torch.randint(0, 50, (2, 10))
+    logits = m(ids)
+    assert logits.shape == (2, 10, 50)
+    lp, states = m.prefill(ids[:, :6])
+    torch.testing.assert_close(lp, logits[:, :6])
+    for t in range(6, 10):
+        lt, states = m.step(ids[:, t], states)
+        torch.testing.assert_close(lt, logits[:, t])
+
+
+def test_greedy_generate_equals_repeated_argmax():
+    m = tiny().double()
+    prompt = torch.randint(0, 50, (2, 5))
+    out = m.generate(prompt, max_new_tokens=6, temperature=0)
+    assert out.shape == (2, 11)
+    ids = prompt
+    for _ in range(6):
+        ids = torch.cat([ids, m(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+
+
+def test_recurrent_state_does_not_grow():
+    m = tiny(mixer=["short_conv", {"name": "sliding_window", "window": 4, "n_heads": 2}])
+    ids = torch.randint(0, 50, (1, 3))
+    _, states = m.prefill(ids)
+    sizes = []
+    for t in range(20):
+        _, states = m.step(torch.tensor([t % 50]), states)
+        sizes.append(sum(v.numel() for s in states for v in s.values()))
+    assert len(set(sizes)) == 1
+    assert m.state_size(10) == m.state_size(10_000)
+    # Attention's cache does grow, and state_size says so.
+    a = tiny(mixer=[{"name": "attention", "n_heads": 2}])
+    assert a.state_size(100) == 10 * a.state_size(10)
+
+
+def test_sampling_respects_top_k_and_top_p():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(200, 1)
+    top2 = sample_next(logits, temperature=1.0, top_k=2, generator=g)
+    assert set(top2.tolist()) == {3, 4}
+    # p(4) = 0.636, p(3) = 0.234: top_p = 0.5 keeps only token 4, 0.8 keeps 3 and 4.
+    assert set(sample_next(logits, top_p=0.5, generator=g).tolist()) == {4}
+    assert set(sample_next(logits, top_p=0.8, generator=g).tolist()) == {3, 4}
+    assert set(sample_next(logits, temperature=0).tolist()) == {4}
+    with pytest.raises(ValueError, match="top_p"):
+        sample_next(logits, top_p=1.5)
+
+
+def test_generate_stops_at_eos():
+    m = tiny()
+    out = m.generate(torch.randint(0, 50, (1, 3)), max_new_tokens=20, temperature=0, eos_token_id=None)
+    eos = int(out[0, 3])  # the first greedy token: make it the end token
+    out2 = m.generate(out[:, :3], max_new_tokens=20, temperature=0, eos_token_id=eos)
+    assert out2.shape[1] == 4
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_identical_logits(tmp_path, tie):
+    m = tiny(tie_embeddings=tie)
+    m.save(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "causal_lm"
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    m2 = CausalLM.load(tmp_path / "run")
+    ids = torch.randint(0, 50, (2, 7))
+    assert torch.equal(m(ids), m2(ids))
+    assert (m2.head.weight is m2.embedding.weight) == tie
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        CausalLM.load(tmp_path)
+
+
+def test_bad_token_ids():
+    m = tiny()
+    with pytest.raises(ValueError, match="input_ids"):
+        m(torch.tensor([[0, 50]]))
+    with pytest.raises(TypeError, match="input_ids"):
+        m(torch.randn(1, 3))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
+def test_classifier(pooling, tmp_path):
+    clf = SequenceClassifier(
+        n_classes=3, vocab_size=20, d_model=16, n_layers=2, mixer={"name": "attention", "n_heads": 2},
+        pooling=pooling, bidirectional=True,
+    )
+    x = torch.randint(0, 20, (4, 9))
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[0, 5:] = False
+    out = clf(x, mask)
+    assert out.shape == (4, 3)
+    # Padding is ignored: changing padded tokens leaves the first example's logits alone (mean / last).
+    if pooling != "cls":
+        x2 = x.clone()
+        x2[0, 5:] = (x2[0, 5:] + 1) % 20
+        clf_causal = SequenceClassifier(clf.config.model_copy(update={"bidirectional": False}))
+        torch.testing.assert_close(clf_causal(x2, mask)[0], clf_causal(x, mask)[0])
+    clf.save(tmp_path)
+    torch.testing.assert_close(SequenceClassifier.load(tmp_path)(x, mask), out)
+
+
+def test_classifier_continuous_inputs_and_bidirectional_mixers():
+    clf = SequenceClassifier(n_classes=2, d_input=3, d_model=16, n_layers=1, mixer="short_conv", bidirectional=False)
+    assert clf(torch.randn(2, 7, 3)).shape == (2, 2)
+    with pytest.raises(ValidationError, match="vocab_size"):
+        SequenceClassifier(n_classes=2, d_model=16)
+    blk = seqzoo.build_mixer("attention", 16, n_heads=2, bidirectional=True)
+    with pytest.raises(RuntimeError, match="bidirectional"):
+        blk.prefill(torch.randn(1, 3, 16))
