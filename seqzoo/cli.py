@@ -1,0 +1,98 @@
+"""The ``seqzoo`` command (also ``python -m seqzoo``).
+
+    seqzoo list       mixers with their papers; ops with their backends
+    seqzoo version    versions of seqzoo, torch, triton
+    seqzoo bench      time op backends (eval/bench.py)
+    seqzoo demo       quick comparison of mixers on built-in data, on CPU (eval/demo.py)
+
+Each subcommand lives in its own module with ``configure_parser(parser)`` and ``main(args) -> int``;
+later issues add train, mqar, lra and eval the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, help); modules are imported only when their command runs.
+COMMANDS = {
+    "bench": ("seqzoo.eval.bench", "time op backends, forward and forward+backward"),
+    "demo": ("seqzoo.eval.demo", "quick comparison of mixers on built-in data, on CPU"),
+}
+
+
+def cmd_list(args) -> int:
+    import seqzoo
+    from seqzoo import ops
+
+    device = args.device
+    print("Mixers (seqzoo.build_mixer(name, d_model, **kwargs)):")
+    for name, info in seqzoo.list_mixers().items():
+        print(f"  {name:<16} {info.description}")
+        print(f"  {'':<16} paper: {info.paper}")
+    print(f"\nOps (seqzoo.ops.<name>(..., backend=...)), backends on {device}:")
+    for name, op in ops.list_ops().items():
+        print(f"  {name}")
+        for backend, status in op.backends(device).items():
+            mark = "yes" if status == "available" else f"no ({status})"
+            print(f"      {backend:<14} {mark}")
+    return 0
+
+
+def cmd_version(args) -> int:
+    import torch
+
+    import seqzoo
+
+    print(f"seqzoo {seqzoo.__version__}")
+    print(f"torch {torch.__version__} (CUDA {'available' if torch.cuda.is_available() else 'not available'})")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__}")
+    except ImportError:
+        print("triton not installed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqzoo", description="Efficient sequence mixers behind one contract.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("list", help="mixers with their papers; ops with their backends")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="device to report backends for")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("version", help="versions of seqzoo, torch and triton")
+    p.set_defaults(func=cmd_version)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(module=module)
+        try:
+            importlib.import_module(module).configure_parser(p)
+        except ImportError as e:  # an optional extra missing: say which, when the command is used
+            p.set_defaults(import_error=e)
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if hasattr(args, "func"):
+        return args.func(args)
+    if getattr(args, "import_error", None) is not None:
+        print(f"seqzoo {args.command}: a needed package is missing: {args.import_error}", file=sys.stderr)
+        return 2
+    return importlib.import_module(args.module).main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The seqzoo command and the examples run end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqzoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_shows_mixers_and_op_backends(capsys):
+    assert main(["list", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for word in ("attention", "sliding_window", "short_conv", "causal_conv1d", "reference", "paper:"):
+        assert word in out
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert "seqzoo 0.1.0" in capsys.readouterr().out
+
+
+def test_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "seqzoo", "version"], capture_output=True, text=True, check=True)
+    assert "torch" in out.stdout
+
+
+def test_demo_tiny_run(capsys):
+    args = ["demo", "--mixers", "short_conv", "hybrid", "--steps", "30", "--batch-size", "4", "--seq-len", "32",
+            "--d-model", "32", "--eval-batches", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| short_conv" in out and "| hybrid" in out and "unigram entropy" in out
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_example_runs(example):
+    subprocess.run([sys.executable, str(ROOT / "examples" / example)], check=True, capture_output=True, timeout=120)
