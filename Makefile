@@ -7,31 +7,33 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
+EXTRAS ?= dev,train
+STAMP  := $(VENV)/.installed
 
 .PHONY: test demo venv lint compile-csrc clean
 
-$(VENV)/.stamp-%: pyproject.toml setup.py constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt torch
-	$(PIP) install -q -c constraints.txt -e ".[$*]"
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $@
 
-venv: $(VENV)/.stamp-dev
+venv: $(STAMP)
 
 # The test command (CI's .ci/run calls exactly this).
-test: $(VENV)/.stamp-dev
+test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # The main job: a quick comparison of mixers on built-in data, on CPU.
-demo: $(VENV)/.stamp-dev
+demo: $(STAMP)
 	$(BIN)/seqzoo demo
 
-lint: $(VENV)/.stamp-dev
+lint: $(STAMP)
 	$(BIN)/ruff check seqzoo ops train eval tests
 
 # Compile (not run) every CUDA source with nvcc, so a broken kernel fails CI even without a GPU.
-compile-csrc: $(VENV)/.stamp-dev
+compile-csrc: $(STAMP)
 	$(BIN)/python -m seqzoo.ops._csrc --compile-all
 
 clean:

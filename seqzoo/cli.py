@@ -2,6 +2,8 @@
 
     seqzoo list       mixers with their papers; ops with their backends
     seqzoo version    versions of seqzoo, torch, triton
+    seqzoo train      train from a YAML config (train/command.py)
+    seqzoo generate   sample text from a trained run (train/generate.py)
     seqzoo bench      time op backends (eval/bench.py)
     seqzoo demo       quick comparison of mixers on built-in data, on CPU (eval/demo.py)
 
@@ -17,6 +19,8 @@ import sys
 
 # name -> (module, help); modules are imported only when their command runs.
 COMMANDS = {
+    "train": ("seqzoo.train.command", "train a model from a YAML config (the one recipe)"),
+    "generate": ("seqzoo.train.generate", "sample text from a trained run"),
     "bench": ("seqzoo.eval.bench", "time op backends, forward and forward+backward"),
     "demo": ("seqzoo.eval.demo", "quick comparison of mixers on built-in data, on CPU"),
 }

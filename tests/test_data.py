@@ -2,16 +2,18 @@
 
 import torch
 
-from seqzoo.train.data import DOC_SEPARATOR, builtin_corpus, random_windows, unigram_entropy_bits
+from seqzoo.train.data import builtin_documents, pack, random_windows, split_documents, unigram_entropy_bits
+from seqzoo.train.tokenizers import ByteTokenizer
 
 
 def test_builtin_corpus_is_deterministic_and_split():
-    train, val = builtin_corpus(max_bytes=200_000)
-    train2, val2 = builtin_corpus(max_bytes=200_000)
-    assert torch.equal(train, train2) and torch.equal(val, val2)
-    assert train.numel() > 100_000 and val.numel() > 1000
-    assert (train == DOC_SEPARATOR).sum() > 1
-    assert 3.0 < unigram_entropy_bits(train) < 6.0
+    train, val = split_documents(builtin_documents(200_000), 0.05)
+    train2, val2 = split_documents(builtin_documents(200_000), 0.05)
+    assert train == train2 and val == val2
+    assert sum(map(len, train)) > 100_000 and val
+    stream = pack(train, ByteTokenizer())
+    assert (stream == 0).sum() == len(train)
+    assert 3.0 < unigram_entropy_bits(stream) < 6.0
 
 
 def test_random_windows_shift_labels():

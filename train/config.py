@@ -1,0 +1,205 @@
+"""The run configuration: one YAML file with five sections, validated before anything runs.
+
+    model:  the CausalLM (LMConfig fields; vocab_size defaults to the tokenizer's)
+    data:   where text comes from, the tokenizer, sequence length
+    optim:  AdamW, the learning-rate schedule, clipping
+    train:  steps, batch, precision, checkpoints, evaluation, distributed
+    log:    progress bar, metrics.jsonl, TensorBoard
+
+``load_config("tiny-attention", ["optim.lr=1e-3", "model.mixer=short_conv"])`` reads a file path or a
+config shipped in ``train/configs/`` by short name, applies dotted overrides (values parsed as YAML), and
+validates. Unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from seqzoo.models.config import BackboneConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(BackboneConfig):
+    vocab_size: int | None = Field(None, ge=2, description="default: the tokenizer's vocabulary size")
+    tie_embeddings: bool = True
+
+
+class TokenizerSection(Section):
+    kind: Literal["bytes", "bpe", "path"] = "bytes"
+    vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size (kind=bpe)")
+    path: str | None = Field(None, description="a tokenizer.json file or a folder holding one (kind=path)")
+
+    @model_validator(mode="after")
+    def _path_given(self):
+        if self.kind == "path" and not self.path:
+            raise ValueError("tokenizer.path is required when tokenizer.kind is 'path'")
+        return self
+
+
+class DataSection(Section):
+    source: Literal["builtin", "files", "hub", "task"] = "builtin"
+    paths: list[str] = Field(default_factory=list, description="files or globs (source=files)")
+    format: Literal["auto", "text", "json", "parquet"] = "auto"
+    text_field: str = "text"
+    name: str | None = Field(None, description="hub dataset name or local dataset folder (hub); task name (task)")
+    subset: str | None = Field(None, description="hub dataset configuration")
+    split: str = "train"
+    max_documents: int | None = Field(None, ge=1)
+    max_bytes: int = Field(4_000_000, ge=1000, description="text read from the source, at most")
+    task_args: dict[str, Any] = Field(default_factory=dict, description="arguments of the task generator")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    seq_len: int = Field(256, ge=2)
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "files" and not self.paths:
+            raise ValueError("data.paths is required when data.source is 'files'")
+        if self.source in ("hub", "task") and not self.name:
+            raise ValueError(f"data.name is required when data.source is '{self.source}'")
+        return self
+
+
+class OptimSection(Section):
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for cosine and linear")
+    grad_clip: float | None = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _betas(self):
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        return self
+
+
+class TrainSection(Section):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1, description="sequences per optimizer step, over all ranks")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    compile: bool = False
+    eval_every: int = Field(200, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    ckpt_every: int = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    out_dir: str = Field("runs/{name}", description="'{name}' becomes the config's name")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+
+    @model_validator(mode="after")
+    def _batch_splits(self):
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})"
+            )
+        return self
+
+
+class LogSection(Section):
+    every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+
+
+class RunConfig(Section):
+    name: str = "run"
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    log: LogSection = Field(default_factory=LogSection)
+
+    def out_path(self) -> Path:
+        return Path(self.train.out_dir.format(name=self.name))
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"no config file {str(name_or_path)!r}; shipped configs: {available_configs()}")
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    key, text = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r} has an empty key")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _explain(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate_config(raw: dict) -> RunConfig:
+    try:
+        return RunConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+    except ValueError as e:  # e.g. an unknown mixer name raised while validating
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    if isinstance(name_or_path, dict):
+        raw = dict(name_or_path)
+    else:
+        path = resolve_config_path(name_or_path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
+        raw.setdefault("name", path.stem)
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,333 @@
+"""The one training recipe, readable top to bottom (in the spirit of nanoGPT's train.py).
+
+    config -> data + tokenizer -> CausalLM -> AdamW(param groups) -> warmup + schedule
+    for step: micro-batches (grad accumulation) -> autocast forward -> backward -> clip -> step
+              every log.every: metrics.jsonl / TensorBoard;  every eval_every: validation
+              every ckpt_every: atomic checkpoint;  at the end: model, loss curve, summary
+
+Under ``torchrun --nproc_per_node N`` the same code runs DDP (or FSDP with train.distributed=fsdp): every
+rank takes its own slice of the same global batch, so N processes compute what one process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from seqzoo import CausalLM, LMConfig
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig, dump_config
+from .data import IGNORE_INDEX, build_data
+from .metrics import MetricsLogger, plot_loss_curve
+from .tokenizers import build_tokenizer, load_run_tokenizer
+
+# -- distributed -------------------------------------------------------------------------------------
+
+
+def init_distributed(device_type: str) -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts a process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(config: RunConfig, local_rank: int) -> torch.device:
+    want = config.train.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA GPU is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_precision(config: RunConfig, device: torch.device) -> torch.dtype:
+    p = config.train.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" else "fp32"
+    if p != "fp32" and device.type != "cuda":
+        raise ValueError(f"train.precision={p} needs a GPU; use fp32 on CPU")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+# -- optimisation ----------------------------------------------------------------------------------
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups. No weight decay on vectors (norm scales, biases) nor on parameters a layer marks;
+    a parameter may carry its own settings in ``param._optim`` (S4's SSM parameters: lr 1e-3, no decay)."""
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        settings = {"lr": lr, "weight_decay": weight_decay if p.dim() >= 2 else 0.0}
+        if getattr(p, "_no_weight_decay", False):
+            settings["weight_decay"] = 0.0
+        settings.update(getattr(p, "_optim", {}))
+        key = tuple(sorted(settings.items()))
+        groups.setdefault(key, {"params": [], "names": [], **settings})
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return list(groups.values())
+
+
+def lr_factor(step: int, config: RunConfig) -> float:
+    """Multiplier of every group's peak lr at ``step``: linear warmup, then cosine / linear / constant."""
+    o, total = config.optim, config.train.steps
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model, data, config: RunConfig, device, autocast) -> dict:
+    model.eval()
+    total_loss, total_tokens, correct = 0.0, 0, 0
+    for x, y in data.val_batches(config.train.eval_batches, config.train.batch_size):
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits = model(x)
+        mask = y != IGNORE_INDEX
+        total_loss += F.cross_entropy(logits.float()[mask], y[mask], reduction="sum").item()
+        correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
+        total_tokens += mask.sum().item()
+    model.train()
+    loss = total_loss / max(1, total_tokens)
+    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_acc": correct / max(1, total_tokens)}
+    if not data.task:
+        out["val_bpb"] = loss / math.log(2) / data.bytes_per_token
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def train(config: RunConfig, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train as ``config`` says; returns the summary. ``stop_after`` ends early at that step (tests)."""
+    t_start = time.perf_counter()
+    device_type = "cuda" if config.train.device == "cuda" or (
+        config.train.device == "auto" and torch.cuda.is_available()
+    ) else "cpu"
+    rank, world, local_rank = init_distributed(device_type)
+    device = resolve_device(config, local_rank)
+    dtype = resolve_precision(config, device)
+    main_rank = rank == 0
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    if config.train.batch_size % (world * config.train.grad_accum):
+        raise ValueError(
+            f"train.batch_size ({config.train.batch_size}) must be a multiple of world size x train.grad_accum "
+            f"({world} x {config.train.grad_accum})"
+        )
+    seed_everything(config.train.seed)
+
+    out_dir = config.out_path()
+    ckpt_dir = out_dir / "checkpoints"
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(dump_config(config))
+
+    # Data and tokenizer. A BPE is trained once (rank 0) and read back by the other ranks.
+    def make_tokenizer(train_texts):
+        if resume and any(out_dir.glob("tokenizer.*")):
+            return load_run_tokenizer(out_dir)
+        if world > 1 and config.data.tokenizer.kind == "bpe":
+            if main_rank:
+                tok = build_tokenizer(config.data.tokenizer, train_texts)
+                tok.save(out_dir)
+            dist.barrier()
+            return load_run_tokenizer(out_dir)
+        return build_tokenizer(config.data.tokenizer, train_texts)
+
+    data, tokenizer = build_data(config.data, make_tokenizer, seed=config.train.seed)
+    if main_rank and tokenizer is not None:
+        tokenizer.save(out_dir)
+
+    model_cfg = config.model.model_dump()
+    model_cfg["vocab_size"] = model_cfg["vocab_size"] or data.vocab_size
+    if model_cfg["vocab_size"] < data.vocab_size:
+        raise ValueError(f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the data's ({data.vocab_size})")
+    model = CausalLM(LMConfig(**model_cfg)).to(device)
+    raw_model = model
+
+    groups = param_groups(model, config.optim.lr, config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{k: v for k, v in g.items() if k != "names"} for g in groups],
+        betas=config.optim.betas,
+        eps=config.optim.eps,
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    start_step = 0
+    if resume:
+        ckpt = latest_checkpoint(ckpt_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        state = load_checkpoint(ckpt, raw_model, optimizer, scheduler, scaler)
+        start_step = state["step"]
+        if main_rank:
+            print(f"resumed from {ckpt} at step {start_step}")
+
+    if world > 1:
+        if config.train.distributed == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            model = FSDP(model, device_id=device if device.type == "cuda" else None, use_orig_params=True)
+        else:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[local_rank] if device.type == "cuda" else None
+            )
+    if config.train.compile:
+        model = torch.compile(model)
+
+    def autocast():
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    logger = MetricsLogger(out_dir, enabled=main_rank, tensorboard=config.log.tensorboard, resume_from=start_step)
+    n_params = raw_model.num_parameters()
+    if main_rank:
+        print(
+            f"{config.name}: {n_params:,} parameters, mixer {config.model.mixer}, {world} process(es) on "
+            f"{device.type}, {str(dtype).replace('torch.', '')}; {config.train.steps} steps x "
+            f"{config.train.batch_size} x {data.seq_len} tokens"
+        )
+
+    micro = config.train.batch_size // world // config.train.grad_accum
+    tokens_per_step = config.train.batch_size * data.seq_len
+    bar = tqdm(
+        total=config.train.steps, initial=start_step, disable=not (main_rank and config.log.progress),
+        desc=config.name, dynamic_ncols=True,
+    )
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    last_eval: dict = {}
+    step = start_step
+    for step in range(start_step, config.train.steps):
+        x, y = data.train_batch(config.train.seed, step, config.train.batch_size, rank, world)
+        x, y = x.to(device), y.to(device)
+        n_labels = (y != IGNORE_INDEX).sum().clamp_min(1)
+        step_loss = torch.zeros((), device=device)
+        for i in range(config.train.grad_accum):
+            xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+            last = i == config.train.grad_accum - 1
+            sync = contextlib.nullcontext() if (last or world == 1 or not hasattr(model, "no_sync")) else model.no_sync()
+            with sync:
+                with autocast():
+                    logits = model(xs)
+                # Sum over this micro-batch / labels in the whole batch: the mean over the batch.
+                loss = F.cross_entropy(
+                    logits.float().flatten(0, 1), ys.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                ) / n_labels
+                (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.detach()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+        if world > 1:  # the loss reported is the global batch's
+            dist.all_reduce(step_loss)
+            step_loss /= world
+        loss_value = step_loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss_value}; lower optim.lr or check the data")
+        window_loss += loss_value
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+        if done % config.log.every == 0 or done == config.train.steps:
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": done,
+                "loss": window_loss / window_steps,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
+                "tokens": done * tokens_per_step,
+            }
+            logger.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        if done % config.train.eval_every == 0 or done == config.train.steps:
+            last_eval = evaluate(model, data, config, device, autocast)
+            logger.log({"step": done, **last_eval})
+            if main_rank:
+                bar.write(
+                    f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
+                )
+        if done % config.train.ckpt_every == 0 or done == config.train.steps:
+            if main_rank:
+                save_checkpoint(
+                    ckpt_dir, done, raw_model, optimizer, scheduler, scaler,
+                    {"data_position": {"seed": config.train.seed, "next_step": done}}, config.train.keep_last,
+                )
+            if world > 1:
+                dist.barrier()
+        if stop_after is not None and done >= stop_after:
+            break
+    bar.close()
+
+    summary = {}
+    if main_rank:
+        raw_model.save(out_dir / "model")
+        summary = {
+            "name": config.name,
+            "parameters": n_params,
+            "steps": step + 1,
+            "tokens": (step + 1) * tokens_per_step,
+            "wall_time_s": round(time.perf_counter() - t_start, 2),
+            "world_size": world,
+            "device": device.type,
+            **last_eval,
+        }
+        if not data.task:
+            entropy = data.unigram_entropy_bits()
+            summary["unigram_entropy_bits_per_token"] = entropy
+            summary["unigram_entropy_bpb"] = entropy / data.bytes_per_token
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if config.log.plot:
+            plot_loss_curve(out_dir)
+        print("summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    logger.close()
+    if world > 1:
+        dist.barrier()
+    return summary
