@@ -4,6 +4,7 @@
     seqzoo version    versions of seqzoo, torch, triton
     seqzoo train      train from a YAML config (train/command.py)
     seqzoo generate   sample text from a trained run (train/generate.py)
+    seqzoo mqar       MQAR sweep over mixers x d_model x settings x lrs (eval/mqar.py)
     seqzoo bench      time op backends (eval/bench.py)
     seqzoo demo       quick comparison of mixers on built-in data, on CPU (eval/demo.py)
 
@@ -21,6 +22,7 @@ import sys
 COMMANDS = {
     "train": ("seqzoo.train.command", "train a model from a YAML config (the one recipe)"),
     "generate": ("seqzoo.train.generate", "sample text from a trained run"),
+    "mqar": ("seqzoo.eval.mqar", "MQAR sweep: recall accuracy for every mixer (the Zoology comparison)"),
     "bench": ("seqzoo.eval.bench", "time op backends, forward and forward+backward"),
     "demo": ("seqzoo.eval.demo", "quick comparison of mixers on built-in data, on CPU"),
 }

@@ -31,7 +31,7 @@ def test_python_dash_m():
 
 
 def test_demo_tiny_run(capsys):
-    args = ["demo", "--mixers", "short_conv", "hybrid", "--steps", "30", "--batch-size", "4", "--seq-len", "32",
+    args = ["demo", "--task", "lm", "--mixers", "short_conv", "hybrid", "--steps", "30", "--batch-size", "4", "--seq-len", "32",
             "--d-model", "32", "--eval-batches", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -105,6 +105,7 @@ class TrainSection(Section):
     out_dir: str = Field("runs/{name}", description="'{name}' becomes the config's name")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+    early_stop_acc: float | None = Field(None, gt=0, le=1, description="stop once validation accuracy reaches it")
 
     @model_validator(mode="after")
     def _batch_splits(self):

@@ -234,6 +234,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     )
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     last_eval: dict = {}
+    stop_early = False
     step = start_step
     for step in range(start_step, config.train.steps):
         x, y = data.train_batch(config.train.seed, step, config.train.batch_size, rank, world)
@@ -291,10 +292,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             last_eval = evaluate(model, data, config, device, autocast)
             logger.log({"step": done, **last_eval})
             if main_rank:
-                bar.write(
-                    f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
-                )
-        if done % config.train.ckpt_every == 0 or done == config.train.steps:
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+            stop_early = config.train.early_stop_acc is not None and last_eval["val_acc"] >= config.train.early_stop_acc
+        if done % config.train.ckpt_every == 0 or done == config.train.steps or stop_early:
             if main_rank:
                 save_checkpoint(
                     ckpt_dir, done, raw_model, optimizer, scheduler, scaler,
@@ -302,7 +302,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
                 )
             if world > 1:
                 dist.barrier()
-        if stop_after is not None and done >= stop_after:
+        if stop_early or (stop_after is not None and done >= stop_after):
             break
     bar.close()
 
@@ -317,6 +317,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             "wall_time_s": round(time.perf_counter() - t_start, 2),
             "world_size": world,
             "device": device.type,
+            "seq_len": data.seq_len,
+            "state_size": raw_model.state_size(data.seq_len),
+            "stopped_early": stop_early,
             **last_eval,
         }
         if not data.task:

@@ -1,0 +1,169 @@
+"""MQAR and the other synthetic tasks: generator properties, and the resumable sweep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqzoo.eval.tasks import get_task, list_tasks
+from seqzoo.eval.tasks.synthetic import (
+    IGNORE_INDEX,
+    induction_heads,
+    mqar,
+    noisy_recall,
+    selective_copying,
+    single_query_ar,
+)
+
+V, L, N = 512, 64, 8
+
+
+@pytest.fixture(scope="module")
+def data():
+    return mqar(200, seq_len=L, num_kv_pairs=N, vocab_size=V, seed=3)
+
+
+def test_shapes_and_context_layout(data):
+    x, y = data
+    assert x.shape == y.shape == (200, L) and x.dtype == y.dtype == torch.long
+    keys, values = x[:, 0 : 2 * N : 2], x[:, 1 : 2 * N : 2]
+    assert ((keys >= 1) & (keys < V // 2)).all()
+    assert ((values >= V // 2) & (values < V)).all()
+    for row_k, row_v in zip(keys, values):  # drawn without replacement
+        assert len(set(row_k.tolist())) == N and len(set(row_v.tolist())) == N
+    assert (y[:, : 2 * N] == IGNORE_INDEX).all()  # the context itself is never scored
+
+
+def test_every_key_queried_exactly_once_and_labelled_with_its_value(data):
+    x, y = data
+    for row_x, row_y in zip(x, y):
+        kv = dict(zip(row_x[0 : 2 * N : 2].tolist(), row_x[1 : 2 * N : 2].tolist()))
+        scored = (row_y != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert len(scored) == N
+        queried = [row_x[p].item() for p in scored]
+        assert sorted(queried) == sorted(kv)  # each key once
+        for p in scored:
+            assert row_y[p].item() == kv[row_x[p].item()]  # the label is that key's value
+            assert p >= 2 * N and (p - 2 * N) % 2 == 0  # queries sit on even offsets after the context
+        # Every other query-region position is 0.
+        region = row_x[2 * N :].clone()
+        region[[p - 2 * N for p in scored]] = 0
+        assert (region == 0).all()
+
+
+def test_power_law_puts_queries_near_the_context():
+    x, y = mqar(2000, seq_len=256, num_kv_pairs=4, vocab_size=V, seed=0)
+    pos = (y != IGNORE_INDEX).nonzero()[:, 1].float()
+    gaps = (pos - 8) / 2
+    assert (gaps < 30).float().mean() > 0.5 > (gaps > 90).float().mean()
+
+
+def test_deterministic_and_seeds_differ():
+    a = mqar(50, L, N, V, seed=1)
+    b = mqar(50, L, N, V, seed=1)
+    c = mqar(50, L, N, V, seed=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_task_train_and_test_are_disjoint():
+    task = get_task("mqar")(seed=0, num_train=300, num_test=100, seq_len=L, num_kv_pairs=N, vocab_size=V)
+    train_rows = {tuple(r.tolist()) for r in task.train_inputs}
+    assert not any(tuple(r.tolist()) in train_rows for r in task.val_inputs)
+    assert task.vocab_size == V and task.seq_len == L
+    with pytest.raises(ValueError, match="unknown argument"):
+        get_task("mqar")(seed=0, bogus=1)
+
+
+def test_random_non_queries_option():
+    x0, y0 = mqar(20, L, N, V, seed=5)
+    x1, y1 = mqar(20, L, N, V, random_non_queries=True, seed=5)
+    assert torch.equal(y0, y1)
+    scored = y0 != IGNORE_INDEX
+    assert torch.equal(x0[:, : 2 * N], x1[:, : 2 * N])
+    assert (x1[:, 2 * N :] != 0).float().mean() > 0.9 and (x0[:, 2 * N :] == 0).float().mean() > 0.8
+    assert torch.equal(x0[scored], x1[scored])
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(seq_len=63), "even"),
+        (dict(seq_len=64, num_kv_pairs=17), "4 \\* num_kv_pairs"),
+        (dict(seq_len=64, vocab_size=64), "vocab_size"),
+        (dict(alpha=0.0), "alpha"),
+    ],
+)
+def test_argument_errors(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        mqar(4, **{"seq_len": 64, "num_kv_pairs": 4, "vocab_size": 512, **kwargs})
+
+
+def test_other_tasks():
+    assert {"mqar", "single_query_ar", "induction_heads", "selective_copying", "noisy_recall"} <= set(list_tasks())
+    x, y = single_query_ar(10, seq_len=32, num_kv_pairs=4, vocab_size=128, seed=0)
+    for rx, ry in zip(x, y):
+        kv = dict(zip(rx[0:8:2].tolist(), rx[1:8:2].tolist()))
+        assert ry[-1].item() == kv[rx[-1].item()] and (ry[:-1] == IGNORE_INDEX).all()
+    x, y = induction_heads(10, seq_len=32, vocab_size=20, seed=0)
+    for rx, ry in zip(x, y):
+        first = (rx == 0).nonzero()[0].item()
+        assert ry[-1].item() == rx[first + 1].item() and rx[-1].item() == 0
+    x, y = selective_copying(10, seq_len=40, num_tokens=5, vocab_size=16, seed=0)
+    for rx, ry in zip(x, y):
+        content = rx[: 40 - 5][(rx[: 40 - 5] >= 2)].tolist()
+        assert ry[ry != IGNORE_INDEX].tolist() == content
+    x, y = noisy_recall(10, seq_len=64, num_kv_pairs=4, vocab_size=256, noise_vocab=8, seed=0)
+    assert ((x >= 256) | (y != IGNORE_INDEX) | (torch.arange(64) < 8)).all() and x.max() < 264
+
+
+# -- the sweep -----------------------------------------------------------------------------------------
+
+
+def tiny_sweep(tmp_path, **kw):
+    from seqzoo.eval.mqar import SweepConfig
+
+    return SweepConfig(**{
+        "name": "t",
+        "mixers": ["short_conv", {"name": "attention", "n_heads": 1}],
+        "d_models": [16],
+        "settings": [{"seq_len": 16, "num_kv_pairs": 2}],
+        "lrs": [3e-3],
+        "task": {"vocab_size": 64, "num_train": 64, "num_test": 32},
+        "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "eval_batches": 2, "ckpt_every": 3},
+        "workers": 1,
+        "out_dir": str(tmp_path / "{name}"),
+        **kw,
+    })
+
+
+def test_sweep_writes_results_and_resumes_without_redoing(tmp_path):
+    from seqzoo.eval.mqar import run_sweep
+
+    sweep = tiny_sweep(tmp_path)
+    rows = run_sweep(sweep, progress=False)
+    out = tmp_path / "t"
+    assert len(rows) == 2 and {r["mixer"] for r in rows} == {"short_conv", "attention(n_heads=1)"}
+    for name in ("results.csv", "results.md", "mqar.png", "mqar_state.png"):
+        assert (out / name).is_file(), name
+    assert "short_conv" in (out / "results.md").read_text()
+    summaries = sorted((out / "runs").glob("*/summary.json"))
+    assert len(summaries) == 2
+    # Interrupt: one run's result is lost. Re-running redoes only that one.
+    kept, lost = summaries
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()
+    rows = run_sweep(sweep, progress=False)
+    assert len(rows) == 2 and lost.is_file()
+    assert kept.stat().st_mtime_ns == kept_mtime
+
+
+def test_sweep_config_errors(tmp_path):
+    from seqzoo.eval.mqar import load_sweep
+
+    with pytest.raises(ValueError, match="mqar-cpu"):
+        load_sweep("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mixers: [attention]\nd_models: [16]\nsettings: [{seq_len: 16, num_kv_pairs: 2}]\nlrs: [1e-3]\nbogus: 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        load_sweep(bad)
