@@ -74,7 +74,7 @@ def _prepare(inputs: Mapping[str, object], grad_names: set[str], upcast: bool) -
         if isinstance(value, torch.Tensor):
             t = value.detach().clone()
             if upcast and t.is_floating_point():
-                t = t.float()
+                t = t.to(torch.promote_types(t.dtype, torch.float32))  # fp32, or fp64 for fp64 tests
             if name in grad_names:
                 t.requires_grad_(True)
             prepared[name] = t

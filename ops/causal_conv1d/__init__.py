@@ -29,6 +29,8 @@ def _validate(x, weight, bias=None, activation=None, initial_state=None, output_
     check_tensor("causal_conv1d", "x", x, 3)
     check_tensor("causal_conv1d", "weight", weight, 2)
     b, t, d = x.shape
+    if t < 1:
+        raise ValueError(f"causal_conv1d: x must hold at least one time step, got shape {tuple(x.shape)}")
     if weight.shape[0] != d:
         raise ValueError(f"causal_conv1d: weight must have shape [D={d}, W], got {tuple(weight.shape)}")
     width = weight.shape[1]
