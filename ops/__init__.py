@@ -11,5 +11,6 @@ See DESIGN.md ("The ops contract") for every signature; ``list_ops()`` lists the
 from ._dispatch import Op, list_ops
 from .attention import attention
 from .causal_conv1d import causal_conv1d
+from .flow_attention import flow_attention
 
-__all__ = ["Op", "list_ops", "attention", "causal_conv1d"]
+__all__ = ["Op", "list_ops", "attention", "causal_conv1d", "flow_attention"]

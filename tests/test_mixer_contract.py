@@ -14,6 +14,7 @@ SMALL_KWARGS = {
     "attention": {"n_heads": 4, "n_kv_heads": 2},
     "sliding_window": {"n_heads": 2, "window": 5},
     "short_conv": {"width": 4},
+    "flow": {"n_heads": 4},
 }
 MIXERS = sorted(seqzoo.list_mixers())
 
