@@ -15,6 +15,7 @@ SMALL_KWARGS = {
     "sliding_window": {"n_heads": 2, "window": 5},
     "short_conv": {"width": 4},
     "flow": {"n_heads": 4},
+    "rglru": {"n_heads": 4},
 }
 MIXERS = sorted(seqzoo.list_mixers())
 

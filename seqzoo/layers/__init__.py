@@ -7,6 +7,7 @@ To add a mixer, write one file here with a :class:`Mixer` subclass decorated by
 from .attention import Attention, SlidingWindowAttention
 from .base import Mixer, State
 from .flow import FlowAttention
+from .rglru import Hawk, RGLRUBlock
 from .short_conv import ShortConv
 
-__all__ = ["Mixer", "State", "Attention", "SlidingWindowAttention", "ShortConv", "FlowAttention"]
+__all__ = ["Mixer", "State", "Attention", "SlidingWindowAttention", "ShortConv", "FlowAttention", "RGLRUBlock", "Hawk"]

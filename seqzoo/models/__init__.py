@@ -3,5 +3,6 @@
 from .classifier import SequenceClassifier
 from .config import BackboneConfig, ClassifierConfig, LMConfig
 from .lm import CausalLM
+from .presets import PRESETS, preset
 
-__all__ = ["BackboneConfig", "LMConfig", "ClassifierConfig", "CausalLM", "SequenceClassifier"]
+__all__ = ["BackboneConfig", "LMConfig", "ClassifierConfig", "CausalLM", "SequenceClassifier", "preset", "PRESETS"]

@@ -1,0 +1,724 @@
+"""Benchmark harness: time every backend of every op over a grid of shapes, forward and forward+backward.
+
+    seqzoo bench                                   # every registered bench, every backend that runs here
+    seqzoo bench attention --quick --modes fwd
+    seqzoo bench causal_conv1d --set T=8192,16384 --backends torch,triton --dtype bf16
+
+Benches are registered in :mod:`seqzoo.eval.benches` with :func:`register_bench`: an op, a function that
+makes its tensor inputs for one shape, and the grids of shapes to run. For each op x backend x shape x mode
+the harness
+
+- skips, saying why, a backend the op refuses here (``op.backends(device)`` / ``op.resolve``), and the slow
+  ``reference`` on sequences longer than ``--max-ref-T``;
+- runs it ``--warmup`` times, then times ``--repeats`` runs and keeps the median (CUDA events on a GPU,
+  ``time.perf_counter`` on a CPU);
+- runs it once more to measure the peak memory it needs beyond what was already allocated (the inputs):
+  ``torch.cuda.max_memory_allocated`` on a GPU, the growth of the process's peak RSS on Linux CPUs;
+- prints a table (with the speed-up over ``reference`` where both ran) and writes every row, with the
+  device, library versions, date and git commit, to a JSON file.
+
+Benchmarks measure; tests assert. Nothing here decides whether a test passes (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import importlib
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODES = ("fwd", "fwd+bwd")
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+DEFAULT_MAX_REF_T = 2048
+DEFAULT_REPEATS = 10
+DEFAULT_WARMUP = 3
+RESULTS_SCHEMA = 1
+
+MakeInputs = Callable[[dict, torch.dtype, torch.device], dict[str, torch.Tensor]]
+
+
+# -- the registry ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One registered benchmark: an op, how to make its inputs, and the grids of shapes to run."""
+
+    label: str
+    op_name: str
+    make_inputs: MakeInputs
+    shapes: tuple[dict, ...]
+    quick_shapes: tuple[dict, ...]
+    cuda_shapes: tuple[dict, ...] | None = None
+    kwargs: dict = field(default_factory=dict)
+
+    def grid(self, device_type: str, quick: bool) -> list[dict]:
+        if quick:
+            return [dict(s) for s in self.quick_shapes]
+        if device_type == "cuda" and self.cuda_shapes is not None:
+            return [dict(s) for s in self.cuda_shapes]
+        return [dict(s) for s in self.shapes]
+
+
+_BENCHES: dict[str, Bench] = {}
+
+
+def register_bench(
+    op_name: str,
+    make_inputs: MakeInputs,
+    shapes: Iterable[dict],
+    *,
+    kwargs: dict | None = None,
+    label: str | None = None,
+    quick_shapes: Iterable[dict] | None = None,
+    cuda_shapes: Iterable[dict] | None = None,
+) -> Bench:
+    """Register a benchmark of ``seqzoo.ops.<op_name>``.
+
+    ``make_inputs(shape, dtype, device)`` returns the op's tensor inputs by keyword for one ``shape`` (a
+    dict such as ``{"B": 2, "T": 512, "H": 4, "D": 64}``); ``kwargs`` are the op's other arguments
+    (``causal=True``).
+    ``shapes`` is the default grid, ``quick_shapes`` the ``--quick`` one (default: the first shape) and
+    ``cuda_shapes`` the default on a GPU (default: ``shapes``). ``label`` names the bench on the command line
+    and in results (default: ``op_name``); registering a label again replaces it.
+    """
+    shapes = tuple(dict(s) for s in shapes)
+    if not shapes:
+        raise ValueError(f"register_bench({op_name!r}): shapes must hold at least one shape")
+    quick = tuple(dict(s) for s in quick_shapes) if quick_shapes is not None else shapes[:1]
+    cuda = tuple(dict(s) for s in cuda_shapes) if cuda_shapes is not None else None
+    bench = Bench(label or op_name, op_name, make_inputs, shapes, quick, cuda, dict(kwargs or {}))
+    _BENCHES[bench.label] = bench
+    return bench
+
+
+def list_benches() -> dict[str, Bench]:
+    """Every registered bench by label (the built-in ones in :mod:`seqzoo.eval.benches` included)."""
+    # Imported here rather than at the top: benches.py imports register_bench from this module.
+    importlib.import_module(".benches", __package__)
+    return dict(_BENCHES)
+
+
+# -- timing and memory -------------------------------------------------------------------------------------
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    # The garbage collector would charge one call for garbage made by others (as timeit does, it is off).
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            for _ in range(repeats):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak memory one call of ``fn`` needs beyond what is allocated before it (None if unmeasurable)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    if device.type == "cpu":
+        return _cpu_peak_rss_growth(fn)
+    return None
+
+
+def _cpu_peak_rss_growth(fn: Callable[[], Any]) -> int | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    # Freed memory that malloc keeps for reuse stays resident, and a call served from it would show no
+    # growth at all; hand it back to the kernel first so the peak counts what this call touches.
+    _malloc_trim()
+    try:
+        # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0).
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status_kib("VmHWM")
+        fn()
+        after = _proc_status_kib("VmHWM")
+    except OSError:
+        return None
+    if before is None or after is None:
+        return None
+    return max(0, after - before) * 1024
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the measure is then a lower bound
+
+
+def _proc_status_kib(field_name: str) -> int | None:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return None
+
+
+# -- one case ----------------------------------------------------------------------------------------------
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in _tensors(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in _tensors(item)]
+    return []
+
+
+def _case_fn(op, backend: str, inputs: dict, kwargs: dict, mode: str) -> Callable[[], Any]:
+    """The function timed for one case: a forward without autograd, or a forward and a backward."""
+    if mode == "fwd":
+
+        def forward():
+            with torch.no_grad():
+                return op(**inputs, **kwargs, backend=backend)
+
+        return forward
+
+    # Leaves that require grad: every floating-point input, so the backward computes every gradient.
+    leaves = {name: t.detach().requires_grad_(t.is_floating_point()) for name, t in inputs.items()}
+    wrt = [t for t in leaves.values() if t.requires_grad]
+    grad_outputs: list[torch.Tensor] = []
+
+    def forward_backward():
+        outs = [t for t in _tensors(op(**leaves, **kwargs, backend=backend)) if t.requires_grad]
+        if not outs:
+            raise RuntimeError("no output requires grad: nothing to backpropagate")
+        if not grad_outputs:
+            # Random output gradients (made once): a ones-like gradient can take shortcuts a real one cannot.
+            grad_outputs.extend(torch.randn_like(o) for o in outs)
+        # autograd.grad rather than backward: nothing accumulates in .grad between repeats.
+        return torch.autograd.grad(outs, wrt, grad_outputs)
+
+    return forward_backward
+
+
+@dataclass
+class Case:
+    bench: Bench
+    backend: str
+    shape: dict
+    mode: str
+    skip: str | None = None
+
+
+def shape_str(shape: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _row(
+    case: Case, dtype: torch.dtype, status: str, reason: str | None = None, times=None, peak=None
+) -> dict:
+    return {
+        "bench": case.bench.label,
+        "op": case.bench.op_name,
+        "backend": case.backend,
+        "shape": dict(case.shape),
+        "mode": case.mode,
+        "dtype": str(dtype).removeprefix("torch."),
+        "status": status,  # "ok", "skipped" or "error"
+        "reason": reason,
+        "ms": statistics.median(times) if times else None,
+        "ms_min": min(times) if times else None,
+        "ms_max": max(times) if times else None,
+        "repeats": len(times) if times else 0,
+        "peak_extra_mib": None if peak is None else peak / 2**20,
+        "speedup_vs_reference": None,
+    }
+
+
+# -- selecting what to run ---------------------------------------------------------------------------------
+
+
+def _split(values: list[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def select_benches(names: Iterable[str]) -> list[Bench]:
+    """Benches for the given labels or op names (all registered ones when empty); ValueError if unknown."""
+    benches = list_benches()
+    names = list(names)
+    if not names:
+        return list(benches.values())
+    chosen: list[Bench] = []
+    for name in names:
+        matches = [b for b in benches.values() if name in (b.label, b.op_name)]
+        if not matches:
+            raise ValueError(f"unknown op or bench {name!r}; registered: {', '.join(sorted(benches))}")
+        chosen += [b for b in matches if b not in chosen]
+    return chosen
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, list[int]]:
+    """``["T=16", "B=1,2"]`` -> ``{"T": [16], "B": [1, 2]}``."""
+    out: dict[str, list[int]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--set expects KEY=INT[,INT...] such as T=4096 or B=1,2, got {item!r}"
+            ) from None
+        if not out[key.strip()]:
+            raise ValueError(f"--set {item!r} gives no value")
+    return out
+
+
+def apply_overrides(shapes: list[dict], overrides: dict[str, list[int]]) -> list[dict]:
+    """Replace the overridden dimensions in every shape (one copy per value), dropping duplicates."""
+    out: list[dict] = []
+    for shape in shapes:
+        keys = [k for k in overrides if k in shape]
+        for values in itertools.product(*(overrides[k] for k in keys)):
+            new = {**shape, **dict(zip(keys, values))}
+            if new not in out:
+                out.append(new)
+    return out
+
+
+def parse_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # bf16 is what models train in on a GPU; CPUs are benchmarked in fp32, where their kernels are tuned.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"--dtype must be 'auto' or one of {sorted(set(DTYPES))}, got {name!r}") from None
+
+
+def parse_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def plan_cases(
+    benches: list[Bench],
+    device: torch.device,
+    *,
+    backends: list[str] | None = None,
+    modes: Iterable[str] = MODES,
+    quick: bool = False,
+    overrides: dict[str, list[int]] | None = None,
+    max_ref_t: int | None = DEFAULT_MAX_REF_T,
+) -> list[Case]:
+    """Every case to run, in order (shape by shape, so one set of inputs serves every backend), with the
+    reason to skip the ones that cannot run here."""
+    from seqzoo.ops import list_ops
+    from seqzoo.ops._dispatch import triton_interpreting
+
+    ops = list_ops()
+    modes = list(modes)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"--modes must be among {', '.join(MODES)}, got {mode!r}")
+    overrides = overrides or {}
+    unknown_keys = [
+        k for k in overrides if not any(k in s for b in benches for s in b.grid(device.type, quick))
+    ]
+    if unknown_keys:
+        raise ValueError(f"--set {', '.join(unknown_keys)}: no selected bench has such a dimension")
+    if backends:
+        known = {name for b in benches if b.op_name in ops for name in ops[b.op_name].backend_names()}
+        unknown = [name for name in backends if name not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown backend(s) {', '.join(unknown)}; the selected ops have {', '.join(sorted(known))}"
+            )
+
+    cases: list[Case] = []
+    for bench in benches:
+        op = ops.get(bench.op_name)
+        if op is None:
+            raise ValueError(
+                f"bench {bench.label!r} times op {bench.op_name!r}, which seqzoo.ops does not define"
+            )
+        available = op.backends(device)
+        names = [n for n in op.backend_names() if not backends or n in backends]
+        for shape in apply_overrides(bench.grid(device.type, quick), overrides):
+            for mode in modes:
+                for name in names:
+                    skip = None if available[name] == "available" else available[name]
+                    if skip is None and name == "triton" and device.type == "cpu" and triton_interpreting():
+                        skip = (
+                            "Triton runs through its interpreter here (TRITON_INTERPRET=1): no timing to take"
+                        )
+                    if (
+                        skip is None
+                        and name == "reference"
+                        and max_ref_t is not None
+                        and shape.get("T", 0) > max_ref_t
+                    ):
+                        skip = (
+                            f"reference is timed only up to T={max_ref_t} (--max-ref-T)"
+                            if max_ref_t >= 0
+                            else "reference timing is off (--max-ref-T 0)"
+                        )
+                    cases.append(Case(bench, name, shape, mode, skip))
+    return cases
+
+
+# -- running -----------------------------------------------------------------------------------------------
+
+
+def run_cases(
+    cases: list[Case],
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    repeats: int = DEFAULT_REPEATS,
+    warmup: int = DEFAULT_WARMUP,
+    progress: bool = True,
+) -> list[dict]:
+    """Time every case; returns one row per case (status ok, skipped or error)."""
+    from tqdm.auto import tqdm
+
+    from seqzoo.ops import list_ops
+
+    ops = list_ops()
+    rows: list[dict] = []
+    inputs_for: tuple[Any, dict] | None = None
+    bar = tqdm(cases, desc="bench", unit="case", leave=False, disable=None if progress else True)
+    for case in bar:
+        bar.set_postfix_str(
+            f"{case.bench.label} {case.backend} {shape_str(case.shape)} {case.mode}", refresh=False
+        )
+        if case.skip is not None:
+            rows.append(_row(case, dtype, "skipped", case.skip))
+            continue
+        op = ops[case.bench.op_name]
+        key = (case.bench.label, tuple(case.shape.items()))
+        try:
+            if inputs_for is None or inputs_for[0] != key:
+                inputs_for = None  # free the previous shape's tensors before making the next ones
+                torch.manual_seed(0)
+                inputs_for = (key, case.bench.make_inputs(dict(case.shape), dtype, device))
+            inputs = inputs_for[1]
+            try:
+                op.resolve(case.backend, device, (), {**inputs, **case.bench.kwargs})
+            except (ValueError, RuntimeError) as refused:
+                rows.append(_row(case, dtype, "skipped", str(refused)))
+                continue
+            fn = _case_fn(op, case.backend, inputs, case.bench.kwargs, case.mode)
+            times = time_ms(fn, device, repeats, warmup)
+            peak = peak_extra_bytes(fn, device)
+            rows.append(_row(case, dtype, "ok", times=times, peak=peak))
+        except Exception as e:  # noqa: BLE001  (one failing backend must not end the whole run)
+            message = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            rows.append(_row(case, dtype, "error", message))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        finally:
+            fn = None  # noqa: F841  (drop the closure's tensors before the next case)
+    bar.close()
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Fill ``speedup_vs_reference`` (reference ms / ms) where the reference ran on the same case."""
+    ref = {
+        (r["bench"], json.dumps(r["shape"]), r["mode"]): r["ms"]
+        for r in rows
+        if r["backend"] == "reference" and r["status"] == "ok"
+    }
+    for r in rows:
+        ref_ms = ref.get((r["bench"], json.dumps(r["shape"]), r["mode"]))
+        if r["status"] == "ok" and ref_ms and r["ms"]:
+            r["speedup_vs_reference"] = ref_ms / r["ms"]
+
+
+# -- describing the run ------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit of the source tree (and whether it had local changes), when it is a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    # No optional locks: `git status` must not take the index lock from someone committing at the same time.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, env=env
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def run_metadata(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "schema": RESULTS_SCHEMA,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": {"type": device.type, "name": device_name(device)},
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "seqzoo": _version("seqzoo"),
+    }
+    if device.type == "cuda":
+        meta["device"]["capability"] = "sm_{}{}".format(*torch.cuda.get_device_capability(device))
+        meta["device"]["memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+        meta["cuda"] = torch.version.cuda
+    else:
+        meta["device"]["threads"] = torch.get_num_threads()
+        meta["device"]["cpus"] = os.cpu_count()
+        if hasattr(os, "getloadavg"):
+            # CPU timings are only as good as the machine was idle; this says how busy it was (1/5/15 min).
+            meta["device"]["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    meta.update(git_commit())
+    return meta
+
+
+def default_output(device_name: str) -> Path:
+    """``bench_results/<device-name>-<date>.json`` under the current folder."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "device"
+    now = _dt.datetime.now()
+    path = Path("bench_results") / f"{slug}-{now:%Y-%m-%d}.json"
+    # A second run on the same day keeps the first one's file.
+    return path if not path.exists() else path.with_name(f"{slug}-{now:%Y-%m-%d-%H%M%S}.json")
+
+
+def format_table(rows: list[dict]) -> str:
+    """The measured rows as an aligned text table, then one line per distinct reason something was skipped."""
+    header = ("op", "backend", "shape", "mode", "ms", "vs ref", "peak MiB")
+    lines = []
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        speed = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
+        peak = f"{r['peak_extra_mib']:.1f}" if r["peak_extra_mib"] is not None else "-"
+        lines.append(
+            (r["bench"], r["backend"], shape_str(r["shape"]), r["mode"], f"{r['ms']:.3f}", speed, peak)
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    right = {4, 5, 6}
+
+    def fmt(cells):
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
+    not_run: dict[tuple[str, str, str, str], int] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            key = (r["status"], r["bench"], r["backend"], r["reason"])
+            not_run[key] = not_run.get(key, 0) + 1
+    if not_run:
+        out.append("")
+        for (status, bench, backend, reason), n in not_run.items():
+            out.append(f"{status}: {bench}/{backend} ({n} case{'s' if n > 1 else ''}): {reason}")
+    return "\n".join(out)
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``seqzoo bench`` options to ``parser``."""
+    parser.add_argument(
+        "ops", nargs="*", metavar="OP", help="ops (or bench labels) to time; default: all registered"
+    )
+    parser.add_argument(
+        "--backends",
+        action="append",
+        metavar="NAMES",
+        help="comma-separated backends to time (default: every backend of each op)",
+    )
+    parser.add_argument(
+        "--modes",
+        action="append",
+        metavar="MODES",
+        help=f"comma-separated modes among {', '.join(MODES)} (default: both)",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="fp32, bf16 or fp16 (default: bf16 on a GPU, fp32 on a CPU)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    parser.add_argument("--quick", action="store_true", help="each bench's small grid")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=N[,N...]",
+        help="replace a dimension in every shape of the grid, e.g. --set T=8192 or --set B=1,8",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs per case; the median is kept"
+    )
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs before timing")
+    parser.add_argument(
+        "--max-ref-T",
+        dest="max_ref_T",
+        type=int,
+        default=DEFAULT_MAX_REF_T,
+        help=f"time the slow reference only up to this T (default {DEFAULT_MAX_REF_T}; 0: never)",
+    )
+    parser.add_argument("--out", default=None, help="JSON file (default: bench_results/<device>-<date>.json)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
+    """Run what ``args`` (from :func:`configure_parser`) asks for; returns the results (metadata and rows)."""
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype, device)
+    benches = select_benches(args.ops)
+    modes = _split(args.modes) or list(MODES)
+    # 0 (or less) turns reference timing off: every T is then above the limit.
+    max_ref_t = args.max_ref_T if args.max_ref_T > 0 else -1
+    cases = plan_cases(
+        benches,
+        device,
+        backends=_split(args.backends) or None,
+        modes=modes,
+        quick=args.quick,
+        overrides=parse_overrides(args.overrides),
+        max_ref_t=max_ref_t,
+    )
+    # Described before running: the date is the start, and the load average is the machine's, not ours.
+    results = run_metadata(device, dtype)
+    t0 = time.perf_counter()
+    rows = run_cases(
+        cases, device, dtype, repeats=args.repeats, warmup=args.warmup, progress=not args.no_progress
+    )
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    results["settings"] = {
+        "benches": [b.label for b in benches],
+        "modes": modes,
+        "quick": args.quick,
+        "overrides": parse_overrides(args.overrides),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "max_ref_T": args.max_ref_T,
+    }
+    results["rows"] = rows
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    """``seqzoo bench``: run, print the table, write the JSON. Returns the exit status."""
+    try:
+        results = run_benchmarks(args)
+    except ValueError as e:
+        print(f"seqzoo bench: error: {e}", file=sys.stderr)
+        return 2
+    device = results["device"]
+    print(
+        f"{device['name']} ({device['type']}), {results['dtype']}, torch {results['torch']}, "
+        f"commit {(results['commit'] or 'unknown')[:12]}{' (dirty)' if results['dirty'] else ''}"
+    )
+    print(format_table(results["rows"]))
+    out = Path(args.out) if args.out else default_output(device["name"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    errors = [r for r in results["rows"] if r["status"] == "error"]
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(configure_parser(argparse.ArgumentParser(prog="seqzoo bench")).parse_args()))

@@ -1,0 +1,93 @@
+"""``ops.linear_scan``: a diagonal (per-channel) linear recurrence, forward or reverse in time.
+
+    h, final_state = linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False,
+                                 backend="auto")
+
+    h_t = a_t * h_{t-1} + x_t            t = 1..T, h_0 = initial_state (zeros when None)
+    reverse=True:  h_t = a_t * h_{t+1} + x_t, scanning from the end, h_{T+1} = initial_state
+
+a, x [B, T, D] (T >= 1; fp32, fp16 or bf16, possibly different); h [B, T, D] in their promoted dtype;
+initial_state [B, D]; final_state [B, D] in fp32 (the last state the scan reaches: h_T, or h_1 when
+``reverse``), None unless ``output_final_state``. The recurrence accumulates in fp32 whatever the input
+dtype. Differentiable in a, x and initial_state. This is the core of RG-LRU (Griffin), HGRN and any diagonal
+linear RNN; ``reverse`` gives the backward half of a bidirectional one.
+
+Backends: ``reference`` (the step-by-step loop in fp32), ``torch`` (blocked scan in ~2 sqrt(T) vectorised
+steps, exact for any real a; the CPU default), ``triton`` (tiled forward and backward kernels; the GPU
+default), ``cuda`` (``csrc/linear_scan.cu``, compiled by nvcc on first use).
+"""
+
+from __future__ import annotations
+
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
+from .._checks import check_same_device, check_shape, check_tensor
+from .._dispatch import define_op, triton_unavailable_reason
+from . import reference as _reference
+from . import torch as _torch
+
+
+def _validate(a, x, initial_state=None, output_final_state=False, reverse=False):
+    check_tensor("linear_scan", "a", a, 3)
+    check_tensor("linear_scan", "x", x, 3)
+    if a.shape != x.shape:
+        raise ValueError(
+            f"linear_scan: a and x must have the same shape [B, T, D], "
+            f"got a {tuple(a.shape)} and x {tuple(x.shape)}"
+        )
+    b, t, d = x.shape
+    if t < 1:
+        raise ValueError(
+            f"linear_scan: x must have at least one time step (T >= 1), got shape {tuple(x.shape)}"
+        )
+    if initial_state is not None:
+        check_tensor("linear_scan", "initial_state", initial_state, 2)
+        check_shape("linear_scan", "initial_state", initial_state, (b, d), "[B, D]")
+    for name, flag in (("output_final_state", output_final_state), ("reverse", reverse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"linear_scan: {name} must be a bool, got {type(flag).__name__}")
+    check_same_device("linear_scan", a=a, x=x, initial_state=initial_state)
+
+
+def _no_float64(a, x, initial_state=None, *args, **kwargs) -> str | None:
+    if any(t is not None and t.dtype == _pt.float64 for t in (a, x, initial_state)):
+        return "takes fp32/fp16/bf16 inputs, not float64"
+    return None
+
+
+def _cuda_unavailable(device: _pt.device) -> str | None:
+    if device.type != "cuda":
+        return f"the csrc/ kernel runs on a CUDA GPU, not on {device.type}"
+    from .cuda import cuda_unavailable_reason
+
+    return cuda_unavailable_reason()
+
+
+linear_scan = define_op(
+    "linear_scan",
+    __doc__,
+    validate=_validate,
+    # Triton first on a GPU: it needs no compiler beyond the package, while the cuda backend builds with nvcc
+    # on first use (and is there to be chosen by name, or when Triton is missing).
+    auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},
+)
+linear_scan.register("reference", _reference.linear_scan, description="step-by-step loop in fp32")
+linear_scan.register("torch", _torch.linear_scan, description="blocked scan, ~2 sqrt(T) vectorised steps")
+linear_scan.register_lazy(
+    "triton",
+    ".linear_scan.triton",
+    "linear_scan",
+    unavailable=triton_unavailable_reason,
+    unsupported=_no_float64,
+    description="Triton kernels (tiled scan), forward and backward",
+)
+linear_scan.register_lazy(
+    "cuda",
+    ".linear_scan.cuda",
+    "linear_scan",
+    unavailable=_cuda_unavailable,
+    unsupported=_no_float64,
+    description="csrc/linear_scan.cu through ctypes, forward and backward",
+)
+
+__all__ = ["linear_scan"]

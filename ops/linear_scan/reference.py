@@ -1,0 +1,32 @@
+"""Diagonal linear recurrence, the definition: one time step at a time, in fp32.
+
+    h_t = a_t * h_{t-1} + x_t          t = 1..T, h_0 = initial_state (zeros when None)
+    reverse=True:  h_t = a_t * h_{t+1} + x_t,   t = T..1, h_{T+1} = initial_state
+
+Shapes: a, x [B, T, D]; h [B, T, D] in the dtype of a and x promoted together; initial_state and the
+final state [B, D] in fp32 (fp64 for fp64 inputs). The final state is the last one the scan reaches: h_T,
+or h_1 when ``reverse``. Gradients come from autograd through the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False):
+    out_dtype = torch.promote_types(a.dtype, x.dtype)
+    # fp32 arithmetic, fp64 kept for fp64 inputs (so float64 tests can be exact).
+    acc = torch.promote_types(out_dtype, torch.float32)
+    a, x = a.to(acc), x.to(acc)
+    b, t, d = x.shape
+    h = x.new_zeros(b, d) if initial_state is None else initial_state.to(acc)
+    # unbind rather than a[:, i]: its backward is one stack, where T indexing ops would each scatter into
+    # a zero tensor of the full [B, T, D] size (a backward quadratic in T).
+    a_t, x_t = a.unbind(1), x.unbind(1)
+    steps = range(t - 1, -1, -1) if reverse else range(t)
+    out = [None] * t
+    for i in steps:
+        h = a_t[i] * h + x_t[i]
+        out[i] = h
+    y = torch.stack(out, dim=1).to(out_dtype)
+    return y, (h if output_final_state else None)
