@@ -108,3 +108,37 @@ register_bench(
     cuda_shapes=[{"B": max(1, 32768 // t), "T": t, "D": 2048} for t in (1024, 2048, 4096, 8192, 16384)],
     kwargs={"output_final_state": True},
 )
+
+
+def gla_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    b, t, h, dk, dv = shape["B"], shape["T"], shape["H"], shape["K"], shape["V"]
+    inputs = {
+        "q": torch.randn(b, t, h, dk, dtype=dtype, device=device),
+        "k": torch.randn(b, t, h, dk, dtype=dtype, device=device),
+        "v": torch.randn(b, t, h, dv, dtype=dtype, device=device),
+    }
+    if shape.get("decay", "vector") == "vector":
+        # GLA's gate: logsigmoid of a projection, over its normaliser 16 (slow forgetting), per key channel.
+        inputs["g"] = torch.nn.functional.logsigmoid(torch.randn(b, t, h, dk, device=device)) / 16
+    else:
+        # RetNet's fixed per-head decays gamma_h = 1 - 2^(-5-h).
+        gamma = 1 - 2.0 ** (-5 - torch.arange(h, device=device, dtype=torch.float32))
+        inputs["g"] = gamma.log().expand(b, t, h).contiguous()
+    return inputs
+
+
+# Per-channel decays (GLA, HGRN2) and one decay per head (RetNet, lightning): the torch backend takes a
+# different intra-chunk path for each.
+for _decay in ("vector", "head"):
+    register_bench(
+        "gla",
+        gla_inputs,
+        label="gla" if _decay == "vector" else "gla_head_decay",
+        shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "decay": _decay} for t in (512, 1024, 2048, 4096)],
+        quick_shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "decay": _decay} for t in (256, 1024)],
+        cuda_shapes=[
+            {"B": max(1, 16384 // t), "T": t, "H": 16, "K": 64, "V": 64, "decay": _decay}
+            for t in (512, 1024, 2048, 4096, 8192, 16384)
+        ],
+        kwargs={"output_final_state": True},
+    )

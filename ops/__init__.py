@@ -12,6 +12,7 @@ from ._dispatch import Op, list_ops
 from .attention import attention
 from .causal_conv1d import causal_conv1d
 from .flow_attention import flow_attention
+from .gla import gla
 from .linear_scan import linear_scan
 
-__all__ = ["Op", "list_ops", "attention", "causal_conv1d", "flow_attention", "linear_scan"]
+__all__ = ["Op", "list_ops", "attention", "causal_conv1d", "flow_attention", "gla", "linear_scan"]

@@ -16,6 +16,11 @@ SMALL_KWARGS = {
     "short_conv": {"width": 4},
     "flow": {"n_heads": 4},
     "rglru": {"n_heads": 4},
+    "gla": {"n_heads": 2, "use_short_conv": True},
+    "retnet": {"n_heads": 2},
+    "lightning": {"n_heads": 2},
+    "hgrn2": {"n_heads": 2, "expand_ratio": 8},
+    "linear_attention": {"n_heads": 2},
 }
 MIXERS = sorted(seqzoo.list_mixers())
 

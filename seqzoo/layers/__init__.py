@@ -7,7 +7,12 @@ To add a mixer, write one file here with a :class:`Mixer` subclass decorated by
 from .attention import Attention, SlidingWindowAttention
 from .base import Mixer, State
 from .flow import FlowAttention
+from .gla import GLA
+from .hgrn2 import HGRN2
+from .linear_attention import LinearAttention
+from .retnet import Lightning, RetNet
 from .rglru import Hawk, RGLRUBlock
 from .short_conv import ShortConv
 
 __all__ = ["Mixer", "State", "Attention", "SlidingWindowAttention", "ShortConv", "FlowAttention", "RGLRUBlock", "Hawk"]
+__all__ += ["GLA", "RetNet", "Lightning", "HGRN2", "LinearAttention"]

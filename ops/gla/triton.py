@@ -1,0 +1,1019 @@
+"""Gated linear attention in Triton: chunked forward and backward kernels, and a fused recurrent kernel.
+
+    S_t = exp(g_t)[:, None] * S_{t-1} + k_t^T v_t ;   o_t = (scale * q_t) S_t          (see reference.py)
+
+Chunked (``chunk_gla``), chunks of BT = 64 positions, sub-chunks of BC = 16. G is the cumulative sum of g
+restarted at every chunk start (fp32, [B, H, T_pad, K]; positions past T get g = 0, so G stays flat there and
+every kernel may read G of a whole chunk unmasked). With h_n the state before chunk n:
+
+    forward   h_{n+1} = exp(G_last) * h_n + (k * exp(G_last - G))^T v          (_chunk_fwd_h_kernel, a loop
+                                                                              over chunks per state tile)
+              A_ij    = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i                (_chunk_intra_A_kernel)
+              o       = scale * ((q * exp(G)) h_n + A v)                        (_chunk_fwd_o_kernel)
+
+A is never formed with a positive exponent: between sub-chunks the decays are taken to a pivot (the query
+sub-chunk's first position, so exp(G_i - G_r) and exp(G_r - G_j) are both <= 1); inside a sub-chunk the
+exact pairwise [BC, BC, BK] form is masked to i >= j before the exponential.
+
+    backward  dh_n   = exp(G_last) * dh_{n+1} + scale (q * exp(G))^T do          (grad of the state after
+                                                                              chunk n-1; _chunk_bwd_dh_kernel)
+              dA     = scale * (do v^T), j <= i                                (_chunk_bwd_dA_kernel)
+              dv     = scale A^T do + (k * exp(G_last - G)) dh_{n+1}           (_chunk_bwd_dv_kernel)
+              dq, dk = intra-chunk terms from dA (pivots as above)             (_chunk_bwd_intra_kernel)
+                     + scale (do h_n^T) * exp(G),  (v dh_{n+1}^T) * exp(G_last - G)
+                                                                              (_chunk_bwd_inter_kernel)
+              dg_t   = sum_{s >= t} (q_s dq_s - k_s dk_s) + sum_v (S_T * dS_T)  (_reverse_cumsum_kernel)
+
+The last line holds because g_t enters only through the cumulative sums B_s (s >= t), and every term of the
+output and of the final state carries exp(B_i - B_j) from a query or final-state side (+) and a key side (-).
+The backward recomputes G, the chunk states and A instead of keeping them from the forward: activations
+stay at the inputs' size.
+
+Recurrent (``recurrent_gla``): one program per (batch, head, value tile) walks the sequence with its state
+tile in registers; the backward walks forward once for dq and backward once for dk, dv and the initial
+state's gradient. It is the decoding path (a few tokens, no chunk padding).
+
+All states and accumulations are fp32; matmul operands take the inputs' dtype (fp32 matmuls use IEEE
+precision, not TF32, so fp32 results match the reference to ~1e-6).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64  # BT
+# Warps for the kernels holding [BT, 64] fp32 tiles: with 4 they spill registers on sm_90 (checked by
+# compiling for sm_90 ahead of time); the small-tile kernels keep Triton's default of 4.
+WIDE_WARPS = 8
+SUB_CHUNK = 16  # BC
+N_SUB = CHUNK // SUB_CHUNK  # NC
+
+
+def _block(dim: int, cap: int) -> int:
+    # tl.dot needs every dimension >= 16; masks cover the padding.
+    return min(cap, max(16, triton.next_power_of_2(dim)))
+
+
+# -- chunked forward --------------------------------------------------------------------------------------
+#
+# Addressing: every program turns its (batch, head, chunk) into one int64 scalar offset per tensor and adds
+# int32 tile offsets to it, so large tensors cannot overflow int32 while the [BT, BK] offset tiles stay
+# 32-bit (64-bit tiles double the registers they take). Layouts: q, k, g, dq, dk, dg [B, T, H, K] and v, o,
+# do, dv [B, T, H, V] (rows H*K or H*V apart); G, dB, dq_intra, dk_intra [B, H, T_pad, K]; h, dh
+# [B, H, NT, K, V]; A, dA [B, H, NT, BT, BT]; h0, ht, dh0, dht [B, H, K, V].
+
+
+@triton.jit
+def _chunk_cumsum_kernel(g, G, T, NT, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    i_k, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    b_g = tl.load(
+        g + (i_b * T * H + i_h) * K + o_t[:, None] * (H * K) + o_k[None, :],
+        mask=(o_t[:, None] < T) & m_k[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    # Rows past T get g = 0, so G stays flat to the end of the last chunk.
+    tl.store(
+        G + i_bh.to(tl.int64) * NT * BT * K + o_t[:, None] * K + o_k[None, :],
+        tl.cumsum(b_g, axis=0),
+        mask=m_k[None, :],
+    )
+
+
+@triton.jit
+def _chunk_fwd_h_kernel(
+    k,
+    v,
+    G,
+    h,
+    h0,
+    ht,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    k += (i_b * T * H + i_h) * K
+    v += (i_b * T * H + i_h) * V
+    G += i_bh * NT * BT * K
+    h += i_bh * NT * K * V
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for i_n in range(NT):
+        tl.store(h + i_n * K * V + o_kv, b_S, mask=m_kv)
+        o_t = i_n * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        b_k = tl.load(k + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_v = tl.load(v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_Gl = tl.load(G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gl[None, :] - b_G)).to(b_v.dtype)
+        b_S = b_S * tl.exp(b_Gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision="ieee")
+    if STORE_HT:
+        tl.store(ht + i_bh * K * V + o_kv, b_S, mask=m_kv)
+
+
+@triton.jit
+def _chunk_intra_A_kernel(
+    q,
+    k,
+    G,
+    A,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+):
+    # One program per (query sub-chunk, key sub-chunk) block of one chunk's [BT, BT] score matrix.
+    i_c, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    q += (i_b * T * H + i_h) * K
+    k += (i_b * T * H + i_h) * K
+    G += i_bh * NT * BT * K
+    i_i, i_j = i_c // NC, i_c % NC
+    o_c = tl.arange(0, BC)
+    o_i = i_n * BT + i_i * BC + o_c
+    o_j = i_n * BT + i_j * BC + o_c
+    m_i, m_j = o_i < T, o_j < T
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    if i_i > i_j:
+        # Decays to the pivot r (first row of the query sub-chunk): j < r <= i, so both exponents are <= 0.
+        r = i_n * BT + i_i * BC
+        for i_k in range(0, K, BK):
+            o_k = i_k + tl.arange(0, BK)
+            m_k = o_k < K
+            b_q = tl.load(
+                q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :], other=0.0
+            )
+            b_k = tl.load(
+                k + o_j[:, None] * (H * K) + o_k[None, :], mask=m_j[:, None] & m_k[None, :], other=0.0
+            )
+            b_Gi = tl.load(G + o_i[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_Gj = tl.load(G + o_j[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_Gr = tl.load(G + r * K + o_k, mask=m_k, other=0.0)
+            b_qg = b_q.to(tl.float32) * tl.exp(b_Gi - b_Gr[None, :])
+            b_kg = b_k.to(tl.float32) * tl.exp(b_Gr[None, :] - b_Gj)
+            b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision="ieee")
+    elif i_i == i_j:
+        causal = o_c[:, None] >= o_c[None, :]
+        for i_k in range(0, K, BK):
+            o_k = i_k + tl.arange(0, BK)
+            m_k = o_k < K
+            b_q = tl.load(
+                q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :], other=0.0
+            )
+            b_k = tl.load(
+                k + o_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :], other=0.0
+            )
+            b_G = tl.load(G + o_i[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+            # [BC, BC, BK]: masked before the exponential, so above the diagonal it is exp(-inf) = 0,
+            # never inf.
+            b_w = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
+            b_A += tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :] * b_w, axis=2)
+    # Blocks above the diagonal are written as zeros.
+    tl.store(A + ((i_bh * NT + i_n) * BT + i_i * BC) * BT + o_c[:, None] * BT + i_j * BC + o_c[None, :], b_A)
+
+
+@triton.jit
+def _chunk_fwd_o_kernel(
+    q,
+    v,
+    G,
+    h,
+    A,
+    o,
+    scale,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    q += (i_b * T * H + i_h) * K
+    v += (i_b * T * H + i_h) * V
+    o += (i_b * T * H + i_h) * V
+    G += i_bh * NT * BT * K
+    h += (i_bh * NT + i_n) * K * V
+    A += (i_bh * NT + i_n) * BT * BT
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_t, m_v = o_t < T, o_v < V
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_v = tl.load(v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, K, BK):
+        o_k = i_k + tl.arange(0, BK)
+        m_k = o_k < K
+        b_q = tl.load(q + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_qg = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_v.dtype)
+        b_o += tl.dot(b_qg, b_h.to(b_v.dtype), input_precision="ieee")
+    o_r = tl.arange(0, BT)
+    b_A = tl.load(A + o_r[:, None] * BT + o_r[None, :])
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision="ieee")
+    tl.store(o + o_t[:, None] * (H * V) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+
+
+# -- chunked backward -------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_bwd_dh_kernel(
+    q,
+    do,
+    G,
+    dh,
+    dht,
+    dh0,
+    scale,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+):
+    # dh[n] is the gradient of the state after chunk n (before chunk n + 1), walking the chunks backwards.
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    q += (i_b * T * H + i_h) * K
+    do += (i_b * T * H + i_h) * V
+    G += i_bh * NT * BT * K
+    dh += i_bh * NT * K * V
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dS += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for i in range(NT):
+        i_n = NT - 1 - i
+        tl.store(dh + i_n * K * V + o_kv, b_dS, mask=m_kv)
+        o_t = i_n * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        b_q = tl.load(q + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_do = tl.load(
+            do + o_t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+        )
+        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_Gl = tl.load(G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+        b_qg = (b_q.to(tl.float32) * tl.exp(b_G) * scale).to(b_do.dtype)
+        b_dS = b_dS * tl.exp(b_Gl)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision="ieee")
+    if STORE_DH0:
+        tl.store(dh0 + i_bh * K * V + o_kv, b_dS, mask=m_kv)
+
+
+@triton.jit
+def _chunk_bwd_dA_kernel(
+    v,
+    do,
+    dA,
+    scale,
+    T,
+    NT,
+    H: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    v += (i_b * T * H + i_h) * V
+    do += (i_b * T * H + i_h) * V
+    o_t = i_n * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, V, BV):
+        o_v = i_v + tl.arange(0, BV)
+        m = m_t[:, None] & (o_v < V)[None, :]
+        b_do = tl.load(do + o_t[:, None] * (H * V) + o_v[None, :], mask=m, other=0.0)
+        b_v = tl.load(v + o_t[:, None] * (H * V) + o_v[None, :], mask=m, other=0.0)
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
+    o_r = tl.arange(0, BT)
+    b_dA = tl.where(o_r[:, None] >= o_r[None, :], b_dA * scale, 0.0)
+    tl.store(dA + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :], b_dA)
+
+
+@triton.jit
+def _chunk_bwd_dv_kernel(
+    k,
+    G,
+    A,
+    dh,
+    do,
+    dv,
+    scale,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    k += (i_b * T * H + i_h) * K
+    do += (i_b * T * H + i_h) * V
+    dv += (i_b * T * H + i_h) * V
+    G += i_bh * NT * BT * K
+    dh += (i_bh * NT + i_n) * K * V
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_t, m_v = o_t < T, o_v < V
+    m_tv = m_t[:, None] & m_v[None, :]
+    o_r = tl.arange(0, BT)
+    b_A = tl.load(A + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :])
+    b_do = tl.load(do + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+    b_dv = tl.dot(tl.trans(b_A).to(b_do.dtype), b_do, input_precision="ieee") * scale
+    for i_k in range(0, K, BK):
+        o_k = i_k + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_Gl = tl.load(G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+        b_dh = tl.load(dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gl[None, :] - b_G)).to(b_do.dtype)
+        b_dv += tl.dot(b_kd, b_dh.to(b_do.dtype), input_precision="ieee")
+    tl.store(dv + o_t[:, None] * (H * V) + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
+
+
+@triton.jit
+def _chunk_bwd_intra_kernel(
+    q,
+    k,
+    G,
+    dA,
+    dq,
+    dk,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    NC: tl.constexpr,
+):
+    # Intra-chunk parts of dq and dk for one sub-chunk of rows, written to fp32 [B, H, T_pad, K] buffers.
+    i_k, i_nc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    i_n, i_i = i_nc // NC, i_nc % NC
+    q += (i_b * T * H + i_h) * K
+    k += (i_b * T * H + i_h) * K
+    G += i_bh * NT * BT * K
+    dq += i_bh * NT * BT * K
+    dk += i_bh * NT * BT * K
+    dA += (i_bh * NT + i_n) * BT * BT
+    o_c = tl.arange(0, BC)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    o_i = i_n * BT + i_i * BC + o_c
+    m_ik = (o_i < T)[:, None] & m_k[None, :]
+    b_q = tl.load(q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
+    b_k = tl.load(k + o_i[:, None] * (H * K) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
+    b_G = tl.load(G + o_i[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+
+    # dq_i = sum_{j < sub-chunk} dA_ij k_j exp(G_i - G_j), through the pivot r = first row of this sub-chunk.
+    b_Gr = tl.load(G + (i_n * BT + i_i * BC) * K + o_k, mask=m_k, other=0.0)
+    b_dq = tl.zeros([BC, BK], dtype=tl.float32)
+    for i_j in range(0, i_i):
+        o_j = i_n * BT + i_j * BC + o_c
+        m_jk = (o_j < T)[:, None] & m_k[None, :]
+        b_kj = tl.load(k + o_j[:, None] * (H * K) + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
+        b_Gj = tl.load(G + o_j[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_dA = tl.load(dA + (i_i * BC + o_c[:, None]) * BT + i_j * BC + o_c[None, :])
+        b_dq += tl.dot(b_dA, b_kj * tl.exp(b_Gr[None, :] - b_Gj), input_precision="ieee")
+    b_dq *= tl.exp(b_G - b_Gr[None, :])
+
+    # dk_j = sum_{i > sub-chunk} dA_ij q_i exp(G_i - G_j), through the pivot e = last row of this sub-chunk.
+    b_Ge = tl.load(G + (i_n * BT + i_i * BC + BC - 1) * K + o_k, mask=m_k, other=0.0)
+    b_dk = tl.zeros([BC, BK], dtype=tl.float32)
+    for i_j in range(i_i + 1, NC):
+        o_j = i_n * BT + i_j * BC + o_c
+        m_jk = (o_j < T)[:, None] & m_k[None, :]
+        b_qj = tl.load(q + o_j[:, None] * (H * K) + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
+        b_Gj = tl.load(G + o_j[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_dA = tl.load(dA + (i_j * BC + o_c[:, None]) * BT + i_i * BC + o_c[None, :])
+        b_dk += tl.dot(tl.trans(b_dA), b_qj * tl.exp(b_Gj - b_Ge[None, :]), input_precision="ieee")
+    b_dk *= tl.exp(b_Ge[None, :] - b_G)
+
+    # Inside the sub-chunk: the pairwise decays [i, j, k], masked to i >= j before the exponential.
+    b_dAd = tl.load(dA + (i_i * BC + o_c[:, None]) * BT + i_i * BC + o_c[None, :])
+    causal = o_c[:, None] >= o_c[None, :]
+    b_w = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
+    b_dq += tl.sum(b_dAd[:, :, None] * b_k[None, :, :] * b_w, axis=1)
+    b_dk += tl.sum(b_dAd[:, :, None] * b_q[:, None, :] * b_w, axis=0)
+    tl.store(dq + o_i[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
+    tl.store(dk + o_i[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
+
+
+@triton.jit
+def _chunk_bwd_inter_kernel(
+    q,
+    k,
+    v,
+    G,
+    h,
+    dh,
+    do,
+    dq_intra,
+    dk_intra,
+    dq,
+    dk,
+    dB,
+    scale,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    i_k, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    x_k = (i_b * T * H + i_h) * K  # q, k, dq, dk
+    x_v = (i_b * T * H + i_h) * V  # v, do
+    x_G = i_bh * NT * BT * K  # G, dq_intra, dk_intra, dB
+    h += (i_bh * NT + i_n) * K * V
+    dh += (i_bh * NT + i_n) * K * V
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_t, m_k = o_t < T, o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    for i_v in range(0, V, BV):
+        o_v = i_v + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_do = tl.load(do + x_v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+        b_v = tl.load(v + x_v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+        b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_dh = tl.load(dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_dq += tl.dot(b_do, tl.trans(b_h.to(b_do.dtype)), input_precision="ieee")
+        b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision="ieee")
+    o_G = o_t[:, None] * K + o_k[None, :]
+    b_G = tl.load(G + x_G + o_G, mask=m_k[None, :], other=0.0)
+    b_Gl = tl.load(G + x_G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+    b_dq = b_dq * tl.exp(b_G) * scale + tl.load(dq_intra + x_G + o_G, mask=m_k[None, :], other=0.0)
+    b_dk = b_dk * tl.exp(b_Gl[None, :] - b_G) + tl.load(dk_intra + x_G + o_G, mask=m_k[None, :], other=0.0)
+    o_x = o_t[:, None] * (H * K) + o_k[None, :]
+    b_q = tl.load(q + x_k + o_x, mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + x_k + o_x, mask=m_tk, other=0.0).to(tl.float32)
+    tl.store(dq + x_k + o_x, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + x_k + o_x, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    # d(loss)/d(cumulative log decay) at each position, summed backwards into dg by _reverse_cumsum_kernel.
+    tl.store(dB + x_G + o_G, b_q * b_dq - b_k * b_dk, mask=m_k[None, :])
+
+
+@triton.jit
+def _reverse_cumsum_kernel(
+    dB,
+    dg_last,
+    dg,
+    T,
+    NT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    USE_LAST: tl.constexpr,
+):
+    # dg_t = sum_{s >= t} dB_s (+ dg_last, the final state's share, at every t): chunks walked backwards.
+    i_k, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    dB += i_bh * NT * BT * K
+    dg += (i_b * T * H + i_h) * K
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    b_carry = tl.zeros([BK], dtype=tl.float32)
+    if USE_LAST:
+        b_carry += tl.load(dg_last + i_bh * K + o_k, mask=m_k, other=0.0)
+    for i in range(NT):
+        i_n = NT - 1 - i
+        o_t = i_n * BT + tl.arange(0, BT)
+        b_x = tl.load(dB + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_total = tl.sum(b_x, axis=0)
+        b_rev = b_total[None, :] - tl.cumsum(b_x, axis=0) + b_x + b_carry[None, :]
+        tl.store(
+            dg + o_t[:, None] * (H * K) + o_k[None, :],
+            b_rev.to(dg.dtype.element_ty),
+            mask=(o_t < T)[:, None] & m_k[None, :],
+        )
+        b_carry += b_total
+
+
+# -- host side of the chunked kernels ---------------------------------------------------------------------
+
+
+class _Shapes:
+    def __init__(self, q, v):
+        self.B, self.T, self.H, self.K = q.shape
+        self.V = v.shape[-1]
+        self.NT = triton.cdiv(self.T, CHUNK)
+        self.BK = _block(self.K, 64)
+        self.BV = _block(self.V, 64)
+        self.NK = triton.cdiv(self.K, self.BK)
+        self.NV = triton.cdiv(self.V, self.BV)
+        # The [BC, BC, BK] pairwise blocks are the register-hungry part: smaller key tiles there.
+        self.BKI = _block(self.K, 32)
+
+
+def _cumsum(g, s: _Shapes, like):
+    """G [B, H, T_pad, K] fp32: the log decays summed within each chunk (zeros when there is no decay)."""
+    if g is None:
+        return torch.zeros(s.B, s.H, s.NT * CHUNK, s.K, device=like.device, dtype=torch.float32)
+    G = torch.empty(s.B, s.H, s.NT * CHUNK, s.K, device=g.device, dtype=torch.float32)
+    _chunk_cumsum_kernel[(s.NK, s.NT, s.B * s.H)](g, G, s.T, s.NT, H=s.H, K=s.K, BT=CHUNK, BK=s.BK)
+    return G
+
+
+def _states(k, v, G, initial_state, output_final_state, s: _Shapes):
+    h = torch.empty(s.B, s.H, s.NT, s.K, s.V, device=k.device, dtype=torch.float32)
+    ht = torch.empty(s.B, s.H, s.K, s.V, device=k.device, dtype=torch.float32) if output_final_state else None
+    _chunk_fwd_h_kernel[(s.NK, s.NV, s.B * s.H)](
+        k,
+        v,
+        G,
+        h,
+        initial_state if initial_state is not None else h,
+        ht if ht is not None else h,
+        s.T,
+        s.NT,
+        H=s.H,
+        K=s.K,
+        V=s.V,
+        BT=CHUNK,
+        BK=s.BK,
+        BV=s.BV,
+        USE_H0=initial_state is not None,
+        STORE_HT=ht is not None,
+        num_warps=WIDE_WARPS,
+    )
+    return h, ht
+
+
+def _intra_scores(q, k, G, s: _Shapes):
+    A = torch.empty(s.B, s.H, s.NT, CHUNK, CHUNK, device=q.device, dtype=torch.float32)
+    _chunk_intra_A_kernel[(N_SUB * N_SUB, s.NT, s.B * s.H)](
+        q, k, G, A, s.T, s.NT, H=s.H, K=s.K, BT=CHUNK, BC=SUB_CHUNK, BK=s.BKI, NC=N_SUB
+    )
+    return A
+
+
+class ChunkGLAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
+        s = _Shapes(q, v)
+        G = _cumsum(g, s, q)
+        h, ht = _states(k, v, G, initial_state, output_final_state, s)
+        A = _intra_scores(q, k, G, s)
+        o = torch.empty_like(v)
+        _chunk_fwd_o_kernel[(s.NV, s.NT, s.B * s.H)](
+            q,
+            v,
+            G,
+            h,
+            A,
+            o,
+            scale,
+            s.T,
+            s.NT,
+            H=s.H,
+            K=s.K,
+            V=s.V,
+            BT=CHUNK,
+            BK=s.BK,
+            BV=s.BV,
+            num_warps=WIDE_WARPS,
+        )
+        ctx.save_for_backward(q, k, v, g, initial_state, ht)
+        ctx.scale = scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, initial_state, ht = ctx.saved_tensors
+        scale = ctx.scale
+        s = _Shapes(q, v)
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        # Recomputed rather than kept from the forward: G, the chunk-start states and the intra-chunk scores.
+        G = _cumsum(g, s, q)
+        h, _ = _states(k, v, G, initial_state, False, s)
+        A = _intra_scores(q, k, G, s)
+
+        dh = torch.empty_like(h)
+        want_dh0 = initial_state is not None and ctx.needs_input_grad[5]
+        dh0 = torch.empty(s.B, s.H, s.K, s.V, device=q.device, dtype=torch.float32) if want_dh0 else None
+        _chunk_bwd_dh_kernel[(s.NK, s.NV, s.B * s.H)](
+            q,
+            do,
+            G,
+            dh,
+            dht if dht is not None else dh,
+            dh0 if dh0 is not None else dh,
+            scale,
+            s.T,
+            s.NT,
+            H=s.H,
+            K=s.K,
+            V=s.V,
+            BT=CHUNK,
+            BK=s.BK,
+            BV=s.BV,
+            USE_DHT=dht is not None,
+            STORE_DH0=want_dh0,
+            num_warps=WIDE_WARPS,
+        )
+        dA = torch.empty_like(A)
+        _chunk_bwd_dA_kernel[(s.NT, s.B * s.H)](
+            v, do, dA, scale, s.T, s.NT, H=s.H, V=s.V, BT=CHUNK, BV=s.BV, num_warps=WIDE_WARPS
+        )
+        dv = torch.empty_like(v)
+        _chunk_bwd_dv_kernel[(s.NV, s.NT, s.B * s.H)](
+            k,
+            G,
+            A,
+            dh,
+            do,
+            dv,
+            scale,
+            s.T,
+            s.NT,
+            H=s.H,
+            K=s.K,
+            V=s.V,
+            BT=CHUNK,
+            BK=s.BK,
+            BV=s.BV,
+            num_warps=WIDE_WARPS,
+        )
+        dq_intra = torch.empty_like(G)
+        dk_intra = torch.empty_like(G)
+        _chunk_bwd_intra_kernel[(triton.cdiv(s.K, s.BKI), s.NT * N_SUB, s.B * s.H)](
+            q,
+            k,
+            G,
+            dA,
+            dq_intra,
+            dk_intra,
+            s.T,
+            s.NT,
+            H=s.H,
+            K=s.K,
+            BT=CHUNK,
+            BC=SUB_CHUNK,
+            BK=s.BKI,
+            NC=N_SUB,
+        )
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        dB = torch.empty_like(G)
+        _chunk_bwd_inter_kernel[(s.NK, s.NT, s.B * s.H)](
+            q,
+            k,
+            v,
+            G,
+            h,
+            dh,
+            do,
+            dq_intra,
+            dk_intra,
+            dq,
+            dk,
+            dB,
+            scale,
+            s.T,
+            s.NT,
+            H=s.H,
+            K=s.K,
+            V=s.V,
+            BT=CHUNK,
+            BK=s.BK,
+            BV=s.BV,
+            num_warps=WIDE_WARPS,
+        )
+        dg = None
+        if g is not None and ctx.needs_input_grad[3]:
+            dg = torch.empty(s.B, s.T, s.H, s.K, device=q.device, dtype=torch.float32)
+            dg_last = (ht * dht).sum(-1).contiguous() if (ht is not None and dht is not None) else None
+            _reverse_cumsum_kernel[(s.NK, s.B * s.H)](
+                dB,
+                dg_last if dg_last is not None else dB,
+                dg,
+                s.T,
+                s.NT,
+                H=s.H,
+                K=s.K,
+                BT=CHUNK,
+                BK=s.BK,
+                USE_LAST=dg_last is not None,
+            )
+            dg = dg.to(g.dtype)
+        if dh0 is not None:
+            dh0 = dh0.to(initial_state.dtype)
+        return dq, dk, dv, dg, None, dh0, None
+
+
+# -- fused recurrent kernels ------------------------------------------------------------------------------
+
+
+@triton.jit
+def _recurrent_fwd_kernel(
+    q,
+    k,
+    v,
+    g,
+    o,
+    h0,
+    ht,
+    scale,
+    T,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_G: tl.constexpr,
+    USE_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
+    # One program per (batch, head, value tile), the whole key dimension in registers.
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    q += (i_b * T * H + i_h) * K
+    k += (i_b * T * H + i_h) * K
+    g += (i_b * T * H + i_h) * K
+    v += (i_b * T * H + i_h) * V
+    o += (i_b * T * H + i_h) * V
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for t in range(T):
+        b_q = tl.load(q + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        if USE_G:
+            b_g = tl.load(g + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_S = b_S * tl.exp(b_g)[:, None]
+        b_S += b_k[:, None] * b_v[None, :]
+        b_o = tl.sum(b_S * b_q[:, None], axis=0)
+        tl.store(o + t * (H * V) + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+    if STORE_HT:
+        tl.store(ht + i_bh * K * V + o_kv, b_S, mask=m_kv)
+
+
+@triton.jit
+def _recurrent_bwd_kernel(
+    q,
+    k,
+    v,
+    g,
+    do,
+    h0,
+    dht,
+    dq,
+    dk,
+    dv,
+    dh0,
+    scale,
+    T,
+    B,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_G: tl.constexpr,
+    USE_H0: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+):
+    # dq and dk come out per value tile (fp32 [NV, B, T, H, K], summed on the host); dv is whole per program.
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh = i_bh.to(tl.int64)
+    x_k = (i_b * T * H + i_h) * K
+    x_v = (i_b * T * H + i_h) * V
+    q += x_k
+    k += x_k
+    g += x_k
+    v += x_v
+    do += x_v
+    dv += x_v
+    dq += i_v.to(tl.int64) * B * T * H * K + x_k
+    dk += i_v.to(tl.int64) * B * T * H * K + x_k
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+
+    # Forward walk: dq_t = scale * S_t do_t.
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for t in range(T):
+        b_k = tl.load(k + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_do = tl.load(do + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        if USE_G:
+            b_g = tl.load(g + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_S = b_S * tl.exp(b_g)[:, None]
+        b_S += b_k[:, None] * b_v[None, :]
+        tl.store(dq + t * (H * K) + o_k, tl.sum(b_S * b_do[None, :], axis=1) * scale, mask=m_k)
+
+    # Backward walk: dS_t = scale q_t^T do_t + exp(g_{t+1}) dS_{t+1}; dk_t = dS_t v_t, dv_t = k_t dS_t.
+    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dS += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for i in range(T):
+        t = T - 1 - i
+        b_q = tl.load(q + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_do = tl.load(do + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_dS += b_q[:, None] * b_do[None, :]
+        tl.store(dk + t * (H * K) + o_k, tl.sum(b_dS * b_v[None, :], axis=1), mask=m_k)
+        tl.store(
+            dv + t * (H * V) + o_v, tl.sum(b_dS * b_k[:, None], axis=0).to(dv.dtype.element_ty), mask=m_v
+        )
+        if USE_G:
+            b_g = tl.load(g + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_dS = b_dS * tl.exp(b_g)[:, None]
+    if STORE_DH0:
+        tl.store(dh0 + i_bh * K * V + o_kv, b_dS, mask=m_kv)
+
+
+def _recurrent_blocks(K, V):
+    BK = triton.next_power_of_2(K)
+    # The state tile [BK, BV] lives in registers: narrower value tiles and more warps for wide keys.
+    BV = min(triton.next_power_of_2(V), 64 if BK <= 64 else 32)
+    return BK, BV, 4 if BK <= 64 else 8
+
+
+class RecurrentGLAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        BK, BV, warps = _recurrent_blocks(K, V)
+        NV = triton.cdiv(V, BV)
+        o = torch.empty_like(v)
+        ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
+        _recurrent_fwd_kernel[(NV, B * H)](
+            q,
+            k,
+            v,
+            g if g is not None else q,
+            o,
+            initial_state if initial_state is not None else o,
+            ht if ht is not None else o,
+            scale,
+            T,
+            H=H,
+            K=K,
+            V=V,
+            BK=BK,
+            BV=BV,
+            USE_G=g is not None,
+            USE_H0=initial_state is not None,
+            STORE_HT=ht is not None,
+            num_warps=warps,
+        )
+        ctx.save_for_backward(q, k, v, g, initial_state, ht)
+        ctx.scale = scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, initial_state, ht = ctx.saved_tensors
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        BK, BV, warps = _recurrent_blocks(K, V)
+        NV = triton.cdiv(V, BV)
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        dq = torch.empty(NV, B, T, H, K, device=q.device, dtype=torch.float32)
+        dk = torch.empty_like(dq)
+        dv = torch.empty_like(v)
+        want_dh0 = initial_state is not None and ctx.needs_input_grad[5]
+        dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if want_dh0 else None
+        _recurrent_bwd_kernel[(NV, B * H)](
+            q,
+            k,
+            v,
+            g if g is not None else q,
+            do,
+            initial_state if initial_state is not None else dv,
+            dht if dht is not None else dv,
+            dq,
+            dk,
+            dv,
+            dh0 if dh0 is not None else dv,
+            ctx.scale,
+            T,
+            B,
+            H=H,
+            K=K,
+            V=V,
+            BK=BK,
+            BV=BV,
+            USE_G=g is not None,
+            USE_H0=initial_state is not None,
+            USE_DHT=dht is not None,
+            STORE_DH0=want_dh0,
+            num_warps=warps,
+        )
+        dq, dk = dq.sum(0), dk.sum(0)
+        dg = None
+        if g is not None and ctx.needs_input_grad[3]:
+            # The identity of the chunked backward:
+            # dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s) + the final state's share.
+            dB = q.float() * dq - k.float() * dk
+            dg = dB.flip(1).cumsum(1).flip(1)
+            if ht is not None and dht is not None:
+                dg = dg + (ht * dht).sum(-1)[:, None]
+            dg = dg.to(g.dtype)
+        if dh0 is not None:
+            dh0 = dh0.to(initial_state.dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, dh0, None
+
+
+# -- the backends -----------------------------------------------------------------------------------------
+
+
+def _prepare(q, k, v, g, scale, initial_state):
+    B, T, H, K = q.shape
+    scale = K**-0.5 if scale is None else float(scale)
+    if g is not None and g.dim() == 3:
+        # One decay per head: broadcast over the key channels (autograd sums the gradient back).
+        g = g[..., None].expand(B, T, H, K)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = g.contiguous() if g is not None else None
+    initial_state = initial_state.contiguous() if initial_state is not None else None
+    return q, k, v, g, scale, initial_state
+
+
+def chunk_gla(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True):
+    q, k, v, g, scale, initial_state = _prepare(q, k, v, g, scale, initial_state)
+    return ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state)
+
+
+def recurrent_gla(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True):
+    q, k, v, g, scale, initial_state = _prepare(q, k, v, g, scale, initial_state)
+    return RecurrentGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state)

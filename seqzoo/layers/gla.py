@@ -1,0 +1,89 @@
+"""``gla``: gated linear attention with a data-dependent, per-channel forget gate (Yang et al. 2023).
+
+    q = x Wq, k = x Wk, v = x Wv                      # [B, T, H, K], [B, T, H, K], [B, T, H, V]
+    g = logsigmoid(W2 W1 x + b) / 16                  # log decay per key channel, low-rank (W1: D -> 16)
+    S_t = exp(g_t)[:, None] * S_{t-1} + k_t^T v_t ;  o_t = K^-1/2 q_t S_t
+    y = (RMSNorm_head(o) * swish(x Wr)) Wo
+
+The normaliser 16 keeps the gates close to 1 (slow forgetting) at initialisation, as in the paper. With
+``use_short_conv`` q, k and v first pass through causal depthwise convolutions (``ops.causal_conv1d``,
+SiLU), whose last inputs join the decoding state. Defaults follow the paper: key width d_model / 2, value
+width d_model.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..modules.norm import RMSNorm
+from ..registry import register_mixer
+from .linear_attention import GatedLinearAttentionMixer, ShortConvolution, _positive_int
+
+
+@register_mixer(
+    "gla",
+    description="gated linear attention: data-dependent per-channel decay (low-rank logsigmoid gate), "
+    "swish output gate",
+    paper="Yang et al. 2023, Gated Linear Attention Transformers with Hardware-Efficient Training",
+)
+class GLA(GatedLinearAttentionMixer):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int | None = None,
+        expand_k: float = 0.5,
+        expand_v: float = 1.0,
+        gate_low_rank: int = 16,
+        gate_normalizer: float = 16.0,
+        use_short_conv: bool = False,
+        conv_width: int = 4,
+        norm_eps: float = 1e-5,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model, bidirectional, backend)
+        self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
+        _positive_int("gla", "gate_low_rank", gate_low_rank)
+        if not gate_normalizer > 0:
+            raise ValueError(f"gla: gate_normalizer must be positive, got {gate_normalizer!r}")
+        if use_short_conv and bidirectional:
+            raise ValueError(
+                "gla: the short convolution is causal; use use_short_conv=False with bidirectional=True"
+            )
+        self.gate_normalizer = float(gate_normalizer)
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(d_model, gate_low_rank, bias=False), nn.Linear(gate_low_rank, self.key_dim, bias=True)
+        )
+        self.r_proj = nn.Linear(d_model, self.value_dim, bias=False)  # the output gate
+        self.norm = RMSNorm(self.head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        if use_short_conv:
+            if not isinstance(conv_width, int) or not 2 <= conv_width <= 8:
+                raise ValueError(f"gla: conv_width must be an int in 2..8, got {conv_width!r}")
+            self.convs["conv_q"] = ShortConvolution(self.key_dim, conv_width)
+            self.convs["conv_k"] = ShortConvolution(self.key_dim, conv_width)
+            self.convs["conv_v"] = ShortConvolution(self.value_dim, conv_width)
+
+    def _features(self, x, state, positions, keep_state):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        conv_states = {}
+        if self.convs:
+            q = self._conv("conv_q", q, state, keep_state, conv_states)
+            k = self._conv("conv_k", k, state, keep_state, conv_states)
+            v = self._conv("conv_v", v, state, keep_state, conv_states)
+        g = F.logsigmoid(self.gk_proj(x)) / self.gate_normalizer
+        return (
+            self._heads(q, self.head_k_dim),
+            self._heads(k, self.head_k_dim),
+            self._heads(v, self.head_v_dim),
+            self._heads(g, self.head_k_dim),
+            conv_states,
+        )
+
+    def _output(self, o, x):
+        r = self._heads(self.r_proj(x), self.head_v_dim)
+        return self.o_proj((self.norm(o) * F.silu(r)).reshape(x.shape[0], x.shape[1], -1))

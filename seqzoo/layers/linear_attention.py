@@ -1,0 +1,239 @@
+"""``linear_attention`` and the machinery every mixer over ``ops.gla`` shares (gla, retnet, lightning, hgrn2).
+
+    q = phi(x Wq), k = phi(x Wk), v = x Wv                # [B, T, H, K], [B, T, H, K], [B, T, H, V]
+    S_t = S_{t-1} + k_t^T v_t ;  o_t = K^-1/2 q_t S_t     # no decay: causal linear attention
+    y = RMSNorm_head(o) Wo
+
+phi is the feature map: ``identity``, ``elu+1`` (Katharopoulos et al. 2020) or ``relu``. There is no
+denominator: a per-head RMSNorm of the output takes its place (as in TransNormer), so the output's scale
+does not grow with the length.
+
+:class:`GatedLinearAttentionMixer` holds what the family shares: the heads, the call to ``ops.gla`` with a
+state, decoding (the state is S [B, H, K, V] in fp32, plus the short-convolution tails and a position
+counter for the mixers that have them) and the bidirectional (encoder) mode, which runs the op with
+``causal=False``. A subclass supplies ``_features`` (x -> q, k, v, g) and ``_output`` (o, x -> y).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..modules.norm import RMSNorm
+from ..ops.gla import decoding_backend
+from ..registry import register_mixer
+from .base import Mixer, State
+
+FEATURE_MAPS = ("identity", "elu+1", "relu", "silu")
+
+
+def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "identity":
+        return x
+    if name == "elu+1":
+        return F.elu(x) + 1.0
+    if name == "relu":
+        return F.relu(x)
+    if name == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown feature map {name!r}; expected one of {FEATURE_MAPS}")
+
+
+def _positive_int(mixer: str, name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{mixer}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def head_split(mixer: str, what: str, total: int, n_heads: int) -> int:
+    """Per-head size of a width ``total`` split over ``n_heads``; a clear error when it does not divide."""
+    if total < n_heads or total % n_heads:
+        raise ValueError(
+            f"{mixer}: the {what} width ({total}) must be a positive multiple of n_heads ({n_heads})"
+        )
+    return total // n_heads
+
+
+class ShortConvolution(nn.Module):
+    """Causal depthwise convolution (``ops.causal_conv1d``) with SiLU; its state is the last W-1 inputs."""
+
+    def __init__(self, channels: int, width: int, backend: str = "auto"):
+        super().__init__()
+        bound = width**-0.5
+        self.weight = nn.Parameter(torch.empty(channels, width).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.channels, self.width, self.backend = channels, width, backend
+
+    def forward(self, u, state=None, output_state=False):
+        return ops.causal_conv1d(
+            u,
+            self.weight,
+            self.bias,
+            activation="silu",
+            initial_state=state,
+            output_final_state=output_state,
+            backend=self.backend,
+        )
+
+
+class GatedLinearAttentionMixer(Mixer):
+    """Base of the mixers over ``ops.gla``. Subclasses implement ``_features`` and ``_output``."""
+
+    # True for mixers whose features depend on the absolute position (rotary): the state carries "pos".
+    uses_position = False
+
+    def __init__(self, d_model: int, bidirectional: bool, backend: str):
+        super().__init__(d_model)
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"{self.mixer_name}: bidirectional must be a bool, got {bidirectional!r}")
+        self.bidirectional, self.backend = bidirectional, backend
+        # Short convolutions by state name ("conv_q", ...); a subclass fills it before use.
+        self.convs = nn.ModuleDict()
+
+    def _set_heads(self, n_heads, key_dim: int, value_dim: int) -> None:
+        """Split ``key_dim`` and ``value_dim`` over ``n_heads`` (default: one head per 64 of d_model)."""
+        name = self.mixer_name
+        self.n_heads = _positive_int(
+            name, "n_heads", max(1, self.d_model // 64) if n_heads is None else n_heads
+        )
+        self.key_dim, self.value_dim = key_dim, value_dim
+        self.head_k_dim = head_split(name, "key", key_dim, self.n_heads)
+        self.head_v_dim = head_split(name, "value", value_dim, self.n_heads)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, head_k_dim={self.head_k_dim}, "
+            f"head_v_dim={self.head_v_dim}, bidirectional={self.bidirectional}"
+        )
+
+    # -- subclass hooks -------------------------------------------------------------------------------
+
+    def _features(self, x: torch.Tensor, state: State | None, positions: torch.Tensor, keep_state: bool):
+        """x [B, T, D] -> (q, k, v, g, conv_states) for ops.gla; conv_states maps state names to tensors."""
+        raise NotImplementedError
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, V] -> y [B, T, D]."""
+        raise NotImplementedError
+
+    # -- shared pieces for subclasses ------------------------------------------------------------------
+
+    def _conv(self, name: str, u: torch.Tensor, state: State | None, keep_state: bool, conv_states: dict):
+        """Short convolution ``name`` over u [B, T, C], continuing from (and recording) its decoding state."""
+        y, tail = self.convs[name](u, None if state is None else state[name], keep_state)
+        if keep_state:
+            conv_states[name] = tail
+        return y
+
+    def _heads(self, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], self.n_heads, head_dim)
+
+    # -- the contract ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        positions = torch.arange(x.shape[1], device=x.device)
+        q, k, v, g, _ = self._features(x, None, positions, False)
+        o, _ = ops.gla(q, k, v, g, causal=not self.bidirectional, backend=self.backend)
+        return self._output(o, x)
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return ("S", *self.convs.keys(), *(("pos",) if self.uses_position else ()))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        # fp32 for fp32/fp16/bf16 models (fp64 for fp64), as the op returns it.
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        state = {
+            "S": torch.zeros(
+                batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=dtype
+            )
+        }
+        for name, conv in self.convs.items():
+            state[name] = torch.zeros(batch_size, conv.channels, conv.width - 1, device=device, dtype=dtype)
+        if self.uses_position:
+            state["pos"] = torch.zeros(batch_size, dtype=torch.long, device=device)
+        return state
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self.check_input(x)
+        self.check_decodable()
+        if state is not None:
+            self.check_state(state, x.shape[0], self._state_keys())
+        t = x.shape[1]
+        start = int(state["pos"][0]) if (state is not None and self.uses_position) else 0
+        q, k, v, g, conv_states = self._features(
+            x, state, torch.arange(start, start + t, device=x.device), True
+        )
+        o, S = ops.gla(
+            q,
+            k,
+            v,
+            g,
+            initial_state=None if state is None else state["S"],
+            output_final_state=True,
+            backend=decoding_backend(self.backend, x, t),
+        )
+        new_state = {"S": S, **conv_states}
+        if self.uses_position:
+            new_state["pos"] = (
+                state["pos"]
+                if state is not None
+                else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            ) + t
+        return self._output(o, x), new_state
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self.check_input(x_t, "x_t", ndim=2)
+        y, state = self.prefill(x_t[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        conv = sum(c.channels * (c.width - 1) for c in self.convs.values())
+        return self.n_heads * self.head_k_dim * self.head_v_dim + conv
+
+
+@register_mixer(
+    "linear_attention",
+    description="causal linear attention (no decay) with a feature map (identity, elu+1, relu) and an "
+    "output RMSNorm",
+    paper="Katharopoulos et al. 2020, Transformers are RNNs; "
+    "Qin et al. 2022, The Devil in Linear Transformer",
+)
+class LinearAttention(GatedLinearAttentionMixer):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int | None = None,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        feature_map: str = "elu+1",
+        output_norm: bool = True,
+        norm_eps: float = 1e-5,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model, bidirectional, backend)
+        self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
+        if feature_map not in ("identity", "elu+1", "relu"):
+            raise ValueError(
+                f"linear_attention: feature_map must be 'identity', 'elu+1' or 'relu', got {feature_map!r}"
+            )
+        self.feature_map = feature_map
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.norm = RMSNorm(self.head_v_dim, eps=norm_eps) if output_norm else None
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
+
+    def _features(self, x, state, positions, keep_state):
+        q = feature_map(self._heads(self.q_proj(x), self.head_k_dim), self.feature_map)
+        k = feature_map(self._heads(self.k_proj(x), self.head_k_dim), self.feature_map)
+        v = self._heads(self.v_proj(x), self.head_v_dim)
+        return q, k, v, None, {}
+
+    def _output(self, o, x):
+        if self.norm is not None:
+            o = self.norm(o)
+        return self.o_proj(o.reshape(x.shape[0], x.shape[1], -1))
