@@ -23,8 +23,12 @@ MIXER_KWARGS = {"attention": {"n_heads": 2}, "sliding_window": {"n_heads": 2, "w
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=["mqar", "lm"], default="mqar",
-                   help="mqar: recall sweep over every mixer (default); lm: byte-level LMs on the stdlib sources")
+    p.add_argument(
+        "--task",
+        choices=["mqar", "lm"],
+        default="mqar",
+        help="mqar: recall sweep over every mixer (default); lm: byte-level LMs on the stdlib sources",
+    )
     p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS, help="mixer names (or 'hybrid')")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
@@ -46,9 +50,15 @@ def demo_config(name: str, args, out_dir: Path) -> dict:
         "data": {"source": "builtin", "max_bytes": 2_000_000, "seq_len": args.seq_len},
         "optim": {"lr": args.lr, "weight_decay": 0.01, "warmup_steps": max(1, args.steps // 20)},
         "train": {
-            "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": "cpu",
-            "eval_every": args.steps, "eval_batches": args.eval_batches, "ckpt_every": args.steps,
-            "keep_last": 1, "out_dir": str(out_dir / "{name}"),
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": "cpu",
+            "eval_every": args.steps,
+            "eval_batches": args.eval_batches,
+            "ckpt_every": args.steps,
+            "keep_last": 1,
+            "out_dir": str(out_dir / "{name}"),
         },
         "log": {"every": 10, "progress": True, "tensorboard": False, "plot": False},
     }
@@ -74,8 +84,10 @@ def mqar_demo(args) -> int:
     sweep = load_sweep("mqar-cpu", overrides)
     rows = run_sweep(sweep)
     print("\n" + markdown_table(rows))
-    print("MQAR accuracy (1.0 = every query recalled). Attention recalls; a short convolution cannot see past its "
-          "width. Results, CSV and plots: " + sweep.out_dir.format(name=sweep.name))
+    print(
+        "MQAR accuracy (1.0 = every query recalled). Attention recalls; a short convolution cannot see past its "
+        "width. Results, CSV and plots: " + sweep.out_dir.format(name=sweep.name)
+    )
     return 0
 
 
@@ -93,7 +105,9 @@ def main(args) -> int:
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         tok_s = r["tokens"] / r["wall_time_s"]
-        print(f"| {r['name']:<14} | {r['parameters']:>8,} | {r['val_bpb']:>13.3f} | {r['val_acc']:>7.3f} | {tok_s:>9,.0f} |")
+        print(
+            f"| {r['name']:<14} | {r['parameters']:>8,} | {r['val_bpb']:>13.3f} | {r['val_acc']:>7.3f} | {tok_s:>9,.0f} |"
+        )
     print(
         f"\nunigram entropy of the validation bytes: {entropy:.3f} bits/byte (a uniform guess: {math.log2(256):.0f}); "
         f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens, d_model={args.d_model}, "

@@ -127,8 +127,10 @@ def load_sweep(path_or_name: str | Path, overrides=()) -> SweepConfig:
     try:
         return SweepConfig(**raw)
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, x['loc']))}: {'unknown key' if x['type'] == 'extra_forbidden' else x['msg']}"
-                 for x in e.errors()]
+        lines = [
+            f"  {'.'.join(map(str, x['loc']))}: {'unknown key' if x['type'] == 'extra_forbidden' else x['msg']}"
+            for x in e.errors()
+        ]
         raise ValueError("invalid sweep config:\n" + "\n".join(lines)) from None
 
 
@@ -161,11 +163,18 @@ def plan_runs(sweep: SweepConfig) -> list[dict]:
                         },
                         "log": {"progress": False, "tensorboard": False, "plot": False, "every": 50},
                     }
-                    runs.append({
-                        "key": key, "mixer": label, "d_model": d_model, "seq_len": s.seq_len,
-                        "num_kv_pairs": s.num_kv_pairs, "lr": lr, "config": config,
-                        "dir": out / "runs" / key,
-                    })
+                    runs.append(
+                        {
+                            "key": key,
+                            "mixer": label,
+                            "d_model": d_model,
+                            "seq_len": s.seq_len,
+                            "num_kv_pairs": s.num_kv_pairs,
+                            "lr": lr,
+                            "config": config,
+                            "dir": out / "runs" / key,
+                        }
+                    )
     return runs
 
 
@@ -201,7 +210,9 @@ def run_sweep(sweep: SweepConfig, progress: bool = True) -> list[dict]:
     todo = [r for r in runs if not (r["dir"] / "summary.json").is_file()]
     done = len(runs) - len(todo)
     workers, threads = resolve_workers(sweep, max(1, len(todo)))
-    print(f"{sweep.name}: {len(runs)} runs ({done} already finished), {workers} worker(s) x {threads} thread(s)")
+    print(
+        f"{sweep.name}: {len(runs)} runs ({done} already finished), {workers} worker(s) x {threads} thread(s)"
+    )
     bar = tqdm(total=len(runs), initial=done, desc="mqar runs", disable=not progress, dynamic_ncols=True)
     failures = []
     if todo:
@@ -225,7 +236,9 @@ def run_sweep(sweep: SweepConfig, progress: bool = True) -> list[dict]:
 def _finish(run, fn, args, bar, failures):
     try:
         summary = fn(*args)
-        bar.set_postfix(last=f"{run['mixer']} d{run['d_model']} acc {summary.get('val_acc', float('nan')):.2f}")
+        bar.set_postfix(
+            last=f"{run['mixer']} d{run['d_model']} acc {summary.get('val_acc', float('nan')):.2f}"
+        )
     except Exception as e:  # one broken run must not sink the sweep: it is reported and left unfinished
         failures.append(f"{run['key']}: {type(e).__name__}: {e}")
     bar.update(1)
@@ -238,11 +251,21 @@ def collect(runs: list[dict]) -> list[dict]:
         if not path.is_file():
             continue
         s = json.loads(path.read_text())
-        rows.append({
-            "mixer": r["mixer"], "d_model": r["d_model"], "seq_len": r["seq_len"], "num_kv_pairs": r["num_kv_pairs"],
-            "lr": r["lr"], "accuracy": s.get("val_acc"), "val_loss": s.get("val_loss"), "steps": s.get("steps"),
-            "state_size": s.get("state_size"), "parameters": s.get("parameters"), "wall_time_s": s.get("wall_time_s"),
-        })
+        rows.append(
+            {
+                "mixer": r["mixer"],
+                "d_model": r["d_model"],
+                "seq_len": r["seq_len"],
+                "num_kv_pairs": r["num_kv_pairs"],
+                "lr": r["lr"],
+                "accuracy": s.get("val_acc"),
+                "val_loss": s.get("val_loss"),
+                "steps": s.get("steps"),
+                "state_size": s.get("state_size"),
+                "parameters": s.get("parameters"),
+                "wall_time_s": s.get("wall_time_s"),
+            }
+        )
     return rows
 
 
@@ -268,7 +291,11 @@ def markdown_table(rows: list[dict]) -> str:
         for m in mixers:
             cells, state = [], ""
             for d in d_models:
-                hit = [r for r in best if (r["mixer"], r["d_model"], r["seq_len"], r["num_kv_pairs"]) == (m, d, seq_len, kv)]
+                hit = [
+                    r
+                    for r in best
+                    if (r["mixer"], r["d_model"], r["seq_len"], r["num_kv_pairs"]) == (m, d, seq_len, kv)
+                ]
                 cells.append(f"{hit[0]['accuracy']:.3f}" if hit else "–")
                 if hit:
                     state = f"{hit[0]['state_size']:,}"
@@ -300,14 +327,20 @@ def plot(out: Path, rows: list[dict]) -> list[Path]:
     settings = sorted({(r["seq_len"], r["num_kv_pairs"]) for r in best})
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
     paths = []
-    for kind, xkey, xlabel, fname in (
-        ("d_model", "d_model", "model dimension", "mqar.png"),
-        ("state", "state_size", "decoding state size (numbers per sequence)", "mqar_state.png"),
+    for xkey, xlabel, fname in (
+        ("d_model", "model dimension", "mqar.png"),
+        ("state_size", "decoding state size (numbers per sequence)", "mqar_state.png"),
     ):
-        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False, sharey=True
+        )
         for ax, (seq_len, kv) in zip(axes[0], settings):
             for m in mixers:
-                pts = sorted((r[xkey], r["accuracy"]) for r in best if r["mixer"] == m and (r["seq_len"], r["num_kv_pairs"]) == (seq_len, kv))
+                pts = sorted(
+                    (r[xkey], r["accuracy"])
+                    for r in best
+                    if r["mixer"] == m and (r["seq_len"], r["num_kv_pairs"]) == (seq_len, kv)
+                )
                 if pts:
                     ax.plot(*zip(*pts), "o-", label=m)
             ax.set_xscale("log", base=2)
@@ -340,5 +373,7 @@ def main(args) -> int:
     rows = run_sweep(sweep, progress=not args.no_progress)
     out = Path(sweep.out_dir.format(name=sweep.name))
     print("\n" + markdown_table(rows) if rows else "no finished runs")
-    print(f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'mqar.png'}, {out / 'mqar_state.png'}")
+    print(
+        f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'mqar.png'}, {out / 'mqar_state.png'}"
+    )
     return 0

@@ -20,7 +20,9 @@ model = CausalLM(config)
 print(f"{model.num_parameters():,} parameters; decoding state at T=1000: {model.state_size(1000):,} numbers")
 
 prompt = torch.tensor([list(b"def ")])
-out = model.generate(prompt, max_new_tokens=20, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0))
+out = model.generate(
+    prompt, max_new_tokens=20, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0)
+)
 print(bytes(out[0].tolist()))
 
 with tempfile.TemporaryDirectory() as d:

@@ -45,7 +45,7 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

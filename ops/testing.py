@@ -140,7 +140,9 @@ def compare_with_reference(
     comparisons = []
     for name, t, r in zip(names, test_outs, ref_outs):
         if (t is None) != (r is None):
-            raise AssertionError(f"{name}: {backend} gave {type(t).__name__}, the reference {type(r).__name__}")
+            raise AssertionError(
+                f"{name}: {backend} gave {type(t).__name__}, the reference {type(r).__name__}"
+            )
         if t is None:
             continue
         comparisons.append(Comparison(name, relative_error(t, r), tol))
@@ -155,7 +157,9 @@ def compare_with_reference(
     return comparisons
 
 
-def assert_matches_reference(op: Op, backend: str, inputs: Mapping[str, object], **kwargs) -> list[Comparison]:
+def assert_matches_reference(
+    op: Op, backend: str, inputs: Mapping[str, object], **kwargs
+) -> list[Comparison]:
     """:func:`compare_with_reference`, raising ``AssertionError`` listing every mismatch."""
     comparisons = compare_with_reference(op, backend, inputs, **kwargs)
     bad = [c for c in comparisons if not c.ok]

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402  (ops before layers: the layers call them)
 from .layers import Mixer  # noqa: E402
-from .models import ClassifierConfig, CausalLM, LMConfig, SequenceClassifier  # noqa: E402
+from .models import CausalLM, ClassifierConfig, LMConfig, SequenceClassifier  # noqa: E402
 from .registry import build_mixer, list_mixers, register_mixer  # noqa: E402
 
 __all__ = [

@@ -63,7 +63,9 @@ def cmd_version(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqzoo", description="Efficient sequence mixers behind one contract.")
+    parser = argparse.ArgumentParser(
+        prog="seqzoo", description="Efficient sequence mixers behind one contract."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("list", help="mixers with their papers; ops with their backends")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="device to report backends for")

@@ -1,10 +1,10 @@
 """The mixer registry: every mixer is built by name with keyword arguments.
 
-    @register_mixer("short_conv", description="...", paper="...")
-    class ShortConv(Mixer): ...
+@register_mixer("short_conv", description="...", paper="...")
+class ShortConv(Mixer): ...
 
-    mixer = build_mixer("short_conv", d_model=64, width=4)
-    list_mixers()   # {"short_conv": MixerInfo(...), ...}
+mixer = build_mixer("short_conv", d_model=64, width=4)
+list_mixers()   # {"short_conv": MixerInfo(...), ...}
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def register_mixer(name: str, *, description: str, paper: str):
 
     def add(cls):
         if name in _MIXERS and _MIXERS[name].cls is not cls:
-            raise ValueError(f"a mixer named {name!r} is already registered ({_MIXERS[name].cls.__qualname__})")
+            raise ValueError(
+                f"a mixer named {name!r} is already registered ({_MIXERS[name].cls.__qualname__})"
+            )
         cls.mixer_name = name
         _MIXERS[name] = MixerInfo(name, cls, description, paper)
         return cls

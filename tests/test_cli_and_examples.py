@@ -26,13 +26,31 @@ def test_version(capsys):
 
 
 def test_python_dash_m():
-    out = subprocess.run([sys.executable, "-m", "seqzoo", "version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "seqzoo", "version"], capture_output=True, text=True, check=True
+    )
     assert "torch" in out.stdout
 
 
 def test_demo_tiny_run(capsys):
-    args = ["demo", "--task", "lm", "--mixers", "short_conv", "hybrid", "--steps", "30", "--batch-size", "4", "--seq-len", "32",
-            "--d-model", "32", "--eval-batches", "2"]
+    args = [
+        "demo",
+        "--task",
+        "lm",
+        "--mixers",
+        "short_conv",
+        "hybrid",
+        "--steps",
+        "30",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--d-model",
+        "32",
+        "--eval-batches",
+        "2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| short_conv" in out and "| hybrid" in out and "unigram entropy" in out
@@ -40,4 +58,6 @@ def test_demo_tiny_run(capsys):
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_example_runs(example):
-    subprocess.run([sys.executable, str(ROOT / "examples" / example)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example)], check=True, capture_output=True, timeout=120
+    )

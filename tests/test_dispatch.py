@@ -52,7 +52,11 @@ def test_helper_catches_a_wrong_backend():
     op = _toy_op(broken=True)
     with pytest.raises(AssertionError, match="MISMATCH"):
         assert_matches_reference(op, "torch", {"x": torch.randn(5), "w": torch.randn(5)})
-    bad = {c.name for c in compare_with_reference(op, "torch", {"x": torch.randn(5), "w": torch.randn(5)}) if not c.ok}
+    bad = {
+        c.name
+        for c in compare_with_reference(op, "torch", {"x": torch.randn(5), "w": torch.randn(5)})
+        if not c.ok
+    }
     assert bad == {"output[0]", "grad[x]", "grad[w]"}
 
 

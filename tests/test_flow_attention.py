@@ -8,16 +8,16 @@ import math
 
 import pytest
 import torch
-from seqzoo.ops._dispatch import Op
-from seqzoo.ops.flow_attention import recurrent
-from seqzoo.ops.flow_attention import reference as flow_reference
-from seqzoo.ops.flow_attention import torch as flow_torch
-from seqzoo.ops.testing import assert_matches_reference, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import seqzoo
 from seqzoo import ops
+from seqzoo.ops._dispatch import Op
+from seqzoo.ops.flow_attention import recurrent
+from seqzoo.ops.flow_attention import reference as flow_reference
+from seqzoo.ops.flow_attention import torch as flow_torch
+from seqzoo.ops.testing import assert_matches_reference, relative_error
 
 EPS = flow_reference.EPS
 

@@ -12,7 +12,11 @@ import seqzoo
 from seqzoo import CausalLM, LMConfig, SequenceClassifier
 from seqzoo.models.sampling import sample_next
 
-HYBRID = ["short_conv", {"name": "sliding_window", "window": 4, "n_heads": 2}, {"name": "attention", "n_heads": 2}]
+HYBRID = [
+    "short_conv",
+    {"name": "sliding_window", "window": 4, "n_heads": 2},
+    {"name": "attention", "n_heads": 2},
+]
 
 
 def tiny(mixer=HYBRID, **kw):
@@ -25,7 +29,11 @@ def test_mixer_pattern_repeats_to_n_layers():
     cfg = LMConfig(mixer=[{"name": "attention", "n_heads": 4}], n_layers=2, mixer_kwargs={"n_heads": 2})
     assert cfg.layer_specs()[0] == ("attention", {"n_heads": 4})  # an entry's own kwargs win
     m = tiny()
-    assert [type(b.mixer).__name__ for b in m.backbone.blocks] == ["ShortConv", "SlidingWindowAttention", "Attention"]
+    assert [type(b.mixer).__name__ for b in m.backbone.blocks] == [
+        "ShortConv",
+        "SlidingWindowAttention",
+        "Attention",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -131,8 +139,13 @@ def test_bad_token_ids():
 @pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
 def test_classifier(pooling, tmp_path):
     clf = SequenceClassifier(
-        n_classes=3, vocab_size=20, d_model=16, n_layers=2, mixer={"name": "attention", "n_heads": 2},
-        pooling=pooling, bidirectional=True,
+        n_classes=3,
+        vocab_size=20,
+        d_model=16,
+        n_layers=2,
+        mixer={"name": "attention", "n_heads": 2},
+        pooling=pooling,
+        bidirectional=True,
     )
     x = torch.randint(0, 20, (4, 9))
     mask = torch.ones(4, 9, dtype=torch.bool)
@@ -150,7 +163,9 @@ def test_classifier(pooling, tmp_path):
 
 
 def test_classifier_continuous_inputs_and_bidirectional_mixers():
-    clf = SequenceClassifier(n_classes=2, d_input=3, d_model=16, n_layers=1, mixer="short_conv", bidirectional=False)
+    clf = SequenceClassifier(
+        n_classes=2, d_input=3, d_model=16, n_layers=1, mixer="short_conv", bidirectional=False
+    )
     assert clf(torch.randn(2, 7, 3)).shape == (2, 2)
     with pytest.raises(ValidationError, match="vocab_size"):
         SequenceClassifier(n_classes=2, d_model=16)

@@ -100,7 +100,9 @@ def test_argument_errors(kwargs, word):
 
 
 def test_other_tasks():
-    assert {"mqar", "single_query_ar", "induction_heads", "selective_copying", "noisy_recall"} <= set(list_tasks())
+    assert {"mqar", "single_query_ar", "induction_heads", "selective_copying", "noisy_recall"} <= set(
+        list_tasks()
+    )
     x, y = single_query_ar(10, seq_len=32, num_kv_pairs=4, vocab_size=128, seed=0)
     for rx, ry in zip(x, y):
         kv = dict(zip(rx[0:8:2].tolist(), rx[1:8:2].tolist()))
@@ -123,18 +125,20 @@ def test_other_tasks():
 def tiny_sweep(tmp_path, **kw):
     from seqzoo.eval.mqar import SweepConfig
 
-    return SweepConfig(**{
-        "name": "t",
-        "mixers": ["short_conv", {"name": "attention", "n_heads": 1}],
-        "d_models": [16],
-        "settings": [{"seq_len": 16, "num_kv_pairs": 2}],
-        "lrs": [3e-3],
-        "task": {"vocab_size": 64, "num_train": 64, "num_test": 32},
-        "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "eval_batches": 2, "ckpt_every": 3},
-        "workers": 1,
-        "out_dir": str(tmp_path / "{name}"),
-        **kw,
-    })
+    return SweepConfig(
+        **{
+            "name": "t",
+            "mixers": ["short_conv", {"name": "attention", "n_heads": 1}],
+            "d_models": [16],
+            "settings": [{"seq_len": 16, "num_kv_pairs": 2}],
+            "lrs": [3e-3],
+            "task": {"vocab_size": 64, "num_train": 64, "num_test": 32},
+            "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "eval_batches": 2, "ckpt_every": 3},
+            "workers": 1,
+            "out_dir": str(tmp_path / "{name}"),
+            **kw,
+        }
+    )
 
 
 def test_sweep_writes_results_and_resumes_without_redoing(tmp_path):
@@ -164,6 +168,8 @@ def test_sweep_config_errors(tmp_path):
     with pytest.raises(ValueError, match="mqar-cpu"):
         load_sweep("nope")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("mixers: [attention]\nd_models: [16]\nsettings: [{seq_len: 16, num_kv_pairs: 2}]\nlrs: [1e-3]\nbogus: 1\n")
+    bad.write_text(
+        "mixers: [attention]\nd_models: [16]\nsettings: [{seq_len: 16, num_kv_pairs: 2}]\nlrs: [1e-3]\nbogus: 1\n"
+    )
     with pytest.raises(ValueError, match="bogus"):
         load_sweep(bad)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,8 +31,15 @@ def tiny_config(out_dir, **sections):
         "model": {"d_model": 32, "n_layers": 2, "mixer": ["short_conv", {"name": "attention", "n_heads": 2}]},
         "data": {"source": "builtin", "max_bytes": 200_000, "seq_len": 64},
         "optim": {"lr": 3e-3, "warmup_steps": 5},
-        "train": {"steps": 30, "batch_size": 8, "eval_every": 15, "eval_batches": 4, "ckpt_every": 10,
-                  "out_dir": str(out_dir), "threads": 1},
+        "train": {
+            "steps": 30,
+            "batch_size": 8,
+            "eval_every": 15,
+            "eval_batches": 4,
+            "ckpt_every": 10,
+            "out_dir": str(out_dir),
+            "threads": 1,
+        },
         "log": {"every": 1, "progress": False, "tensorboard": False, "plot": False},
     }
     for section, values in sections.items():
@@ -53,8 +59,16 @@ def test_every_shipped_config_validates():
 
 
 def test_overrides_apply_and_parse_values():
-    cfg = load_config("tiny-attention", ["optim.lr=1e-3", "model.mixer=short_conv", "train.steps=7",
-                                          "model.mixer_kwargs={width: 3}", "optim.betas=[0.8, 0.9]"])
+    cfg = load_config(
+        "tiny-attention",
+        [
+            "optim.lr=1e-3",
+            "model.mixer=short_conv",
+            "train.steps=7",
+            "model.mixer_kwargs={width: 3}",
+            "optim.betas=[0.8, 0.9]",
+        ],
+    )
     assert cfg.optim.lr == 1e-3 and cfg.model.mixer == "short_conv" and cfg.train.steps == 7
     assert cfg.optim.betas == (0.8, 0.9) and cfg.model.mixer_kwargs == {"width": 3}
 
@@ -111,8 +125,10 @@ def test_param_groups_exclude_norms_biases_and_marked_params():
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_lr_schedule(schedule):
-    cfg = load_config("tiny-attention", [f"optim.schedule={schedule}", "optim.warmup_steps=10", "train.steps=100",
-                                         "optim.min_lr_ratio=0.1"])
+    cfg = load_config(
+        "tiny-attention",
+        [f"optim.schedule={schedule}", "optim.warmup_steps=10", "train.steps=100", "optim.min_lr_ratio=0.1"],
+    )
     f = [lr_factor(s, cfg) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     if schedule == "constant":
@@ -143,8 +159,11 @@ def test_bpe_trains_saves_and_reloads(tmp_path):
     ids = tok.encode("def foo(x): return x")
     assert tok.decode(ids) == "def foo(x): return x"
     tok.save(tmp_path)
-    again = build_tokenizer(load_config("tiny-attention", [f"data.tokenizer.kind=path",
-                                                            f"data.tokenizer.path={tmp_path}"]).data.tokenizer)
+    again = build_tokenizer(
+        load_config(
+            "tiny-attention", ["data.tokenizer.kind=path", f"data.tokenizer.path={tmp_path}"]
+        ).data.tokenizer
+    )
     assert again.encode("class Bar:") == tok.encode("class Bar:") and again.eos_id == tok.eos_id
 
 
@@ -159,19 +178,40 @@ def _write_corpus(tmp_path):
 
 def test_local_files_and_hub_code_path(tmp_path):
     docs = _write_corpus(tmp_path)
-    cfg = load_config(tiny_config(tmp_path, data={"source": "files", "paths": [str(tmp_path / "*.jsonl")],
-                                                  "text_field": "content", "seq_len": 32}))
+    cfg = load_config(
+        tiny_config(
+            tmp_path,
+            data={
+                "source": "files",
+                "paths": [str(tmp_path / "*.jsonl")],
+                "text_field": "content",
+                "seq_len": 32,
+            },
+        )
+    )
     data, tok = build_data(cfg.data, lambda texts: ByteTokenizer())
     assert data.train.numel() + data.val.numel() == sum(len(d) + 1 for d in docs)
     # The hub path streams through load_dataset(name, ...): a local dataset folder takes the same code.
     hub_dir = tmp_path / "hub_dataset"
     (hub_dir / "data").mkdir(parents=True)
     os.replace(tmp_path / "b.jsonl", hub_dir / "data" / "train.jsonl")
-    cfg = load_config(tiny_config(tmp_path, data={"source": "hub", "name": str(hub_dir), "text_field": "content",
-                                                  "seq_len": 32, "max_documents": 30}))
+    cfg = load_config(
+        tiny_config(
+            tmp_path,
+            data={
+                "source": "hub",
+                "name": str(hub_dir),
+                "text_field": "content",
+                "seq_len": 32,
+                "max_documents": 30,
+            },
+        )
+    )
     data2, _ = build_data(cfg.data, lambda texts: ByteTokenizer())
     assert data2.train.numel() + data2.val.numel() == sum(len(d) + 1 for d in docs[:30])
-    cfg = load_config(tiny_config(tmp_path, data={"source": "hub", "name": str(hub_dir), "text_field": "missing"}))
+    cfg = load_config(
+        tiny_config(tmp_path, data={"source": "hub", "name": str(hub_dir), "text_field": "missing"})
+    )
     with pytest.raises(KeyError, match="text_field"):
         build_data(cfg.data, lambda texts: ByteTokenizer())
 
@@ -192,12 +232,25 @@ def test_batches_are_a_function_of_step_and_shard_by_rank():
 
 
 def test_tiny_run_learns_and_writes_everything(tmp_path):
-    cfg = load_config(tiny_config(tmp_path / "run", optim={"lr": 1e-2}, train={"steps": 60, "eval_every": 30, "ckpt_every": 20},
-                                  log={"every": 5, "plot": True, "tensorboard": True, "progress": False}))
+    cfg = load_config(
+        tiny_config(
+            tmp_path / "run",
+            optim={"lr": 1e-2},
+            train={"steps": 60, "eval_every": 30, "ckpt_every": 20},
+            log={"every": 5, "plot": True, "tensorboard": True, "progress": False},
+        )
+    )
     summary = train(cfg)
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "loss.png", "model/model.safetensors",
-                 "model/config.json", "tokenizer.txt"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "loss.png",
+        "model/model.safetensors",
+        "model/config.json",
+        "tokenizer.txt",
+    ):
         assert (run / name).exists(), name
     assert any((run / "tensorboard").iterdir())
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000040", "step_00000060"]
@@ -222,15 +275,25 @@ def test_task_source_reports_accuracy(tmp_path, monkeypatch):
         return TaskData(x[: n - 16], y[: n - 16], x[n - 16 :], y[n - 16 :], vocab_size=10)
 
     monkeypatch.setitem(tasks._TASKS, "copy8", copy_task)
-    cfg = load_config(tiny_config(tmp_path, data={"source": "task", "name": "copy8", "task_args": {"n": 64}},
-                                  train={"steps": 4, "eval_every": 4}))
+    cfg = load_config(
+        tiny_config(
+            tmp_path,
+            data={"source": "task", "name": "copy8", "task_args": {"n": 64}},
+            train={"steps": 4, "eval_every": 4},
+        )
+    )
     summary = train(cfg)
     assert 0.0 <= summary["val_acc"] <= 1.0 and "val_bpb" not in summary
 
 
 def _run_cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "seqzoo", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "seqzoo", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _losses(run_dir):
@@ -277,16 +340,35 @@ def _free_port():
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
-    raw = tiny_config(tmp_path / "{name}", train={"steps": 6, "batch_size": 8, "eval_every": 6, "ckpt_every": 6})
+    raw = tiny_config(
+        tmp_path / "{name}", train={"steps": 6, "batch_size": 8, "eval_every": 6, "ckpt_every": 6}
+    )
     raw["train"]["out_dir"] = str(tmp_path / "{name}")
     cfg_path.write_text(yaml.safe_dump(raw))
     one = _run_cli([str(cfg_path), "name=one"])
     assert one.wait(timeout=300) == 0, one.stdout.read()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "seqzoo", "train", str(cfg_path), "name=two"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "seqzoo",
+            "train",
+            str(cfg_path),
+            "name=two",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert two.returncode == 0, two.stdout + two.stderr
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -302,7 +384,10 @@ def test_generate_from_a_run(tmp_path, capsys):
 
     train(load_config(tiny_config(tmp_path / "run", train={"steps": 3, "eval_every": 3})))
     capsys.readouterr()  # drop the training output
-    assert main(["generate", str(tmp_path / "run"), "--prompt", "def ", "--max-new-tokens", "12", "--seed", "1"]) == 0
+    assert (
+        main(["generate", str(tmp_path / "run"), "--prompt", "def ", "--max-new-tokens", "12", "--seed", "1"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("def ") and len(out) > 4
     assert main(["generate", str(tmp_path / "nothing")]) == 2

@@ -50,7 +50,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, scaler, extra: dict, keep_last: int) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path, step: int, model, optimizer, scheduler, scaler, extra: dict, keep_last: int
+) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final = ckpt_dir / name

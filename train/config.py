@@ -54,7 +54,9 @@ class DataSection(Section):
     paths: list[str] = Field(default_factory=list, description="files or globs (source=files)")
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_field: str = "text"
-    name: str | None = Field(None, description="hub dataset name or local dataset folder (hub); task name (task)")
+    name: str | None = Field(
+        None, description="hub dataset name or local dataset folder (hub); task name (task)"
+    )
     subset: str | None = Field(None, description="hub dataset configuration")
     split: str = "train"
     max_documents: int | None = Field(None, ge=1)
@@ -96,7 +98,9 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
     compile: bool = False
     eval_every: int = Field(200, ge=1)
     eval_batches: int = Field(8, ge=1)
@@ -105,7 +109,9 @@ class TrainSection(Section):
     out_dir: str = Field("runs/{name}", description="'{name}' becomes the config's name")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
-    early_stop_acc: float | None = Field(None, gt=0, le=1, description="stop once validation accuracy reaches it")
+    early_stop_acc: float | None = Field(
+        None, gt=0, le=1, description="stop once validation accuracy reaches it"
+    )
 
     @model_validator(mode="after")
     def _batch_splits(self):

@@ -38,7 +38,9 @@ def stdlib_files() -> list[Path]:
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts)
     files = [p for p in files if p.is_file()]
     if not files:
-        raise FileNotFoundError(f"no Python sources under {root}: the builtin corpus needs the standard library")
+        raise FileNotFoundError(
+            f"no Python sources under {root}: the builtin corpus needs the standard library"
+        )
     return files
 
 
@@ -69,7 +71,9 @@ def file_documents(section) -> Iterator[tuple[str, str]]:
     """Local files or globs through ``datasets`` (text, json/jsonl or parquet)."""
     from datasets import load_dataset
 
-    files = sorted({f for pattern in section.paths for f in (glob.glob(pattern, recursive=True) or [pattern])})
+    files = sorted(
+        {f for pattern in section.paths for f in (glob.glob(pattern, recursive=True) or [pattern])}
+    )
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"data.paths: no such file(s): {missing}")
@@ -126,7 +130,9 @@ def split_documents(docs, fraction: float) -> tuple[list[str], list[str]]:
         # A tiny corpus can hash every document to one side: fall back to the last document for validation.
         everything = train + val
         if len(everything) < 2:
-            raise ValueError("the data source gave fewer than 2 documents: nothing to split into train/validation")
+            raise ValueError(
+                "the data source gave fewer than 2 documents: nothing to split into train/validation"
+            )
         train, val = everything[:-1], everything[-1:]
     return train, val
 
@@ -214,7 +220,9 @@ class TaskData:
 
     def train_batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world: int = 1):
         g = step_generator(seed, step)
-        idx = torch.randint(0, self.train_inputs.shape[0], (batch_size,), generator=g)[rank_slice(batch_size, rank, world)]
+        idx = torch.randint(0, self.train_inputs.shape[0], (batch_size,), generator=g)[
+            rank_slice(batch_size, rank, world)
+        ]
         return self.train_inputs[idx].long(), self.train_labels[idx].long()
 
     def val_batches(self, n_batches: int, batch_size: int):
@@ -247,7 +255,9 @@ def build_data(section, tokenizer_factory, seed: int = 0):
     tokenizer = tokenizer_factory(train_texts)
     train, val = pack(train_texts, tokenizer), pack(val_texts, tokenizer)
     val_bytes = sum(len(t.encode("utf-8")) + 1 for t in val_texts)  # + 1: the separator
-    return LMData(train, val, section.seq_len, val_bytes / max(1, val.numel()), tokenizer.vocab_size), tokenizer
+    return LMData(
+        train, val, section.seq_len, val_bytes / max(1, val.numel()), tokenizer.vocab_size
+    ), tokenizer
 
 
 # -- windows ---------------------------------------------------------------------------------------------

@@ -45,8 +45,17 @@ def load_run_model(run_dir: Path, device="cpu"):
     return model.to(device)
 
 
-def generate_text(run_dir, prompt: str, max_new_tokens=200, temperature=0.8, top_k=None, top_p=None,
-                  num_samples=1, seed=0, device="cpu") -> list[str]:
+def generate_text(
+    run_dir,
+    prompt: str,
+    max_new_tokens=200,
+    temperature=0.8,
+    top_k=None,
+    top_p=None,
+    num_samples=1,
+    seed=0,
+    device="cpu",
+) -> list[str]:
     from .tokenizers import load_run_tokenizer
 
     run_dir = Path(run_dir)
@@ -62,8 +71,15 @@ def generate_text(run_dir, prompt: str, max_new_tokens=200, temperature=0.8, top
 def main(args) -> int:
     try:
         samples = generate_text(
-            args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-            args.num_samples, args.seed, args.device,
+            args.run_dir,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.num_samples,
+            args.seed,
+            args.device,
         )
     except FileNotFoundError as e:
         print(f"seqzoo generate: {e}", file=sys.stderr)

@@ -17,7 +17,6 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,9 +134,11 @@ def evaluate(model, data, config: RunConfig, device, autocast) -> dict:
 def train(config: RunConfig, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train as ``config`` says; returns the summary. ``stop_after`` ends early at that step (tests)."""
     t_start = time.perf_counter()
-    device_type = "cuda" if config.train.device == "cuda" or (
-        config.train.device == "auto" and torch.cuda.is_available()
-    ) else "cpu"
+    device_type = (
+        "cuda"
+        if config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     rank, world, local_rank = init_distributed(device_type)
     device = resolve_device(config, local_rank)
     dtype = resolve_precision(config, device)
@@ -176,7 +177,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     model_cfg = config.model.model_dump()
     model_cfg["vocab_size"] = model_cfg["vocab_size"] or data.vocab_size
     if model_cfg["vocab_size"] < data.vocab_size:
-        raise ValueError(f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the data's ({data.vocab_size})")
+        raise ValueError(
+            f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the data's ({data.vocab_size})"
+        )
     model = CausalLM(LMConfig(**model_cfg)).to(device)
     raw_model = model
 
@@ -217,7 +220,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
-    logger = MetricsLogger(out_dir, enabled=main_rank, tensorboard=config.log.tensorboard, resume_from=start_step)
+    logger = MetricsLogger(
+        out_dir, enabled=main_rank, tensorboard=config.log.tensorboard, resume_from=start_step
+    )
     n_params = raw_model.num_parameters()
     if main_rank:
         print(
@@ -229,8 +234,11 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     micro = config.train.batch_size // world // config.train.grad_accum
     tokens_per_step = config.train.batch_size * data.seq_len
     bar = tqdm(
-        total=config.train.steps, initial=start_step, disable=not (main_rank and config.log.progress),
-        desc=config.name, dynamic_ncols=True,
+        total=config.train.steps,
+        initial=start_step,
+        disable=not (main_rank and config.log.progress),
+        desc=config.name,
+        dynamic_ncols=True,
     )
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     last_eval: dict = {}
@@ -244,14 +252,21 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         for i in range(config.train.grad_accum):
             xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
             last = i == config.train.grad_accum - 1
-            sync = contextlib.nullcontext() if (last or world == 1 or not hasattr(model, "no_sync")) else model.no_sync()
+            sync = (
+                contextlib.nullcontext()
+                if (last or world == 1 or not hasattr(model, "no_sync"))
+                else model.no_sync()
+            )
             with sync:
                 with autocast():
                     logits = model(xs)
                 # Sum over this micro-batch / labels in the whole batch: the mean over the batch.
-                loss = F.cross_entropy(
-                    logits.float().flatten(0, 1), ys.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                ) / n_labels
+                loss = (
+                    F.cross_entropy(
+                        logits.float().flatten(0, 1), ys.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                    )
+                    / n_labels
+                )
                 (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach()
         if scaler:
@@ -271,7 +286,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             step_loss /= world
         loss_value = step_loss.item()
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"step {step + 1}: the loss is {loss_value}; lower optim.lr or check the data")
+            raise FloatingPointError(
+                f"step {step + 1}: the loss is {loss_value}; lower optim.lr or check the data"
+            )
         window_loss += loss_value
         window_steps += 1
         done = step + 1
@@ -293,12 +310,21 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             logger.log({"step": done, **last_eval})
             if main_rank:
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-            stop_early = config.train.early_stop_acc is not None and last_eval["val_acc"] >= config.train.early_stop_acc
+            stop_early = (
+                config.train.early_stop_acc is not None
+                and last_eval["val_acc"] >= config.train.early_stop_acc
+            )
         if done % config.train.ckpt_every == 0 or done == config.train.steps or stop_early:
             if main_rank:
                 save_checkpoint(
-                    ckpt_dir, done, raw_model, optimizer, scheduler, scaler,
-                    {"data_position": {"seed": config.train.seed, "next_step": done}}, config.train.keep_last,
+                    ckpt_dir,
+                    done,
+                    raw_model,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    {"data_position": {"seed": config.train.seed, "next_step": done}},
+                    config.train.keep_last,
                 )
             if world > 1:
                 dist.barrier()
@@ -329,7 +355,10 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if config.log.plot:
             plot_loss_curve(out_dir)
-        print("summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        print(
+            "summary: "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+        )
     logger.close()
     if world > 1:
         dist.barrier()

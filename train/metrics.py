@@ -16,7 +16,11 @@ class MetricsLogger:
             return
         if resume_from and self.path.exists():
             # Lines written after the checkpoint we resume from will be written again: drop them.
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_from]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_from
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif not resume_from:
             self.path.write_text("")
@@ -24,7 +28,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_from or None)
+                self.writer = SummaryWriter(
+                    str(Path(out_dir) / "tensorboard"), purge_step=resume_from or None
+                )
             except ImportError:
                 self.writer = None
 

@@ -43,11 +43,18 @@ def mqar(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-query associative recall: (inputs, labels) [num_examples, seq_len]."""
-    _check(isinstance(seq_len, int) and seq_len > 0 and seq_len % 2 == 0, f"seq_len must be a positive even int, got {seq_len!r}")
+    _check(
+        isinstance(seq_len, int) and seq_len > 0 and seq_len % 2 == 0,
+        f"seq_len must be a positive even int, got {seq_len!r}",
+    )
     _check(num_kv_pairs >= 1, f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
-    _check(4 * num_kv_pairs <= seq_len, f"4 * num_kv_pairs ({4 * num_kv_pairs}) must be <= seq_len ({seq_len})")
+    _check(
+        4 * num_kv_pairs <= seq_len, f"4 * num_kv_pairs ({4 * num_kv_pairs}) must be <= seq_len ({seq_len})"
+    )
     _check(vocab_size > seq_len, f"vocab_size ({vocab_size}) must be larger than seq_len ({seq_len})")
-    _check(num_kv_pairs < vocab_size // 2, f"num_kv_pairs ({num_kv_pairs}) must be < vocab_size // 2 - 1 keys")
+    _check(
+        num_kv_pairs < vocab_size // 2, f"num_kv_pairs ({num_kv_pairs}) must be < vocab_size // 2 - 1 keys"
+    )
     _check(alpha > 0, f"alpha must be > 0, got {alpha}")
     _check(num_examples >= 1, f"num_examples must be >= 1, got {num_examples}")
     g = torch.Generator().manual_seed(seed)
@@ -75,10 +82,14 @@ def mqar(
     return inputs, labels
 
 
-def single_query_ar(num_examples: int, seq_len: int = 64, num_kv_pairs: int = 8, vocab_size: int = 8192,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def single_query_ar(
+    num_examples: int, seq_len: int = 64, num_kv_pairs: int = 8, vocab_size: int = 8192, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Associative recall with one query: k1 v1 ... kN vN, padding, then one key at the last position."""
-    _check(2 * num_kv_pairs + 1 <= seq_len, f"2 * num_kv_pairs + 1 ({2 * num_kv_pairs + 1}) must be <= seq_len ({seq_len})")
+    _check(
+        2 * num_kv_pairs + 1 <= seq_len,
+        f"2 * num_kv_pairs + 1 ({2 * num_kv_pairs + 1}) must be <= seq_len ({seq_len})",
+    )
     _check(vocab_size > seq_len, f"vocab_size ({vocab_size}) must be larger than seq_len ({seq_len})")
     g = torch.Generator().manual_seed(seed)
     half = vocab_size // 2
@@ -94,8 +105,9 @@ def single_query_ar(num_examples: int, seq_len: int = 64, num_kv_pairs: int = 8,
     return inputs, labels
 
 
-def induction_heads(num_examples: int, seq_len: int = 64, vocab_size: int = 64,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def induction_heads(
+    num_examples: int, seq_len: int = 64, vocab_size: int = 64, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A special token (0) appears once mid-sequence and again at the end; predict the token that followed
     its first occurrence."""
     _check(seq_len >= 4, f"seq_len must be >= 4, got {seq_len}")
@@ -110,12 +122,16 @@ def induction_heads(num_examples: int, seq_len: int = 64, vocab_size: int = 64,
     return inputs, labels
 
 
-def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8, vocab_size: int = 32,
-                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def selective_copying(
+    num_examples: int, seq_len: int = 64, num_tokens: int = 8, vocab_size: int = 32, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_tokens`` content tokens scattered among blanks (0); after a separator (1) the model writes them
     in order. Content tokens are drawn from [2, vocab_size)."""
     region = seq_len - num_tokens
-    _check(num_tokens >= 1 and region > num_tokens, f"seq_len ({seq_len}) must exceed 2 * num_tokens ({2 * num_tokens})")
+    _check(
+        num_tokens >= 1 and region > num_tokens,
+        f"seq_len ({seq_len}) must exceed 2 * num_tokens ({2 * num_tokens})",
+    )
     _check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
     g = torch.Generator().manual_seed(seed)
     n = num_examples
@@ -130,8 +146,15 @@ def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8,
     return seq[:, :seq_len], labels_full[:, 1:]
 
 
-def noisy_recall(num_examples: int, seq_len: int = 64, num_kv_pairs: int = 4, vocab_size: int = 8192,
-                 noise_vocab: int = 16, alpha: float = 0.01, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def noisy_recall(
+    num_examples: int,
+    seq_len: int = 64,
+    num_kv_pairs: int = 4,
+    vocab_size: int = 8192,
+    noise_vocab: int = 16,
+    alpha: float = 0.01,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MQAR whose non-query positions hold noise tokens drawn from a separate band at the top of the
     vocabulary (``noise_vocab`` ids), so the model must ignore distractors between queries."""
     _check(noise_vocab >= 1, f"noise_vocab must be >= 1, got {noise_vocab}")

@@ -27,13 +27,19 @@ def _validate(q, k, v, causal=True, window=None, scale=None):
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"attention: k must have shape [B={b}, Tk, Hk, D={d}], got {tuple(k.shape)}")
     if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"attention: v must have shape [B, Tk, Hk, Dv] = {tuple(k.shape[:3])} + [Dv], got {tuple(v.shape)}")
+        raise ValueError(
+            f"attention: v must have shape [B, Tk, Hk, Dv] = {tuple(k.shape[:3])} + [Dv], got {tuple(v.shape)}"
+        )
     if h % k.shape[2] != 0:
-        raise ValueError(f"attention: the number of query heads ({h}) must be a multiple of key/value heads ({k.shape[2]})")
+        raise ValueError(
+            f"attention: the number of query heads ({h}) must be a multiple of key/value heads ({k.shape[2]})"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if causal and tq > k.shape[1]:
-        raise ValueError(f"attention: causal attention needs Tq <= Tk (queries are the last positions), got {tq} > {k.shape[1]}")
+        raise ValueError(
+            f"attention: causal attention needs Tq <= Tk (queries are the last positions), got {tq} > {k.shape[1]}"
+        )
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
 

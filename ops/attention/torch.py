@@ -6,7 +6,6 @@ SDPA aligns a causal mask top-left when Tq != Tk, while seqzoo aligns queries to
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .reference import attention_mask

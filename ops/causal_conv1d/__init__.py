@@ -62,8 +62,12 @@ causal_conv1d.register_lazy(
     ".causal_conv1d.external",
     "causal_conv1d",
     devices=("cuda",),
-    unavailable=lambda device: None if package_available("causal_conv1d") else "causal-conv1d is not installed",
-    unsupported=lambda x, weight, *a, **k: None if weight.shape[1] <= 4 else "causal-conv1d supports widths 2 to 4",
+    unavailable=lambda device: (
+        None if package_available("causal_conv1d") else "causal-conv1d is not installed"
+    ),
+    unsupported=lambda x, weight, *a, **k: (
+        None if weight.shape[1] <= 4 else "causal-conv1d supports widths 2 to 4"
+    ),
     description="Dao-AILab causal-conv1d (optional package)",
 )
 causal_conv1d.auto_order = {"cuda": ("triton", "torch"), "cpu": ("torch",)}

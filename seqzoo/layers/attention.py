@@ -44,13 +44,20 @@ class Attention(Mixer):
         head_dim = head_dim or d_model // n_heads
         n_kv_heads = n_kv_heads or n_heads
         if n_heads < 1 or n_heads % n_kv_heads != 0:
-            raise ValueError(f"attention: n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})")
+            raise ValueError(
+                f"attention: n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})"
+            )
         if head_dim < 2 or head_dim % 2:
             raise ValueError(f"attention: head_dim must be even and >= 2 for RoPE, got {head_dim}")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.rope_base, self.window, self.bidirectional, self.backend = rope_base, window, bidirectional, backend
+        self.rope_base, self.window, self.bidirectional, self.backend = (
+            rope_base,
+            window,
+            bidirectional,
+            backend,
+        )
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
@@ -81,7 +88,11 @@ class Attention(Mixer):
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or self.o_proj.weight.dtype
         empty = torch.zeros(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
-        return {"k": empty, "v": empty.clone(), "pos": torch.zeros(batch_size, dtype=torch.long, device=device)}
+        return {
+            "k": empty,
+            "v": empty.clone(),
+            "pos": torch.zeros(batch_size, dtype=torch.long, device=device),
+        }
 
     def _start(self, state: State | None, x: torch.Tensor) -> State:
         if state is None:

@@ -35,7 +35,9 @@ class Mixer(nn.Module):
     def check_input(self, x, name: str = "x", ndim: int = 3) -> None:
         what = "[B, T, d_model]" if ndim == 3 else "[B, d_model]"
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{self.mixer_name}: {name} must be a torch.Tensor {what}, got {type(x).__name__}")
+            raise TypeError(
+                f"{self.mixer_name}: {name} must be a torch.Tensor {what}, got {type(x).__name__}"
+            )
         if not x.is_floating_point():
             raise TypeError(f"{self.mixer_name}: {name} must be a floating-point tensor, got {x.dtype}")
         if x.dim() != ndim:
@@ -54,7 +56,9 @@ class Mixer(nn.Module):
             raise TypeError(f"{self.mixer_name}: state must be a dict of tensors, got {type(state).__name__}")
         missing = [k for k in keys if k not in state]
         if missing:
-            raise ValueError(f"{self.mixer_name}: state lacks {missing}; build it with init_state() or prefill()")
+            raise ValueError(
+                f"{self.mixer_name}: state lacks {missing}; build it with init_state() or prefill()"
+            )
         for k in keys:
             if state[k].shape[0] != batch_size:
                 raise ValueError(

@@ -5,4 +5,12 @@ from .config import BackboneConfig, ClassifierConfig, LMConfig
 from .lm import CausalLM
 from .presets import PRESETS, preset
 
-__all__ = ["BackboneConfig", "LMConfig", "ClassifierConfig", "CausalLM", "SequenceClassifier", "preset", "PRESETS"]
+__all__ = [
+    "BackboneConfig",
+    "LMConfig",
+    "ClassifierConfig",
+    "CausalLM",
+    "SequenceClassifier",
+    "preset",
+    "PRESETS",
+]

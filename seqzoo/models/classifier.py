@@ -42,10 +42,14 @@ class SequenceClassifier(nn.Module):
             if inputs.dim() != 2 or inputs.is_floating_point():
                 raise ValueError(f"inputs must be token ids [B, T], got {tuple(inputs.shape)} {inputs.dtype}")
         elif inputs.dim() != 3 or inputs.shape[-1] != self.config.d_input or not inputs.is_floating_point():
-            raise ValueError(f"inputs must be float features [B, T, {self.config.d_input}], got {tuple(inputs.shape)}")
+            raise ValueError(
+                f"inputs must be float features [B, T, {self.config.d_input}], got {tuple(inputs.shape)}"
+            )
         b, t = inputs.shape[:2]
         if mask is not None and (mask.shape != (b, t) or mask.dtype != torch.bool):
-            raise ValueError(f"mask must be a bool tensor of shape {(b, t)}, got {tuple(mask.shape)} {mask.dtype}")
+            raise ValueError(
+                f"mask must be a bool tensor of shape {(b, t)}, got {tuple(mask.shape)} {mask.dtype}"
+            )
         h = self.encoder(inputs)
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(b, 1, -1).to(h.dtype), h], dim=1)
@@ -53,7 +57,11 @@ class SequenceClassifier(nn.Module):
         if self.config.pooling == "cls":
             pooled = h[:, 0]
         elif self.config.pooling == "last":
-            last = (mask.sum(1) - 1).clamp_min(0) if mask is not None else torch.full((b,), t - 1, device=h.device)
+            last = (
+                (mask.sum(1) - 1).clamp_min(0)
+                if mask is not None
+                else torch.full((b,), t - 1, device=h.device)
+            )
             pooled = h[torch.arange(b, device=h.device), last]
         else:
             if mask is None:

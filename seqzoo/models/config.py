@@ -23,7 +23,9 @@ class BackboneConfig(BaseModel):
 
     d_model: int = Field(128, ge=1, description="model width")
     n_layers: int = Field(2, ge=1, description="number of blocks")
-    mixer: MixerEntry | list[MixerEntry] = Field("attention", description="mixer name(s), repeated to n_layers")
+    mixer: MixerEntry | list[MixerEntry] = Field(
+        "attention", description="mixer name(s), repeated to n_layers"
+    )
     mixer_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs for every mixer")
     mlp: Literal["swiglu", "geglu", "gelu", "none"] = "swiglu"
     mlp_ratio: float = Field(4.0, gt=0)

@@ -53,7 +53,9 @@ class CausalLM(nn.Module):
         if input_ids.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
             raise TypeError(f"{name} must hold integer token ids, got {input_ids.dtype}")
         if input_ids.dim() != ndim:
-            raise ValueError(f"{name} must have shape {'[B, T]' if ndim == 2 else '[B]'}, got {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"{name} must have shape {'[B, T]' if ndim == 2 else '[B]'}, got {tuple(input_ids.shape)}"
+            )
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
             raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size})")
 

@@ -11,7 +11,9 @@ import torch
 
 def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
     """positions [...] (int) -> angles [..., head_dim // 2] in fp32."""
-    inv_freq = base ** (-torch.arange(0, head_dim // 2, device=positions.device, dtype=torch.float32) * 2 / head_dim)
+    inv_freq = base ** (
+        -torch.arange(0, head_dim // 2, device=positions.device, dtype=torch.float32) * 2 / head_dim
+    )
     return positions.float()[..., None] * inv_freq
 
 
