@@ -54,11 +54,15 @@ DEFAULT_MIXER_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
+# Registered names that build the same layer as another name (compared once).
+ALIASES = {"hawk"}
+
+
 def all_mixers() -> list[str]:
-    """Every registered mixer that can run causally (the ones MQAR can compare)."""
+    """Every registered mixer, aliases aside."""
     import seqzoo
 
-    return list(seqzoo.list_mixers())
+    return [name for name in seqzoo.list_mixers() if name not in ALIASES]
 
 
 class Setting(BaseModel):

@@ -58,6 +58,23 @@ def test_every_shipped_config_validates():
         assert cfg.name == name
 
 
+@pytest.mark.parametrize("name", available_configs())
+def test_every_shipped_config_builds_its_model(name):
+    from seqzoo import CausalLM, LMConfig
+
+    cfg = load_config(name)
+    model = cfg.model.model_dump()
+    tok = cfg.data.tokenizer
+    model["vocab_size"] = model["vocab_size"] or (256 if tok.kind == "bytes" else tok.vocab_size)
+    if name.startswith("tiny-"):
+        lm = CausalLM(LMConfig(**model))
+        assert lm(torch.randint(0, 256, (1, 16))).shape == (1, 16, 256)
+    else:  # the GPU configs: built without memory, and about 125M parameters
+        with torch.device("meta"):
+            lm = CausalLM(LMConfig(**model))
+        assert 80e6 < lm.num_parameters() < 160e6
+
+
 def test_overrides_apply_and_parse_values():
     cfg = load_config(
         "tiny-attention",
