@@ -142,3 +142,90 @@ for _decay in ("vector", "head"):
         ],
         kwargs={"output_final_state": True},
     )
+
+
+def ssm_kernel_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """S4D-Lin / S4-LegS-like parameters: Re(A) = -1/2, Im(A) spread, log dt in [log 1e-3, log 1e-1]."""
+    h, n = shape["H"], shape["N"]
+    names = ("Lambda", "P", "B", "C") if shape.get("kind") == "s4" else ("A", "B", "C")
+    inputs = {"log_dt": torch.empty(h, device=device).uniform_(-6.9, -2.3).to(dtype)}
+    for name in names:
+        inputs[f"{name}_re"] = torch.randn(h, n, device=device).to(dtype)
+        inputs[f"{name}_im"] = torch.randn(h, n, device=device).to(dtype)
+    inputs[f"{names[0]}_re"] = torch.full((h, n), -0.5, device=device, dtype=dtype)
+    inputs[f"{names[0]}_im"] = (torch.pi * torch.arange(n, device=device)).expand(h, n).to(dtype)
+    return inputs
+
+
+# The kernel length is an argument, not a tensor: one bench per L. Each shape repeats it as "T" (the tables'
+# length column, and what --max-ref-T reads); --set T= does not change L. N counts the kept complex modes.
+for _L in (1024, 4096, 16384):
+    register_bench(
+        "s4d_kernel",
+        ssm_kernel_inputs,
+        label=f"s4d_kernel_L{_L}",
+        shapes=[{"H": h, "N": 32, "T": _L} for h in (256, 512)],
+        quick_shapes=[{"H": 16, "N": 32, "T": _L}],
+        cuda_shapes=[{"H": h, "N": 32, "T": _L} for h in (256, 1024, 2048)],
+        kwargs={"L": _L},
+    )
+    register_bench(
+        "s4_kernel",
+        ssm_kernel_inputs,
+        label=f"s4_kernel_L{_L}",
+        shapes=[{"H": h, "N": 32, "kind": "s4", "T": _L} for h in (256, 512)],
+        quick_shapes=[{"H": 16, "N": 32, "kind": "s4", "T": _L}],
+        cuda_shapes=[{"H": h, "N": 32, "kind": "s4", "T": _L} for h in (256, 1024, 2048)],
+        kwargs={"L": _L},
+    )
+
+
+def fft_conv_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    b, t, h = shape["B"], shape["T"], shape["H"]
+    # A decaying kernel as an SSM makes one; its scale does not change the work.
+    decay = torch.exp(-torch.arange(t, device=device) / t * 8.0)
+    return {
+        "u": torch.randn(b, t, h, dtype=dtype, device=device),
+        "K": (torch.randn(h, t, device=device) * decay / t**0.5).to(dtype),
+        "D": torch.randn(h, dtype=dtype, device=device),
+    }
+
+
+register_bench(
+    "fft_conv",
+    fft_conv_inputs,
+    shapes=[{"B": 2, "T": t, "H": 256} for t in (1024, 2048, 4096, 8192)],
+    quick_shapes=[{"B": 1, "T": t, "H": 256} for t in (256, 1024)],
+    cuda_shapes=[{"B": max(1, 32768 // t), "T": t, "H": 1024} for t in (1024, 4096, 16384)],
+)
+
+
+def selective_scan_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    import math
+
+    # As the mamba mixer makes them: A = -(1..N) (S4D-Real), delta before a softplus with dt's init bias
+    # (dt ~ 1e-3..1e-1), a gate z and D = 1; B, C shared by all channels (G = 1) unless shape["G"] says.
+    b, t, d, n, g = shape["B"], shape["T"], shape["D"], shape["N"], shape.get("G")
+    bc = (b, t, n) if g is None else (b, t, g, n)
+    dt = torch.exp(torch.empty(d, device=device).uniform_(math.log(1e-3), math.log(1e-1)))
+    return {
+        "u": torch.randn(b, t, d, dtype=dtype, device=device),
+        "delta": 0.1 * torch.randn(b, t, d, dtype=dtype, device=device),
+        "A": -torch.arange(1, n + 1, dtype=torch.float32, device=device).repeat(d, 1),
+        "B": torch.randn(bc, dtype=dtype, device=device),
+        "C": torch.randn(bc, dtype=dtype, device=device),
+        "D": torch.ones(d, device=device),
+        "z": torch.randn(b, t, d, dtype=dtype, device=device),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),  # softplus^-1(dt)
+    }
+
+
+register_bench(
+    "selective_scan",
+    selective_scan_inputs,
+    shapes=[{"B": 1, "T": t, "D": 128, "N": 16} for t in (512, 1024, 2048, 4096)],
+    quick_shapes=[{"B": 1, "T": t, "D": 64, "N": 16} for t in (256, 1024)],
+    cuda_shapes=[{"B": max(1, 16384 // t), "T": t, "D": 1536, "N": 16} for t in (512, 1024, 2048, 4096, 8192)]
+    + [{"B": 4, "T": 2048, "D": 1536, "N": n} for n in (64, 256)],
+    kwargs={"delta_softplus": True, "output_final_state": True},
+)

@@ -14,5 +14,19 @@ from .causal_conv1d import causal_conv1d
 from .flow_attention import flow_attention
 from .gla import gla
 from .linear_scan import linear_scan
+from .s4 import fft_conv, s4_kernel, s4d_kernel
+from .selective_scan import selective_scan, selective_state_update
 
-__all__ = ["Op", "list_ops", "attention", "causal_conv1d", "flow_attention", "gla", "linear_scan"]
+__all__ = [
+    "Op",
+    "list_ops",
+    "attention",
+    "causal_conv1d",
+    "flow_attention",
+    "gla",
+    "linear_scan",
+    "s4d_kernel",
+    "s4_kernel",
+    "fft_conv",
+]
+__all__ += ["selective_scan", "selective_state_update"]

@@ -21,6 +21,9 @@ SMALL_KWARGS = {
     "lightning": {"n_heads": 2},
     "hgrn2": {"n_heads": 2, "expand_ratio": 8},
     "linear_attention": {"n_heads": 2},
+    "mamba": {"d_state": 4, "expand": 2},
+    "s4": {"d_state": 8, "l_max": 8},
+    "s4d": {"d_state": 8},
 }
 MIXERS = sorted(seqzoo.list_mixers())
 

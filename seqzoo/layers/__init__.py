@@ -10,9 +10,22 @@ from .flow import FlowAttention
 from .gla import GLA
 from .hgrn2 import HGRN2
 from .linear_attention import LinearAttention
+from .mamba import Mamba
 from .retnet import Lightning, RetNet
 from .rglru import Hawk, RGLRUBlock
+from .s4 import S4, S4D
 from .short_conv import ShortConv
 
-__all__ = ["Mixer", "State", "Attention", "SlidingWindowAttention", "ShortConv", "FlowAttention", "RGLRUBlock", "Hawk"]
+__all__ = [
+    "Mixer",
+    "State",
+    "Attention",
+    "SlidingWindowAttention",
+    "ShortConv",
+    "FlowAttention",
+    "RGLRUBlock",
+    "Hawk",
+]
 __all__ += ["GLA", "RetNet", "Lightning", "HGRN2", "LinearAttention"]
+__all__ += ["S4", "S4D"]
+__all__ += ["Mamba"]

@@ -1,0 +1,156 @@
+"""Structured state space (S4, S4D) convolution kernels and the long convolution that applies them.
+
+Complex parameters travel as separate real and imaginary tensors. Every SSM has H = d_model channels and keeps
+N complex modes, one of each conjugate pair: the state of the real system is the N modes and their conjugates,
+so each kernel is real and the state size of the real system is 2N.
+
+    K = s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh", backend="auto")
+
+        log_dt [H]; A, B, C [H, N] (as *_re, *_im); K [H, L] in fp32 (fp64 for fp64 inputs).
+        dt = exp(log_dt);  zoh:      Abar = exp(dt A),                    Bbar = (Abar - 1) / A * B
+                           bilinear: Abar = (1 + dt A/2) / (1 - dt A/2),  Bbar = dt / (1 - dt A/2) * B
+        K[h, l] = 2 Re( sum_n C[h,n] Bbar[h,n] Abar[h,n]^l )      l = 0..L-1
+        (the factor 2 Re adds each mode's conjugate; it matches the recurrence
+         x_t = Abar x_{t-1} + Bbar u_t,  y_t = 2 Re(sum_n C x_t) exactly). Re(A) < 0 keeps it stable.
+
+    K = s4_kernel(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L, backend="auto")
+
+        The DPLR system of S4 with its conjugate pairs restored: Lambda, P, B, C [H, N] stand for the 2N-vectors
+        [v, conj v]; A = diag(Lambda) - P P^* (2N x 2N), bilinear discretisation with step dt = exp(log_dt).
+        C is the paper's C~ = C_true (I - Abar^L): the truncated generating function of the kernel at the L-th
+        roots of unity is then C~ (I - Abar z)^{-1} Bbar, which Cauchy sums and the Woodbury identity evaluate
+        in O(N L); K = irfft of it. K[h, l] = C_true Abar^l Bbar (real), K [H, L].
+
+    y = fft_conv(u, K, D=None, bidirectional=False, backend="auto")
+
+        u [B, T, H]; K [H, L] ([2, H, L] when bidirectional); D [H]; y [B, T, H] in the dtype of u and K promoted
+        (sums run in fp32). Taps past L are zero.
+        y_t = sum_{s<=t} K[h, t-s] u_s + D u_t
+        bidirectional: y_t = sum_{s<=t} K[0, h, t-s] u_s + sum_{s>t} K[1, h, s-t-1] u_s + D u_t
+
+Backends: ``reference`` (materialises every power / the dense matrices / the Toeplitz matrix), ``torch``
+(s4d: Vandermonde chunked over L; s4: Cauchy + Woodbury chunked over the frequencies; fft_conv: real FFTs of
+length 2T), ``triton`` (s4d_kernel: forward and backward Vandermonde kernels with no H x N x L
+intermediate; s4_kernel: the Cauchy sums as forward and backward Triton kernels, the O(H L) Woodbury step and
+the irfft in PyTorch; fft_conv: the convolution summed directly in tiles, O(T min(L, T)) per channel, forward
+and backward; auto prefers cuFFT through torch on a GPU).
+"""
+
+from __future__ import annotations
+
+import torch as _pt
+
+from .._checks import check_same_device, check_shape, check_tensor
+from .._dispatch import define_op, triton_unavailable_reason
+from . import reference as _reference
+from . import torch as _torch
+
+
+def _check_len(op, L):
+    if not isinstance(L, int) or isinstance(L, bool) or L < 1:
+        raise ValueError(f"{op}: L must be a positive int, got {L!r}")
+
+
+def _check_params(op, log_dt, named):
+    check_tensor(op, "log_dt", log_dt, 1)
+    h = log_dt.shape[0]
+    first = None
+    for name, x in named.items():
+        check_tensor(op, name, x, 2)
+        if first is None:
+            first = x.shape[1]
+        check_shape(op, name, x, (h, first), "[H, N], H = log_dt.shape[0]")
+    check_same_device(op, log_dt=log_dt, **named)
+
+
+def _validate_s4d(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh"):
+    _check_params(
+        "s4d_kernel", log_dt, dict(A_re=A_re, A_im=A_im, B_re=B_re, B_im=B_im, C_re=C_re, C_im=C_im)
+    )
+    _check_len("s4d_kernel", L)
+    if discretization not in ("zoh", "bilinear"):
+        raise ValueError(f"s4d_kernel: discretization must be 'zoh' or 'bilinear', got {discretization!r}")
+
+
+def _validate_s4(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L):
+    _check_params(
+        "s4_kernel",
+        log_dt,
+        dict(
+            Lambda_re=Lambda_re,
+            Lambda_im=Lambda_im,
+            P_re=P_re,
+            P_im=P_im,
+            B_re=B_re,
+            B_im=B_im,
+            C_re=C_re,
+            C_im=C_im,
+        ),
+    )
+    _check_len("s4_kernel", L)
+
+
+def _validate_fft_conv(u, K, D=None, bidirectional=False):
+    if not isinstance(bidirectional, bool):
+        raise TypeError(f"fft_conv: bidirectional must be a bool, got {type(bidirectional).__name__}")
+    check_tensor("fft_conv", "u", u, 3)
+    h = u.shape[2]
+    if bidirectional:
+        check_tensor("fft_conv", "K", K, 3)
+        check_shape("fft_conv", "K", K, (2, h, None), "[2, H, L] when bidirectional, H = u.shape[2]")
+    else:
+        check_tensor("fft_conv", "K", K, 2)
+        check_shape("fft_conv", "K", K, (h, None), "[H, L], H = u.shape[2]")
+    if D is not None:
+        check_tensor("fft_conv", "D", D, 1)
+        check_shape("fft_conv", "D", D, (h,), "[H]")
+    check_same_device("fft_conv", u=u, K=K, D=D)
+
+
+def _no_float64(*args, **kwargs) -> str | None:
+    if any(isinstance(t, _pt.Tensor) and t.dtype == _pt.float64 for t in list(args) + list(kwargs.values())):
+        return "takes fp32/fp16/bf16 inputs, not float64"
+    return None
+
+
+s4d_kernel = define_op("s4d_kernel", __doc__, validate=_validate_s4d)
+s4d_kernel.register("reference", _reference.s4d_kernel, description="every power Abar^l materialised")
+s4d_kernel.register("torch", _torch.s4d_kernel, description="Vandermonde product chunked over L")
+s4d_kernel.register_lazy(
+    "triton",
+    ".s4.triton",
+    "s4d_kernel",
+    unavailable=triton_unavailable_reason,
+    unsupported=_no_float64,
+    description="Triton Vandermonde kernels, forward and backward",
+)
+
+s4_kernel = define_op("s4_kernel", __doc__, validate=_validate_s4)
+s4_kernel.register("reference", _reference.s4_kernel, description="dense DPLR matrices, one product per l")
+s4_kernel.register(
+    "torch", _torch.s4_kernel, description="Cauchy sums + Woodbury at the roots of unity, irfft"
+)
+s4_kernel.register_lazy(
+    "triton",
+    ".s4.triton",
+    "s4_kernel",
+    unavailable=triton_unavailable_reason,
+    unsupported=_no_float64,
+    description="Triton Cauchy sums (forward and backward); Woodbury and irfft in PyTorch",
+)
+
+fft_conv = define_op(
+    "fft_conv", __doc__, validate=_validate_fft_conv, auto_order={"cuda": ("torch",), "cpu": ("torch",)}
+)
+fft_conv.register("reference", _reference.fft_conv, description="explicit O(T^2) Toeplitz convolution")
+fft_conv.register("torch", _torch.fft_conv, description="real FFTs of length 2T")
+fft_conv.register_lazy(
+    "triton",
+    ".s4.triton_conv",
+    "fft_conv",
+    unavailable=triton_unavailable_reason,
+    unsupported=_no_float64,
+    description="direct tiled convolution in Triton (O(T min(L, T))), forward and backward",
+)
+
+__all__ = ["s4d_kernel", "s4_kernel", "fft_conv"]

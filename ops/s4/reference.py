@@ -1,0 +1,105 @@
+"""Reference SSM kernels: every kernel materialises the full product, step by step, in fp32 (fp64 for fp64).
+
+- :func:`s4d_kernel`: powers of the diagonal discrete state matrix, K[h, l] = 2 Re(sum_n C Bbar Abar^l).
+- :func:`s4_kernel`: the dense DPLR system (conjugate pairs restored), C = C~ (I - Abar^L)^{-1}, then
+  K[h, l] = C Abar^l Bbar, one matrix-vector product per l.
+- :func:`fft_conv`: the explicit O(T^2) (Toeplitz) convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def complex_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.complex128 if x.dtype == torch.float64 else torch.complex64
+
+
+def _work(x):
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def discretize_diagonal(log_dt, A_re, A_im, B_re, B_im, discretization):
+    """Abar, Bbar [H, N] (complex) of the diagonal system x' = A x + B u with step dt = exp(log_dt)."""
+    A = torch.complex(_work(A_re), _work(A_im))
+    B = torch.complex(_work(B_re), _work(B_im))
+    dt = torch.exp(_work(log_dt))[:, None]
+    dtA = dt * A
+    if discretization == "zoh":
+        Abar = torch.exp(dtA)
+        Bbar = (Abar - 1) / A * B
+    else:  # bilinear
+        Abar = (1 + dtA / 2) / (1 - dtA / 2)
+        Bbar = dt / (1 - dtA / 2) * B
+    return Abar, Bbar
+
+
+def s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh"):
+    Abar, Bbar = discretize_diagonal(log_dt, A_re, A_im, B_re, B_im, discretization)
+    C = torch.complex(_work(C_re), _work(C_im))
+    w = C * Bbar
+    power = torch.ones_like(Abar)
+    cols = []
+    for _ in range(L):
+        cols.append(2 * (w * power).sum(-1).real)
+        power = power * Abar
+    return torch.stack(cols, -1)
+
+
+def dplr_dense(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L):
+    """The bilinear discrete system of S4 as dense complex matrices, conjugate pairs restored.
+
+    Returns Abar [H, 2N, 2N], Bbar [H, 2N], C [H, 2N] with C = C~ (I - Abar^L)^{-1} (the op's C is C~), so that
+    K[l] = C Abar^l Bbar for l < L and the recurrence x_t = Abar x_{t-1} + Bbar u_t, y_t = Re(C x_t) + D u_t
+    gives the same outputs as the convolution.
+    """
+
+    def full(re, im):
+        z = torch.complex(_work(re), _work(im))
+        return torch.cat([z, z.conj()], -1)
+
+    Lam, P, B, Ct = full(Lambda_re, Lambda_im), full(P_re, P_im), full(B_re, B_im), full(C_re, C_im)
+    dt = torch.exp(_work(log_dt))[:, None, None]
+    n = Lam.shape[-1]
+    eye = torch.eye(n, dtype=Lam.dtype, device=Lam.device).expand(Lam.shape[0], n, n)
+    A = torch.diag_embed(Lam) - P[:, :, None] * P.conj()[:, None, :]
+    M = eye - dt / 2 * A
+    Abar = torch.linalg.solve(M, eye + dt / 2 * A)
+    Bbar = torch.linalg.solve(M, dt[..., 0] * B)
+    AL = torch.linalg.matrix_power(Abar, L)
+    # C (I - Abar^L) = C~  <=>  (I - Abar^L)^T C^T = C~^T
+    C = torch.linalg.solve((eye - AL).transpose(-1, -2), Ct)
+    return Abar, Bbar, C
+
+
+def s4_kernel(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L):
+    Abar, Bbar, C = dplr_dense(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L)
+    v = Bbar
+    cols = []
+    for _ in range(L):
+        cols.append((C * v).sum(-1).real)
+        v = (Abar @ v[..., None])[..., 0]
+    return torch.stack(cols, -1)
+
+
+def fft_conv(u, K, D=None, bidirectional=False):
+    b, t, h = u.shape
+    u = _work(u)
+    K = _work(K)
+    idx = torch.arange(t, device=u.device)
+    lag = idx[:, None] - idx[None, :]  # t - s
+    Kc = K[0] if bidirectional else K
+    L = Kc.shape[-1]
+
+    def gather(k, lags, valid):
+        padded = torch.cat([k, k.new_zeros(h, 1)], -1)  # index L reads zero
+        lags = torch.where(valid & (lags < L), lags, torch.full_like(lags, L))
+        return padded[:, lags]  # [H, T, T]
+
+    T = gather(Kc, lag, lag >= 0)
+    if bidirectional:
+        T = T + gather(K[1], -lag - 1, lag < 0)
+    y = torch.einsum("hts,bsh->bth", T, u)
+    if D is not None:
+        y = y + u * _work(D)
+    return y

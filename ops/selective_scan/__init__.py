@@ -1,0 +1,176 @@
+"""``ops.selective_scan``: Mamba's selective state space scan (S6), and its one-token decoding step.
+
+    y, final_state = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                    initial_state=None, output_final_state=False, backend="auto")
+
+    dt_t = softplus(delta_t + delta_bias) if delta_softplus else delta_t + delta_bias
+    h_t  = exp(dt_t A) * h_{t-1} + dt_t u_t B_t            (per channel d and state n)
+    y_t  = <h_t, C_t> + D u_t ;   y_t *= silu(z_t) when z is given
+
+u, delta, z [B, T, D] (T >= 1); A [D, N] real (N <= 256; Mamba keeps A < 0); B, C [B, T, N], or [B, T, G, N]
+with G dividing D (channel d reads group d // (D/G)); D, delta_bias [D]; initial_state and final_state
+[B, D, N] fp32; y [B, T, D] in u's dtype. Inputs fp32, fp16 or bf16 (fp64 on reference/torch); the state
+accumulates in fp32. Differentiable in every tensor argument.
+
+    y, new_state = selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                                          dt_softplus=False, backend="auto")
+
+one step of the same recurrence for decoding: state [B, D, N], x, dt, z [B, D], B, C [B, N] or [B, G, N];
+returns y [B, D] and the next state (fp32; the input state is not modified).
+
+Backends: ``reference`` (the step-by-step loop in fp32), ``torch`` (the D*N recurrences as one blocked
+chunked scan; the CPU default), ``triton`` (chunked scan kernels, forward and a backward that recomputes
+states from chunk-boundary checkpoints; the GPU default), ``cuda`` (``csrc/selective_scan.cu``).
+"""
+
+from __future__ import annotations
+
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
+from .._checks import check_same_device, check_shape, check_tensor
+from .._dispatch import define_op, triton_unavailable_reason
+from . import reference as _reference
+from . import step as _step
+from . import torch as _torch
+
+MAX_D_STATE = 256
+
+
+def _check_bc(op, name, x, b, t, d, n_expected=None):
+    """B or C: [B, T, N] or [B, T, G, N] (t None: the decoding step's [B, N] / [B, G, N])."""
+    lead = (b,) if t is None else (b, t)
+    check_tensor(op, name, x, (len(lead) + 1, len(lead) + 2))
+    if tuple(x.shape[: len(lead)]) != lead:
+        raise ValueError(f"{op}: {name} must have leading dimensions {lead}, got shape {tuple(x.shape)}")
+    if x.dim() == len(lead) + 2:
+        g = x.shape[len(lead)]
+        if g < 1 or d % g:
+            raise ValueError(f"{op}: {name} has {g} groups, which must divide D={d} (shape {tuple(x.shape)})")
+    if n_expected is not None and x.shape[-1] != n_expected:
+        raise ValueError(f"{op}: {name} must have last dimension N={n_expected} (A's), got {tuple(x.shape)}")
+
+
+def _check_common(op, A, D, bias, bias_name, d, flag_name, flag):
+    check_tensor(op, "A", A, 2)
+    if A.shape[0] != d:
+        raise ValueError(f"{op}: A must have shape [D={d}, N], got {tuple(A.shape)}")
+    if not 1 <= A.shape[1] <= MAX_D_STATE:
+        raise ValueError(f"{op}: A's d_state N must be in 1..{MAX_D_STATE}, got {A.shape[1]}")
+    for name, v in (("D", D), (bias_name, bias)):
+        if v is not None:
+            check_tensor(op, name, v, 1)
+            check_shape(op, name, v, (d,), "[D]")
+    if not isinstance(flag, bool):
+        raise TypeError(f"{op}: {flag_name} must be a bool, got {type(flag).__name__}")
+
+
+def _validate(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    output_final_state=False,
+):
+    op = "selective_scan"
+    check_tensor(op, "u", u, 3)
+    b, t, d = u.shape
+    if t < 1:
+        raise ValueError(f"{op}: u must have at least one time step (T >= 1), got shape {tuple(u.shape)}")
+    check_tensor(op, "delta", delta, 3)
+    check_shape(op, "delta", delta, (b, t, d), "[B, T, D] like u")
+    if z is not None:
+        check_tensor(op, "z", z, 3)
+        check_shape(op, "z", z, (b, t, d), "[B, T, D] like u")
+    _check_common(op, A, D, delta_bias, "delta_bias", d, "delta_softplus", delta_softplus)
+    n = A.shape[1]
+    _check_bc(op, "B", B, b, t, d, n)
+    _check_bc(op, "C", C, b, t, d, n)
+    if initial_state is not None:
+        check_tensor(op, "initial_state", initial_state, 3)
+        check_shape(op, "initial_state", initial_state, (b, d, n), "[B, D, N]")
+    if not isinstance(output_final_state, bool):
+        raise TypeError(f"{op}: output_final_state must be a bool, got {type(output_final_state).__name__}")
+    check_same_device(
+        op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state
+    )
+
+
+def _validate_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    op = "selective_state_update"
+    check_tensor(op, "x", x, 2)
+    b, d = x.shape
+    check_tensor(op, "dt", dt, 2)
+    check_shape(op, "dt", dt, (b, d), "[B, D] like x")
+    if z is not None:
+        check_tensor(op, "z", z, 2)
+        check_shape(op, "z", z, (b, d), "[B, D] like x")
+    _check_common(op, A, D, dt_bias, "dt_bias", d, "dt_softplus", dt_softplus)
+    n = A.shape[1]
+    check_tensor(op, "state", state, 3)
+    check_shape(op, "state", state, (b, d, n), "[B, D, N]")
+    _check_bc(op, "B", B, b, None, d, n)
+    _check_bc(op, "C", C, b, None, d, n)
+    check_same_device(op, state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+def _no_float64(*args, **kwargs) -> str | None:
+    if any(isinstance(v, _pt.Tensor) and v.dtype == _pt.float64 for v in (*args, *kwargs.values())):
+        return "takes fp32/fp16/bf16 inputs, not float64"
+    return None
+
+
+def _cuda_unavailable(device: _pt.device) -> str | None:
+    if device.type != "cuda":
+        return f"the csrc/ kernel runs on a CUDA GPU, not on {device.type}"
+    from .cuda import cuda_unavailable_reason
+
+    return cuda_unavailable_reason()
+
+
+selective_scan = define_op(
+    "selective_scan",
+    __doc__,
+    validate=_validate,
+    # Triton first on a GPU: it needs no compiler beyond the package (the cuda backend builds with nvcc on
+    # first use, and is there to be chosen by name or when Triton is missing).
+    auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},
+)
+selective_scan.register("reference", _reference.selective_scan, description="step-by-step loop in fp32")
+selective_scan.register(
+    "torch", _torch.selective_scan, description="the D*N recurrences as one blocked chunked scan"
+)
+selective_scan.register_lazy(
+    "triton",
+    ".selective_scan.triton",
+    "selective_scan",
+    unavailable=triton_unavailable_reason,
+    unsupported=_no_float64,
+    description="Triton chunked scan, forward and backward (states recomputed from chunk checkpoints)",
+)
+selective_scan.register_lazy(
+    "cuda",
+    ".selective_scan.cuda",
+    "selective_scan",
+    unavailable=_cuda_unavailable,
+    unsupported=_no_float64,
+    description="csrc/selective_scan.cu through ctypes, forward and backward",
+)
+
+selective_state_update = define_op(
+    "selective_state_update",
+    __doc__,
+    validate=_validate_step,
+    auto_order={"cuda": ("torch",), "cpu": ("torch",)},
+)
+selective_state_update.register(
+    "reference", _step.reference_state_update, description="selective_scan's reference run for one token"
+)
+selective_state_update.register("torch", _step.selective_state_update, description="the one-step update")
+
+__all__ = ["selective_scan", "selective_state_update"]

@@ -1,0 +1,184 @@
+"""``mamba``: the selective state space mixer of Mamba (Gu & Dao 2023), without its outer norm/residual.
+
+    x, z = split(u W_in)                                   # [B, T, E], E = expand * d_model (x and the gate z)
+    x = silu(causal_conv1d(x, w, b))                       # depthwise, width 4
+    dt_low, B, C = split(x W_x)                            # [B, T, R], [B, T, N], [B, T, N];  R = ceil(d_model/16)
+    dt = softplus(dt_low W_dt + b_dt)                      # [B, T, E], the per-channel step size
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t ;  y_t = <h_t, C_t> + D x_t     # A = -exp(A_log) [E, N]
+    out = (y * silu(z)) W_out
+
+The scan is ``ops.selective_scan`` (dt's bias and softplus fused into it); decoding carries the last 3 conv
+inputs and the [E, N] SSM state, so its memory does not grow with the length.
+
+Initialisation as in the paper: A_log = log(1..N) in every channel (S4D-Real), D = 1, dt_proj's bias the
+inverse softplus of dt drawn log-uniformly in [dt_min, dt_max] (floored at 1e-4) and its weight uniform in
++-dt_scale / sqrt(R). A_log and D carry ``_no_weight_decay``. ``post_init`` re-establishes dt_proj's init
+after a model's generic Linear init has overwritten it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..registry import register_mixer
+from .base import Mixer, State
+
+
+@register_mixer(
+    "mamba",
+    description="selective state space model: input-dependent (dt, B, C) diagonal SSM with a gated conv branch",
+    paper="Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+)
+class Mamba(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+        conv_bias: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model)
+        for name, v, lo, hi in (
+            ("d_state", d_state, 1, 256),
+            ("d_conv", d_conv, 2, 8),
+            ("expand", expand, 1, 16),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"mamba: {name} must be an int in {lo}..{hi}, got {v!r}")
+        if dt_rank is None:
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"mamba: dt_rank must be a positive int or None, got {dt_rank!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
+        self.dt_min, self.dt_max, self.dt_init_floor, self.dt_scale = dt_min, dt_max, dt_init_floor, dt_scale
+        self.backend = backend
+        e = self.d_inner = expand * d_model
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
+        # Depthwise filter [E, W], uniform in +-1/sqrt(W) as nn.Conv1d(groups=E) initialises it.
+        bound = d_conv**-0.5
+        self.conv_weight = nn.Parameter(torch.empty(e, d_conv).uniform_(-bound, bound))
+        self.conv_bias = nn.Parameter(torch.empty(e).uniform_(-bound, bound)) if conv_bias else None
+        self.x_proj = nn.Linear(e, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, e, bias=True)
+        # S4D-Real: A_n = -(n + 1) in every channel, stored as a log so A stays negative under training.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))
+        self.D = nn.Parameter(torch.ones(e))
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(e, d_model, bias=bias)
+        self.post_init()
+
+    @torch.no_grad()
+    def post_init(self) -> None:
+        """dt_proj as the paper sets it (a model's generic Linear init runs first and overwrites it)."""
+        std = self.dt_rank**-0.5 * self.dt_scale
+        self.dt_proj.weight.uniform_(-std, std)
+        # dt log-uniform in [dt_min, dt_max], floored; the bias is softplus^-1(dt) = dt + log(1 - exp(-dt)).
+        log_lo, log_hi = math.log(self.dt_min), math.log(self.dt_max)
+        dt = torch.exp(torch.rand(self.d_inner) * (log_hi - log_lo) + log_lo).clamp(min=self.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"dt_rank={self.dt_rank}"
+        )
+
+    def _ssm_inputs(self, x):
+        """From the conv branch's output x [..., E]: delta (dt before bias and softplus), B, C."""
+        dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return dt_low @ self.dt_proj.weight.t(), B, C
+
+    def _mix(self, x, state=None):
+        xz = self.in_proj(x)
+        u, z = xz.chunk(2, dim=-1)
+        u, conv = ops.causal_conv1d(
+            u,
+            self.conv_weight,
+            self.conv_bias,
+            activation="silu",
+            initial_state=None if state is None else state["conv"],
+            output_final_state=True,
+            backend=self.backend,
+        )
+        delta, B, C = self._ssm_inputs(u)
+        y, ssm = ops.selective_scan(
+            u,
+            delta,
+            -torch.exp(self.A_log),
+            B,
+            C,
+            self.D,
+            z,
+            self.dt_proj.bias,
+            True,
+            None if state is None else state["ssm"],
+            True,
+            backend=self.backend,
+        )
+        return self.out_proj(y), {"conv": conv, "ssm": ssm}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self._mix(x)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        # fp32 states for fp32/fp16/bf16 models (fp64 for fp64), as the ops return them.
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return {
+            "conv": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
+        }
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self.check_input(x)
+        self.check_decodable()
+        if state is not None:
+            self.check_state(state, x.shape[0], ("conv", "ssm"))
+        return self._mix(x, state)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self.check_input(x_t, "x_t", ndim=2)
+        self.check_state(state, x_t.shape[0], ("conv", "ssm"))
+        u, z = self.in_proj(x_t).chunk(2, dim=-1)
+        u, conv = ops.causal_conv1d(
+            u[:, None],
+            self.conv_weight,
+            self.conv_bias,
+            activation="silu",
+            initial_state=state["conv"],
+            output_final_state=True,
+            backend=self.backend,
+        )
+        u = u[:, 0]
+        delta, B, C = self._ssm_inputs(u)
+        y, ssm = ops.selective_state_update(
+            state["ssm"],
+            u,
+            delta,
+            -torch.exp(self.A_log),
+            B,
+            C,
+            self.D,
+            z,
+            self.dt_proj.bias,
+            True,
+        )
+        return self.out_proj(y), {"conv": conv, "ssm": ssm}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_inner * (self.d_conv - 1 + self.d_state)

@@ -1,0 +1,313 @@
+"""``s4`` and ``s4d``: structured state space layers (Gu et al. 2022, S4; Gu et al. 2022, S4D).
+
+Each of the H = d_model channels is its own linear SSM with N real states (N/2 complex modes kept, one of
+each conjugate pair), applied as a long convolution in training and as a recurrence in decoding:
+
+    k = ssm_kernel(T)                                  # [H, T]: ops.s4d_kernel / ops.s4_kernel
+    v_t = sum_{s<=t} k[:, t-s] x_s + D x_t            # ops.fft_conv; both directions when bidirectional
+    y = out(dropout(GELU(v)))                          # out: Linear(H, H), or Linear(H, 2H) then GLU
+
+s4d: diagonal A (inits "legs", "lin", "inv", "real"), ZOH or bilinear discretisation; the recurrence is
+x_t = Abar x_{t-1} + Bbar u_t, y_t = 2 Re(sum_n C x_t), with the same Abar, Bbar as the kernel.
+s4: A = Lambda - P P^* (HiPPO-LegS in normal-plus-low-rank form, conjugate pairs restored), bilinear; the
+trained C is the paper's C~ = C (I - Abar^l_max), and decoding runs the dense 2N x 2N bilinear step with
+C = C~ (I - Abar^l_max)^{-1}. Sequences longer than l_max get the kernel at the next power-of-two multiple of
+l_max, with C~ re-derived from C so the convolution still equals the recurrence.
+
+The state is {"ssm": [B, H, N/2, 2]}: the kept complex modes as (real, imag), in fp32 (fp64 for fp64 models).
+The SSM parameters (A, dt, B, and P for s4) carry ``_optim = {"lr": 1e-3, "weight_decay": 0.0}``, which the
+training recipe's ``param_groups`` honours, as the papers train them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import ops
+from ..ops.s4.reference import discretize_diagonal, dplr_dense
+from ..registry import register_mixer
+from .base import Mixer, State
+from .ssm_init import S4D_INITS, log_dt_init, nplr_legs, s4d_init
+
+SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0}
+
+
+def _ssm_param(value: torch.Tensor) -> nn.Parameter:
+    p = nn.Parameter(value.float())
+    p._optim = dict(SSM_OPTIM)
+    return p
+
+
+class _SSMLayer(Mixer):
+    """What S4 and S4D share: the convolution, the activation and output, and the state checks."""
+
+    def __init__(self, d_model, d_state, output, dropout, bidirectional, backend):
+        super().__init__(d_model)
+        name = type(self).mixer_name
+        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
+            raise ValueError(f"{name}: d_state must be an even int >= 2, got {d_state!r}")
+        if output not in ("linear", "glu"):
+            raise ValueError(f"{name}: output must be 'linear' or 'glu', got {output!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"{name}: bidirectional must be a bool, got {type(bidirectional).__name__}")
+        self.d_state, self.output, self.bidirectional, self.backend = d_state, output, bidirectional, backend
+        # A bidirectional layer runs a second SSM backwards in time: 2H kernels.
+        self.n_kernels = d_model * (2 if bidirectional else 1)
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(d_model, d_model * (2 if output == "glu" else 1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, output={self.output}, "
+            f"bidirectional={self.bidirectional}"
+        )
+
+    def _kernel(self, T: int) -> torch.Tensor:  # [n_kernels, T]
+        raise NotImplementedError
+
+    def _finish(self, v: torch.Tensor, dtype) -> torch.Tensor:
+        y = self.out_proj(self.dropout(F.gelu(v.to(dtype))))
+        return F.glu(y, -1) if self.output == "glu" else y
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        K = self._kernel(x.shape[1])
+        if self.bidirectional:
+            K = K.view(2, self.d_model, -1)
+        return ops.fft_conv(x, K, self.D, bidirectional=self.bidirectional)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self._finish(self._conv(x), x.dtype)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return {
+            "ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, 2, device=device, dtype=dtype)
+        }
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_model * self.d_state
+
+    def _begin(self, x, state, ndim):
+        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
+        self.check_decodable()
+        if state is not None:
+            self.check_state(state, x.shape[0], ("ssm",))
+
+    def _state_dtype(self, x):
+        return torch.promote_types(x.dtype, torch.float32)
+
+
+@register_mixer(
+    "s4d",
+    description="diagonal structured state space (S4D): per-channel complex diagonal SSM as a long convolution",
+    paper="Gu, Gupta, Goel, Re 2022, On the Parameterization and Initialization of Diagonal State Space Models",
+)
+class S4D(_SSMLayer):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        init: str = "legs",
+        discretization: str = "zoh",
+        output: str = "glu",
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model, d_state, output, dropout, bidirectional, backend)
+        if init not in S4D_INITS:
+            raise ValueError(f"s4d: init must be one of {S4D_INITS}, got {init!r}")
+        if discretization not in ("zoh", "bilinear"):
+            raise ValueError(f"s4d: discretization must be 'zoh' or 'bilinear', got {discretization!r}")
+        self.init, self.discretization = init, discretization
+        h, m = self.n_kernels, d_state // 2
+        A, B = s4d_init(init, d_state)
+        self.log_dt = _ssm_param(log_dt_init(h, dt_min, dt_max))
+        # Re(A) = -exp(.) keeps every mode stable whatever the optimiser does.
+        self.log_A_real = _ssm_param(torch.log(-A.real).expand(h, m).clone())
+        if init == "real":
+            self.register_buffer("A_imag", torch.zeros(h, m))  # S4D-Real stays real
+        else:
+            self.A_imag = _ssm_param(A.imag.expand(h, m).clone())
+        self.B_re = _ssm_param(B.real.expand(h, m).clone())
+        self.B_im = _ssm_param(B.imag.expand(h, m).clone())
+        # C ~ complex normal of unit variance (S4D); trained at the model's own lr.
+        self.C_re = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+        self.C_im = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", init={self.init}, discretization={self.discretization}"
+
+    def _params(self):
+        return (
+            self.log_dt,
+            -torch.exp(self.log_A_real),
+            self.A_imag,
+            self.B_re,
+            self.B_im,
+            self.C_re,
+            self.C_im,
+        )
+
+    def _kernel(self, T):
+        return ops.s4d_kernel(*self._params(), T, self.discretization, backend=self.backend)
+
+    def _system(self, dtype):
+        log_dt, A_re, A_im, B_re, B_im, C_re, C_im = (p.to(dtype) for p in self._params())
+        Abar, Bbar = discretize_diagonal(log_dt, A_re, A_im, B_re, B_im, self.discretization)
+        return Abar, Bbar, torch.complex(C_re, C_im)
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._begin(x, state, 3)
+        v = self._conv(x)
+        sd = self._state_dtype(x)
+        Abar, Bbar, C = self._system(sd)
+        T = x.shape[1]
+        # powers[h, n, j] = Abar^j, j = 0..T  (O(H N T) memory, prefill only)
+        powers = torch.cumprod(
+            torch.cat([torch.ones_like(Abar)[..., None], Abar[..., None].expand(-1, -1, T)], -1), -1
+        )
+        u = x.to(sd)
+        # x_T = sum_s Abar^{T-1-s} Bbar u_s (+ Abar^T x_0)
+        new = Bbar * torch.einsum("hns,bsh->bhn", powers[..., :T].flip(-1).to(C.dtype), u.to(C.dtype))
+        if state is not None:
+            x0 = torch.view_as_complex(state["ssm"].to(sd).contiguous())
+            new = new + powers[..., T] * x0
+            # y_t gains 2 Re(sum_n C Abar^{t+1} x_0)
+            v = v + 2 * torch.einsum("hn,hnt,bhn->bth", C, powers[..., 1:], x0).real
+        return self._finish(v, x.dtype), {"ssm": torch.view_as_real(new).contiguous()}
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self._begin(x_t, state, 2)
+        sd = self._state_dtype(x_t)
+        Abar, Bbar, C = self._system(sd)
+        u = x_t.to(sd)
+        s = Abar * torch.view_as_complex(state["ssm"].to(sd).contiguous()) + Bbar * u[..., None]
+        v = 2 * (C * s).sum(-1).real + self.D.to(sd) * u
+        return self._finish(v[:, None], x_t.dtype)[:, 0], {"ssm": torch.view_as_real(s).contiguous()}
+
+
+@register_mixer(
+    "s4",
+    description="structured state space (S4): HiPPO-LegS in diagonal-plus-low-rank form, Cauchy-kernel convolution",
+    paper="Gu, Goel, Re 2022, Efficiently Modeling Long Sequences with Structured State Spaces",
+)
+class S4(_SSMLayer):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        l_max: int = 1024,
+        init: str = "legs",
+        output: str = "glu",
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model, d_state, output, dropout, bidirectional, backend)
+        if init != "legs":
+            raise ValueError(f"s4: init must be 'legs' (HiPPO-LegS NPLR), got {init!r}")
+        if not isinstance(l_max, int) or l_max < 1:
+            raise ValueError(f"s4: l_max must be a positive int, got {l_max!r}")
+        self.init, self.l_max = init, l_max
+        h, m = self.n_kernels, d_state // 2
+        lam, P, B = nplr_legs(d_state)
+        self.log_dt = _ssm_param(log_dt_init(h, dt_min, dt_max))
+        self.log_Lambda_real = _ssm_param(torch.log(-lam.real).expand(h, m).clone())
+        self.Lambda_imag = _ssm_param(lam.imag.expand(h, m).clone())
+        self.P_re = _ssm_param(P.real.expand(h, m).clone())
+        self.P_im = _ssm_param(P.imag.expand(h, m).clone())
+        self.B_re = _ssm_param(B.real.expand(h, m).clone())
+        self.B_im = _ssm_param(B.imag.expand(h, m).clone())
+        # C~ = C (I - Abar^l_max), complex normal as in S4.
+        self.C_re = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+        self.C_im = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", l_max={self.l_max}"
+
+    def _params(self):
+        return (
+            self.log_dt,
+            -torch.exp(self.log_Lambda_real),
+            self.Lambda_imag,
+            self.P_re,
+            self.P_im,
+            self.B_re,
+            self.B_im,
+            self.C_re,
+            self.C_im,
+        )
+
+    def _kernel(self, T):
+        params = self._params()
+        L = self.l_max
+        if T > L:
+            while L < T:
+                L *= 2
+            # The trained C~ belongs to l_max; for length L use C (I - Abar^L), C = C~ (I - Abar^l_max)^{-1}.
+            Abar, _, C = dplr_dense(*params, self.l_max)
+            C = C - (C[:, None, :] @ torch.linalg.matrix_power(Abar, L))[:, 0]
+            m = self.d_state // 2
+            params = params[:-2] + (C[..., :m].real, C[..., :m].imag)
+        return ops.s4_kernel(*params, L, backend=self.backend)[:, :T]
+
+    def _system(self, dtype):
+        # The dense system costs O(H N^3 log l_max) (solves and Abar^l_max): decoding reuses it for as long as
+        # the parameters are unchanged (their version counters), outside autograd.
+        key = (dtype, self.l_max) + tuple((p.data_ptr(), p._version, p.device) for p in self.parameters())
+        cached = getattr(self, "_system_cache", None)
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+            return cached[1]
+        system = dplr_dense(*(p.to(dtype) for p in self._params()), self.l_max)
+        if not torch.is_grad_enabled():
+            self._system_cache = (key, system)
+        return system
+
+    @staticmethod
+    def _full(x_half):  # restore the conjugate half of the state
+        return torch.cat([x_half, x_half.conj()], -1)
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._begin(x, state, 3)
+        v = self._conv(x)
+        sd = self._state_dtype(x)
+        Abar, Bbar, C = self._system(sd)
+        T, m = x.shape[1], self.d_state // 2
+        # Krylov vectors Abar^j Bbar, j = 0..T-1 (a loop of T matrix-vector products; prefill only).
+        kry = [Bbar]
+        for _ in range(T - 1):
+            kry.append((Abar @ kry[-1][..., None])[..., 0])
+        kry = torch.stack(kry, 1)  # [H, T, 2N]
+        u = x.to(sd).to(C.dtype)
+        new = torch.einsum("hsn,bsh->bhn", kry.flip(1), u)
+        if state is not None:
+            x0 = self._full(torch.view_as_complex(state["ssm"].to(sd).contiguous()))
+            rows = [C]  # C Abar^{t+1}, t = 0..T-1
+            for _ in range(T):
+                rows.append((rows[-1][:, None, :] @ Abar)[:, 0])
+            rows = torch.stack(rows[1:], 1)  # [H, T, 2N]
+            v = v + torch.einsum("htn,bhn->bth", rows, x0).real
+            new = new + torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(Abar, T), x0)
+        return self._finish(v, x.dtype), {"ssm": torch.view_as_real(new[..., :m]).contiguous()}
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self._begin(x_t, state, 2)
+        sd = self._state_dtype(x_t)
+        Abar, Bbar, C = self._system(sd)
+        u = x_t.to(sd)
+        s = self._full(torch.view_as_complex(state["ssm"].to(sd).contiguous()))
+        s = torch.einsum("hij,bhj->bhi", Abar, s) + Bbar * u[..., None]
+        v = (C * s).sum(-1).real + self.D.to(sd) * u
+        m = self.d_state // 2
+        return self._finish(v[:, None], x_t.dtype)[:, 0], {"ssm": torch.view_as_real(s[..., :m]).contiguous()}

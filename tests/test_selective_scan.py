@@ -1,0 +1,376 @@
+"""ops.selective_scan / ops.selective_state_update: every backend against the step-by-step reference (outputs,
+final state and the gradients of u, delta, A, B, C, D, z, delta_bias and the initial state), with and without
+groups, T = 1 and T not a multiple of the chunk, fp32 and bf16; the reference against a closed form; the decoding
+step against the scan one token further; argument errors; the mamba mixer's initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqzoo import ops
+from seqzoo.ops.testing import assert_matches_reference
+
+selective_scan = ops.selective_scan
+HAS_CUDA = torch.cuda.is_available()
+
+
+def make(b=2, t=9, d=6, n=4, groups=None, dtype=torch.float32, full=True, device="cpu", seed=0):
+    """Inputs the way the mamba mixer makes them: A < 0 (S4D-Real), dt = softplus(delta + bias) ~ 0.01..1."""
+    g = torch.Generator().manual_seed(seed)
+    bc = (b, t, n) if groups is None else (b, t, groups, n)
+    x = {
+        "u": torch.randn(b, t, d, generator=g),
+        "delta": torch.randn(b, t, d, generator=g) - 1.0,
+        "A": -torch.exp(torch.randn(d, n, generator=g)),
+        "B": torch.randn(bc, generator=g),
+        "C": torch.randn(bc, generator=g),
+    }
+    if full:
+        x["D"] = torch.randn(d, generator=g)
+        x["z"] = torch.randn(b, t, d, generator=g)
+        x["delta_bias"] = torch.randn(d, generator=g) * 0.5
+        x["initial_state"] = torch.randn(b, d, n, generator=g)
+    out = {k: v.to(device) for k, v in x.items()}
+    for k in ("u", "delta", "B", "C", "z"):  # activations in the low precision; parameters and state fp32
+        if k in out:
+            out[k] = out[k].to(dtype)
+    return out
+
+
+def check(backend, softplus=True, tolerance=None, **case):
+    assert_matches_reference(
+        selective_scan,
+        backend,
+        make(**case),
+        delta_softplus=softplus,
+        output_final_state=True,
+        tolerance=tolerance,
+    )
+
+
+# -- the reference -------------------------------------------------------------------------------------------
+
+
+def test_reference_is_the_closed_form():
+    # h_T = sum_s exp(A sum_{r>s} dt_r) dt_s u_s B_s + exp(A sum_r dt_r) h_0, in fp64, no softplus.
+    x = {k: v.double() for k, v in make(t=5, groups=2, full=True).items()}
+    x["delta"] = x["delta"].abs()
+    y, h = selective_scan(**x, output_final_state=True, backend="reference")
+    dt = x["delta"] + x["delta_bias"]
+    Bc = x["B"].repeat_interleave(3, dim=2)
+    Cc = x["C"].repeat_interleave(3, dim=2)
+    for t in range(5):
+        state = torch.exp(x["A"] * dt[:, : t + 1].sum(1)[..., None]) * x["initial_state"]
+        for s in range(t + 1):
+            decay = torch.exp(x["A"] * dt[:, s + 1 : t + 1].sum(1)[..., None])
+            state = state + decay * (dt[:, s] * x["u"][:, s])[..., None] * Bc[:, s]
+        want = ((state * Cc[:, t]).sum(-1) + x["D"] * x["u"][:, t]) * torch.nn.functional.silu(x["z"][:, t])
+        torch.testing.assert_close(y[:, t], want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h, state, rtol=1e-12, atol=1e-12)
+
+
+def test_states_chain_across_calls():
+    x = make(t=30)
+    y, h = selective_scan(**x, delta_softplus=True, output_final_state=True)
+    first = {k: (v[:, :11] if v.dim() >= 3 and k != "initial_state" else v) for k, v in x.items()}
+    rest = {k: v[:, 11:] for k, v in x.items() if v.dim() >= 3 and k != "initial_state"}
+    y1, s = selective_scan(**first, delta_softplus=True, output_final_state=True)
+    y2, s = selective_scan(
+        **rest,
+        A=x["A"],
+        D=x["D"],
+        delta_bias=x["delta_bias"],
+        initial_state=s,
+        delta_softplus=True,
+        output_final_state=True,
+    )
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+    torch.testing.assert_close(s, h)
+
+
+# -- torch -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [1, 2, 23, 24, 25, 100, 301])  # the blocked scan's sequential cut-off is 24
+@pytest.mark.parametrize("groups", [None, 1, 3])
+def test_torch_matches_reference(t, groups):
+    check("torch", t=t, groups=groups)
+
+
+@pytest.mark.parametrize("softplus", [False, True])
+def test_torch_minimal_arguments(softplus):
+    x = make(t=40, full=False)
+    if not softplus:
+        x["delta"] = torch.nn.functional.softplus(x["delta"])
+    assert_matches_reference(selective_scan, "torch", x, delta_softplus=softplus, output_final_state=True)
+    assert selective_scan(**x)[1] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t", [1, 77])
+def test_torch_low_precision(dtype, t):
+    check("torch", t=t, groups=2, dtype=dtype)
+
+
+def test_torch_large_state_and_strong_decay():
+    # d_state 256, and steps whose decay exp(dt A) underflows to 0 within a few tokens: nothing may overflow.
+    x = make(b=1, t=50, d=3, n=256)
+    x["delta"] = x["delta"] + 6.0
+    assert_matches_reference(selective_scan, "torch", x, delta_softplus=True, output_final_state=True)
+
+
+def test_auto_is_torch_on_cpu():
+    selective_scan(**make())
+    assert selective_scan.last_backend == "torch"
+
+
+# -- the decoding step ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_state_update_is_the_scan_one_token_further(backend, groups):
+    x = make(t=8, groups=groups)
+    y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
+    prefix = {k: (v[:, :7] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
+    _, state = selective_scan(**prefix, delta_softplus=True, output_final_state=True, backend="reference")
+    y_t, new_state = ops.selective_state_update(
+        state,
+        x["u"][:, 7],
+        x["delta"][:, 7],
+        x["A"],
+        x["B"][:, 7],
+        x["C"][:, 7],
+        x["D"],
+        x["z"][:, 7],
+        x["delta_bias"],
+        True,
+        backend=backend,
+    )
+    torch.testing.assert_close(y_t, y[:, 7])
+    torch.testing.assert_close(new_state, h)
+    assert not torch.equal(new_state, state)  # a new state; the one passed in is unchanged
+
+
+def test_state_update_gradients_match_reference():
+    x = make(t=1)
+    inputs = {
+        "state": x.pop("initial_state"),
+        "x": x["u"][:, 0],
+        "dt": x["delta"][:, 0],
+        "A": x["A"],
+        "B": x["B"][:, 0],
+        "C": x["C"][:, 0],
+        "D": x["D"],
+        "z": x["z"][:, 0],
+        "dt_bias": x["delta_bias"],
+    }
+    assert_matches_reference(ops.selective_state_update, "torch", inputs, dt_softplus=True)
+
+
+# -- argument errors -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, exc, word",
+    [
+        (dict(u=torch.randn(2, 9)), ValueError, "u"),
+        (dict(delta=torch.randn(2, 8, 6)), ValueError, "delta"),
+        (dict(A=torch.randn(5, 4)), ValueError, "A"),
+        (dict(A=torch.randn(6, 300)), ValueError, "A"),
+        (dict(B=torch.randn(2, 9, 5)), ValueError, "B"),
+        (dict(C=torch.randn(2, 9, 4, 4)), ValueError, "C"),  # 4 groups do not divide D=6
+        (dict(D=torch.randn(5)), ValueError, "D"),
+        (dict(z=torch.randn(2, 9, 5)), ValueError, "z"),
+        (dict(delta_bias=torch.randn(6, 1)), ValueError, "delta_bias"),
+        (dict(initial_state=torch.randn(2, 6, 3)), ValueError, "initial_state"),
+        (dict(u=torch.randint(0, 3, (2, 9, 6))), TypeError, "u"),
+        (dict(delta_softplus=1), TypeError, "delta_softplus"),
+        (dict(output_final_state="yes"), TypeError, "output_final_state"),
+    ],
+)
+def test_bad_arguments_name_the_argument(change, exc, word):
+    args = {**make(), **change}
+    with pytest.raises(exc, match=word):
+        selective_scan(**args)
+
+
+def test_state_update_bad_arguments():
+    with pytest.raises(ValueError, match="state"):
+        ops.selective_state_update(
+            torch.randn(2, 6, 3),
+            torch.randn(2, 6),
+            torch.randn(2, 6),
+            -torch.rand(6, 4),
+            torch.randn(2, 4),
+            torch.randn(2, 4),
+        )
+
+
+def test_kernels_refuse_float64_and_cuda_says_why():
+    x = {k: v.double() for k, v in make().items()}
+    with pytest.raises(ValueError, match="float64|Triton"):
+        selective_scan(**x, backend="triton")
+    reason = selective_scan.backends("cpu")["cuda"]
+    assert reason != "available" and "cuda" in reason.lower()
+    with pytest.raises(ValueError, match="cuda"):
+        selective_scan(**make(), backend="cuda")
+
+
+# -- the mamba mixer's initialisation ------------------------------------------------------------------------------
+
+
+def test_mamba_initialisation_survives_the_model_init():
+    import seqzoo
+    from seqzoo.models.backbone import init_weights  # the GPT-style init CausalLM applies
+
+    m = seqzoo.build_mixer("mamba", 64, d_state=8)
+    assert m.dt_rank == 4 and m.d_inner == 128
+    init_weights(torch.nn.Sequential(m))  # normal(0.02) over every Linear, then post_init
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.min() < 0.01 < dt.max()
+    assert m.dt_proj.weight.abs().max() <= 0.5 and m.dt_proj.weight.std() > 0.1
+    torch.testing.assert_close(-torch.exp(m.A_log[5]), -torch.arange(1.0, 9.0))
+    assert m.A_log._no_weight_decay and m.D._no_weight_decay and torch.equal(m.D, torch.ones(128))
+
+
+# -- triton (TRITON_INTERPRET=1 on a CPU) ---------------------------------------------------------------------
+
+triton_here = pytest.mark.skipif(
+    selective_scan.backends("cpu")["triton"] != "available", reason="Triton cannot run here"
+)
+
+
+@triton_here
+@pytest.mark.parametrize("t", [1, 8, 19])  # the interpreter's chunk is 8: one step, one chunk, a ragged third
+@pytest.mark.parametrize("groups", [None, 3])
+def test_triton_matches_reference(t, groups):
+    check("triton", t=t, groups=groups)
+
+
+@triton_here
+def test_triton_minimal_arguments_and_wide_blocks():
+    # No D, z, bias, initial state; no gradient through the final state; 8 channels per group -> 4-wide blocks
+    # (several blocks per group, partial dB/dC summed); d_state 5 (padded to 8).
+    x = make(b=1, t=11, d=16, n=5, groups=2, full=False)
+    assert_matches_reference(selective_scan, "triton", x, delta_softplus=True)
+
+
+@triton_here
+def test_triton_without_softplus_strong_decay():
+    x = make(b=1, t=10, d=2, n=3)
+    x["delta"] = torch.nn.functional.softplus(x["delta"] + 3.0)
+    assert_matches_reference(selective_scan, "triton", x, delta_softplus=False, output_final_state=True)
+
+
+@triton_here
+def test_triton_bf16():
+    check("triton", t=9, groups=2, dtype=torch.bfloat16)
+
+
+# -- the CUDA source and the GPU backends ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory):
+    """csrc/selective_scan.cu built as a shared library for sm_90 (only host code runs without a GPU)."""
+    import ctypes
+
+    from seqzoo.ops import _csrc
+
+    try:
+        nvcc = _csrc.find_nvcc()
+    except RuntimeError:
+        pytest.skip("nvcc not installed")
+    path = tmp_path_factory.mktemp("csrc") / "selective_scan.so"
+    _csrc.compile_source(_csrc.csrc_dir() / "selective_scan.cu", "sm_90", path, nvcc=nvcc)
+    return ctypes.CDLL(str(path))
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+@pytest.mark.parametrize("suffix", ["f32", "f16", "bf16"])
+def test_cuda_launchers_follow_the_abi(built_library, kind, suffix):
+    # Every launcher exists with the binding's signature and checks its arguments before launching: an empty
+    # problem is a success, bad sizes or a missing tensor cudaErrorInvalidValue (1). Nothing reaches a GPU.
+    import ctypes
+
+    from seqzoo.ops.selective_scan import cuda as binding
+
+    fn = getattr(built_library, f"seqzoo_selective_scan_{kind}_{suffix}")
+    fn.argtypes = binding._FWD_ARGTYPES if kind == "fwd" else binding._BWD_ARGTYPES
+    fn.restype = ctypes.c_int
+    n_ptr = 9 if kind == "fwd" else 15
+    dummy = ctypes.c_void_p(0x1000)  # never dereferenced
+
+    def call(ptrs, b, t, d, g, n, chunk=64):
+        return fn(*ptrs, b, t, d, g, n, chunk, -(-t // chunk), None)
+
+    assert call([dummy] * n_ptr, 0, 5, 4, 1, 16) == 0
+    assert call([dummy] * n_ptr, 2, 5, 0, 1, 16) == 0
+    assert call([dummy] * n_ptr, 2, 5, 4, 1, 257) == 1  # d_state above 256
+    assert call([dummy] * n_ptr, 2, 5, 6, 4, 16) == 1  # groups must divide D
+    assert call([None] * n_ptr, 2, 5, 4, 1, 16) == 1
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("t", [1, 16, 17, 300])
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("n", [16, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_gpu_backends_match_reference(backend, t, groups, n, dtype):
+    check(backend, b=2, t=t, d=40, n=n, groups=groups, dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_torch_inference_path_matches_reference(groups):
+    # Without autograd the torch backend takes an in-place path (states written over a work buffer).
+    x = make(t=60, groups=groups)
+    with torch.no_grad():
+        y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="torch")
+        y_ref, h_ref = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-4)
+
+
+@triton_here
+def test_triton_largest_state():
+    # d_state 256 (the largest the kernels take): one channel per program, every state in one tile.
+    check("triton", b=1, t=10, d=2, n=256)
+
+
+# Lowers both Triton kernels to PTX for an H100 (sm_90) without a GPU: catches what the interpreter accepts but
+# the compiler would not (3-D scans, flips, masks). Runs in a subprocess because the interpreter is on here.
+_COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from seqzoo.ops.selective_scan import triton as K
+def compile_kernel(fn, names, n_ptr, n_int, consts, elem):
+    sig = {a: (elem if a in ("U", "BM", "CM") else "*fp32") for a in names[:n_ptr]}
+    sig.update({a: "i32" for a in names[n_ptr:n_ptr + n_int]})
+    sig.update({a: "constexpr" for a in names[n_ptr + n_int:]})
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 4})
+fwd = "U DT A BM CM H0 Y HC HT T D G N DPG NC HAS_H0 L BD BN".split()
+bwd = "U DT A BM CM HC DY DHT DU DDT DA DB DC DH0 B T D G N DPG NC HAS_DHT L BD BN".split()
+for elem in ("*fp32", "*bf16"):
+    compile_kernel(K._ss_fwd_kernel, fwd, 9, 6, {"HAS_H0": True, "L": 16, "BD": 16, "BN": 16}, elem)
+    compile_kernel(K._ss_bwd_kernel, bwd, 14, 7, {"HAS_DHT": True, "L": 16, "BD": 1, "BN": 256}, elem)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("triton"), reason="triton not installed")
+def test_triton_kernels_compile_for_sm90():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
