@@ -4,7 +4,11 @@
 with ``reference`` on the same inputs, then compares
 
 - every output (final states included: an op returns them as extra outputs),
-- the gradient of every floating-point input, through the same random cotangents on every output.
+- the gradient of every floating-point or complex input, through the same random cotangents on every output.
+
+Complex tensors (complex A in selective_scan, complex a/x in linear_scan) are compared by the modulus of the
+difference; a complex output gets a complex cotangent, so the loss, sum Re(conj(cot) * out), stays real and
+the gradients follow PyTorch's complex convention in both runs.
 
 The reference always computes in fp32: for a bf16/fp16 test it sees the same low-precision values, upcast,
 so the error measured is the backend's own. Errors are measured relative to the reference's largest
@@ -29,6 +33,8 @@ TOLERANCES: dict[torch.dtype, float] = {
     torch.float32: 2e-4,
     torch.float16: 5e-3,
     torch.bfloat16: 3e-2,
+    torch.complex128: 1e-9,
+    torch.complex64: 2e-4,
 }
 # Below this magnitude the error is measured as absolute rather than relative.
 FLOOR = 1e-2
@@ -50,9 +56,11 @@ class Comparison:
 
 
 def relative_error(x: torch.Tensor, ref: torch.Tensor, floor: float = FLOOR) -> float:
-    """``max|x - ref| / max(max|ref|, floor)``, in fp64; inf when x is non-finite where ref is finite."""
-    x = x.detach().double()
-    ref = ref.detach().double()
+    """``max|x - ref| / max(max|ref|, floor)``, in fp64 (complex128 when either is complex, |.| the modulus);
+    inf when x is non-finite where ref is finite."""
+    wide = torch.complex128 if x.is_complex() or ref.is_complex() else torch.float64
+    x = x.detach().to(wide)
+    ref = ref.detach().to(wide)
     if x.shape != ref.shape:
         raise AssertionError(f"shape {tuple(x.shape)} differs from the reference's {tuple(ref.shape)}")
     finite = torch.isfinite(ref)
@@ -68,13 +76,19 @@ def _as_tuple(out) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def _is_inexact(x) -> bool:
+    """A floating-point or complex tensor: one that can carry a gradient."""
+    return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
+
+
 def _prepare(inputs: Mapping[str, object], grad_names: set[str], upcast: bool) -> dict[str, object]:
     prepared = {}
     for name, value in inputs.items():
         if isinstance(value, torch.Tensor):
             t = value.detach().clone()
-            if upcast and t.is_floating_point():
-                t = t.to(torch.promote_types(t.dtype, torch.float32))  # fp32, or fp64 for fp64 tests
+            if upcast and _is_inexact(t):
+                # fp32 (complex64), or fp64 (complex128) for fp64 tests
+                t = t.to(torch.promote_types(t.dtype, torch.float32))
             if name in grad_names:
                 t.requires_grad_(True)
             prepared[name] = t
@@ -99,10 +113,10 @@ def compare_with_reference(
     """Run ``op`` with ``backend`` and with ``reference``; return one :class:`Comparison` per output and grad.
 
     ``inputs`` are the op's tensor arguments by name (passed as keywords); ``kwargs`` are the rest.
-    ``grad=True`` differentiates every floating-point tensor input; a collection of names picks some.
-    The tolerance defaults to :data:`TOLERANCES` of the lowest-precision floating input.
+    ``grad=True`` differentiates every floating-point or complex tensor input; a collection of names picks
+    some. The tolerance defaults to :data:`TOLERANCES` of the lowest-precision floating or complex input.
     """
-    float_inputs = [n for n, v in inputs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    float_inputs = [n for n, v in inputs.items() if _is_inexact(v)]
     if grad is True:
         grad_names = set(float_inputs)
     elif grad is False:
@@ -111,7 +125,7 @@ def compare_with_reference(
         grad_names = set(grad)
         unknown = grad_names - set(float_inputs)
         if unknown:
-            raise ValueError(f"grad names {sorted(unknown)} are not floating-point tensor inputs")
+            raise ValueError(f"grad names {sorted(unknown)} are not floating-point or complex tensor inputs")
     dtypes = [inputs[n].dtype for n in float_inputs]
     tol = tolerance if tolerance is not None else max(TOLERANCES.get(d, 1e-4) for d in dtypes)
     gtol = grad_tolerance if grad_tolerance is not None else tol
@@ -127,7 +141,11 @@ def compare_with_reference(
             for o in outs:
                 if isinstance(o, torch.Tensor) and o.requires_grad:
                     cot = torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device)
-                    loss = loss + (o.float() * cot).sum()
+                    if o.is_complex():  # Re(conj(cot) * o) = cot.re * o.re + cot.im * o.im: a real loss
+                        cot_imag = torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device)
+                        loss = loss + (o.real.float() * cot + o.imag.float() * cot_imag).sum()
+                    else:
+                        loss = loss + (o.float() * cot).sum()
             if isinstance(loss, torch.Tensor):
                 loss.backward()
             grads = {n: args[n].grad for n in sorted(grad_names)}

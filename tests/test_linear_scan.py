@@ -43,7 +43,7 @@ def closed_form(a, x, h0, reverse):
         h, final = closed_form(a.flip(1), x.flip(1), h0, False)
         return h.flip(1), final
     b, t, d = x.shape
-    out = torch.zeros(b, t, d, dtype=torch.float64)
+    out = torch.zeros(b, t, d, dtype=torch.promote_types(x.dtype, torch.float64))  # complex128 if complex
     for i in range(t):
         acc = h0 * torch.prod(a[:, : i + 1], dim=1)
         for s in range(i + 1):
@@ -320,3 +320,108 @@ def test_gpu_backends_any_real_decay(backend):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_gpu_backends_take_strided_views(backend, reverse):
     check_strided_views(backend, reverse, "cuda")
+
+
+# -- complex a and x (diagonal complex SSMs: S4D, selective_scan with a complex A) --------------------------------
+
+
+def make_complex(kinds="ccc", b=2, t=9, d=5, dtype=torch.complex64):
+    """a, x, initial_state each complex ("c"), real ("r") or, for the state, absent ("-"). Complex decays lie
+    inside the unit disc (|a| < 1, any phase), like exp(dt A) with Re A < 0."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+
+    def draw(kind, *shape, decay=False):
+        if kind == "r":
+            return (torch.rand(*shape, generator=g) if decay else torch.randn(*shape, generator=g)).to(real)
+        if decay:
+            radius, phase = torch.rand(*shape, generator=g), 2 * torch.pi * torch.rand(*shape, generator=g)
+            return torch.polar(radius, phase).to(dtype)
+        return torch.complex(torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)).to(dtype)
+
+    inputs = {"a": draw(kinds[0], b, t, d, decay=True), "x": draw(kinds[1], b, t, d)}
+    if kinds[2] != "-":
+        inputs["initial_state"] = draw(kinds[2], b, d)
+    return inputs
+
+
+@pytest.mark.parametrize("t", [1, 30, 100])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("kinds", ["ccc", "cc-", "ccr", "rcc", "crc"])
+def test_complex_torch_matches_reference(t, reverse, kinds):
+    # Outputs, the complex final state and the gradients of a, x and initial_state (real ones get Re of theirs).
+    x = make_complex(kinds, t=t)
+    assert_matches_reference(linear_scan, "torch", x, output_final_state=True, reverse=reverse)
+    h, final = linear_scan(**x, output_final_state=True, reverse=reverse)
+    assert h.dtype == final.dtype == torch.complex64
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_complex_reference_is_the_recurrence(reverse):
+    x = make_complex("ccc", t=6, dtype=torch.complex128)
+    h, final = linear_scan(**x, output_final_state=True, reverse=reverse, backend="reference")
+    want, want_final = closed_form(x["a"], x["x"], x["initial_state"], reverse)
+    assert want.dtype == torch.complex128
+    torch.testing.assert_close(h, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, want_final, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_complex_torch_gradcheck(reverse):
+    # The custom backward against finite differences, in complex128 (PyTorch's complex gradient convention).
+    x = {
+        k: v.requires_grad_() for k, v in make_complex("ccc", b=1, t=30, d=2, dtype=torch.complex128).items()
+    }
+
+    def fn(a, xs, h0):
+        return linear_scan(a, xs, h0, output_final_state=True, reverse=reverse, backend="torch")
+
+    assert torch.autograd.gradcheck(fn, (x["a"], x["x"], x["initial_state"]))
+
+
+def test_complex_torch_complex128_is_exact():
+    x = {k: v.requires_grad_() for k, v in make_complex("ccc", t=100, dtype=torch.complex128).items()}
+    outs = {}
+    for backend in ("torch", "reference"):
+        h, final = linear_scan(**x, output_final_state=True, backend=backend)
+        loss = (h * h.detach().cos()).real.sum() + final.imag.sum()
+        outs[backend] = (h, final, *torch.autograd.grad(loss, list(x.values())))
+    for got, want in zip(outs["torch"], outs["reference"]):
+        assert got.dtype == torch.complex128
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_complex_low_precision_input_with_complex_decays():
+    # bf16 inputs with complex64 decays: the scan runs in complex64.
+    x = make_complex("cr-", t=40)
+    x["x"] = x["x"].bfloat16()
+    assert linear_scan(**x)[0].dtype == torch.complex64
+    assert_matches_reference(linear_scan, "torch", x, output_final_state=True)
+
+
+def test_kernels_refuse_complex_and_auto_picks_torch():
+    reason = "takes real a, x and initial_state; complex ones run on the reference and torch backends"
+    for kinds in ("ccc", "rcr", "crr"):
+        x = make_complex(kinds)
+        for name in ("triton", "cuda"):
+            assert linear_scan._backends[name].unsupported(**x) == reason
+        assert linear_scan.resolve("auto", torch.device("cuda"), (), x).name == "torch"
+    assert linear_scan._backends["triton"].unsupported(**make()) is None
+
+
+@triton_here
+def test_triton_refuses_complex_and_says_why():
+    with pytest.raises(
+        ValueError, match="backend 'triton' cannot run here: takes real a, x and initial_state"
+    ):
+        linear_scan(**make_complex(), backend="triton")
+
+
+def test_complex_bad_arguments_name_the_argument():
+    real = {"a": torch.rand(2, 5, 3), "x": torch.randn(2, 5, 3)}
+    with pytest.raises(TypeError, match="initial_state is torch.complex64 but a .* and x .* are real"):
+        linear_scan(**real, initial_state=torch.randn(2, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="initial_state"):
+        linear_scan(**make_complex("cc-"), initial_state=torch.randn(2, 4, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="x must be float32, float16, bfloat16, complex64 or complex128"):
+        linear_scan(real["a"], torch.randint(0, 3, (2, 5, 3)))

@@ -374,3 +374,267 @@ def test_triton_kernels_compile_for_sm90():
         [sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+
+
+# -- complex A (mamba-ssm's selective_scan_ref convention: y = 2 Re<h, C> + D u) -------------------------------
+
+
+def s4d_lin(d, n):
+    """S4D-Lin: A_n = -1/2 + i pi n, the same for every channel (Re A < 0: every decay inside the unit disc)."""
+    return torch.complex(torch.full((d, n), -0.5), torch.pi * torch.arange(n).float().expand(d, n))
+
+
+def make_complex(complex_bc=False, initial_state="complex", dtype=torch.float32, **case):
+    """make()'s inputs with a complex A; B, C complex when ``complex_bc``; the initial state complex, real
+    (promoted by the op) or absent."""
+    x = make(dtype=dtype, **case)
+    g = torch.Generator().manual_seed(1)
+    d, n = x["A"].shape
+    x["A"] = s4d_lin(d, n)
+    if complex_bc:
+        for k in ("B", "C"):
+            x[k] = torch.complex(x[k].float(), torch.randn(x[k].shape, generator=g))
+    if initial_state == "complex" and "initial_state" in x:
+        x["initial_state"] = torch.complex(
+            x["initial_state"], torch.randn(x["initial_state"].shape, generator=g)
+        )
+    elif initial_state is None:
+        x.pop("initial_state", None)
+    return x
+
+
+def test_complex_reference_by_hand():
+    # T=2, D=1, N=1, no softplus, computed with Python complex numbers (cmath), not with the op's code.
+    import cmath
+    import math
+
+    a, h0 = -0.5 + 3.0j, 0.3 - 0.2j
+    u, dt, z = [0.7, -1.2], [0.4, 0.9], [0.5, -0.3]
+    Bv, Cv = [1.5 - 0.5j, -0.8 + 0.25j], [0.6 + 1.1j, -0.4 - 0.7j]
+    d_skip = 0.25
+    silu = [v / (1 + math.exp(-v)) for v in z]
+    h1 = cmath.exp(dt[0] * a) * h0 + dt[0] * u[0] * Bv[0]
+    h2 = cmath.exp(dt[1] * a) * h1 + dt[1] * u[1] * Bv[1]
+    want_y = [(2 * (h * c).real + d_skip * v) * s for h, c, v, s in zip((h1, h2), Cv, u, silu)]
+
+    def t(v, shape):
+        return torch.tensor(
+            v, dtype=torch.complex128 if any(isinstance(e, complex) for e in v) else torch.float64
+        ).view(shape)
+
+    x = {
+        "u": t(u, (1, 2, 1)),
+        "delta": t(dt, (1, 2, 1)),
+        "A": t([a], (1, 1)),
+        "B": t(Bv, (1, 2, 1)),
+        "C": t(Cv, (1, 2, 1)),
+        "D": t([d_skip], (1,)),
+        "z": t(z, (1, 2, 1)),
+        "initial_state": t([h0], (1, 1, 1)),
+    }
+    for backend in ("reference", "torch"):
+        y, h = selective_scan(**x, output_final_state=True, backend=backend)
+        assert y.dtype == torch.float64 and h.dtype == torch.complex128
+        torch.testing.assert_close(
+            y.flatten(), torch.tensor(want_y, dtype=torch.float64), rtol=1e-12, atol=1e-12
+        )
+        torch.testing.assert_close(
+            h.flatten(), torch.tensor([h2], dtype=torch.complex128), rtol=1e-12, atol=1e-12
+        )
+
+
+def test_complex_a_with_zero_imaginary_part_is_the_real_scan_with_twice_c():
+    # With Im A = 0 and real B, C and state, h stays real and 2 Re<h, C> = <h, 2C>: the conjugate-pair readout.
+    x = make(t=30, groups=2)
+    yc, hc = selective_scan(
+        **{**x, "A": x["A"].to(torch.complex64)}, delta_softplus=True, output_final_state=True
+    )
+    y, h = selective_scan(**{**x, "C": 2 * x["C"]}, delta_softplus=True, output_final_state=True)
+    assert hc.dtype == torch.complex64
+    torch.testing.assert_close(yc, y)
+    torch.testing.assert_close(hc, h.to(torch.complex64))
+
+
+@pytest.mark.parametrize("t", [1, 30, 100])
+@pytest.mark.parametrize("groups", [None, 3])
+@pytest.mark.parametrize("complex_bc", [False, True])
+def test_complex_torch_matches_reference(t, groups, complex_bc):
+    # Outputs, the complex final state and the gradients of every input (complex A, B, C, state included).
+    x = make_complex(complex_bc=complex_bc, t=t, groups=groups)
+    assert_matches_reference(selective_scan, "torch", x, delta_softplus=True, output_final_state=True)
+
+
+@pytest.mark.parametrize("initial_state", [None, "real"])
+@pytest.mark.parametrize("t", [1, 30])
+def test_complex_without_or_with_a_real_initial_state(initial_state, t):
+    # A real initial state with a complex A is promoted (zero imaginary part); its gradient is the real part.
+    x = make_complex(complex_bc=True, initial_state=initial_state, t=t, groups=2)
+    assert_matches_reference(selective_scan, "torch", x, delta_softplus=True, output_final_state=True)
+    if initial_state == "real":
+        promoted = {**x, "initial_state": x["initial_state"].to(torch.complex64)}
+        y, h = selective_scan(**x, delta_softplus=True, output_final_state=True)
+        y2, h2 = selective_scan(**promoted, delta_softplus=True, output_final_state=True)
+        torch.testing.assert_close(y, y2)
+        torch.testing.assert_close(h, h2)
+
+
+def test_complex_minimal_arguments_and_inference_path():
+    x = make_complex(t=40, full=False, initial_state=None)
+    x["delta"] = torch.nn.functional.softplus(x["delta"])
+    assert_matches_reference(selective_scan, "torch", x, output_final_state=True)
+    with torch.no_grad():  # the torch backend's in-place path (states written over a complex work buffer)
+        for complex_bc in (False, True):
+            x = make_complex(t=60, groups=3, complex_bc=complex_bc)
+            y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="torch")
+            y_ref, h_ref = selective_scan(
+                **x, delta_softplus=True, output_final_state=True, backend="reference"
+            )
+            torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_complex_dtypes():
+    # The state is complex64 for fp32/bf16 inputs, complex128 for fp64 ones; y keeps u's dtype.
+    x = make_complex(t=30, dtype=torch.bfloat16, complex_bc=True)
+    y, h = selective_scan(**x, delta_softplus=True, output_final_state=True)
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.complex64
+    assert_matches_reference(selective_scan, "torch", x, delta_softplus=True, output_final_state=True)
+    x64 = {
+        k: v.to(torch.complex128 if v.is_complex() else torch.float64) for k, v in make_complex(t=30).items()
+    }
+    outs = {}
+    for backend in ("torch", "reference"):
+        y, h = selective_scan(**x64, delta_softplus=True, output_final_state=True, backend=backend)
+        assert y.dtype == torch.float64 and h.dtype == torch.complex128
+        outs[backend] = (y, h)
+    for got, want in zip(outs["torch"], outs["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_complex_states_chain_across_calls():
+    x = make_complex(t=30, complex_bc=True)
+    y, h = selective_scan(**x, delta_softplus=True, output_final_state=True)
+    seq = ("u", "delta", "B", "C", "z")
+    first = {k: (v[:, :11] if k in seq else v) for k, v in x.items()}
+    rest = {k: (v[:, 11:] if k in seq else v) for k, v in x.items() if k != "initial_state"}
+    y1, s = selective_scan(**first, delta_softplus=True, output_final_state=True)
+    y2, s = selective_scan(**rest, initial_state=s, delta_softplus=True, output_final_state=True)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+    torch.testing.assert_close(s, h)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("groups, complex_bc", [(None, False), (2, True)])
+def test_complex_state_update_is_the_scan_one_token_further(backend, groups, complex_bc):
+    x = make_complex(t=8, groups=groups, complex_bc=complex_bc)
+    y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
+    prefix = {k: (v[:, :7] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
+    _, state = selective_scan(**prefix, delta_softplus=True, output_final_state=True, backend="reference")
+    assert state.dtype == torch.complex64
+    before = state.clone()
+    y_t, new_state = ops.selective_state_update(
+        state,
+        x["u"][:, 7],
+        x["delta"][:, 7],
+        x["A"],
+        x["B"][:, 7],
+        x["C"][:, 7],
+        x["D"],
+        x["z"][:, 7],
+        x["delta_bias"],
+        True,
+        backend=backend,
+    )
+    torch.testing.assert_close(y_t, y[:, 7])
+    torch.testing.assert_close(new_state, h)
+    assert new_state.dtype == torch.complex64 and torch.equal(state, before)
+
+
+@pytest.mark.parametrize("complex_bc, state", [(False, "real"), (True, "complex")])
+def test_complex_state_update_gradients_match_reference(complex_bc, state):
+    x = make_complex(t=1, groups=3, complex_bc=complex_bc, initial_state=state)
+    inputs = {
+        "state": x.pop("initial_state"),
+        "x": x["u"][:, 0],
+        "dt": x["delta"][:, 0],
+        "A": x["A"],
+        "B": x["B"][:, 0],
+        "C": x["C"][:, 0],
+        "D": x["D"],
+        "z": x["z"][:, 0],
+        "dt_bias": x["delta_bias"],
+    }
+    assert_matches_reference(ops.selective_state_update, "torch", inputs, dt_softplus=True)
+
+
+def test_kernels_refuse_complex_a_and_auto_picks_torch():
+    x = make_complex(complex_bc=True)
+    reason = "takes a real A; complex A runs on the reference and torch backends"
+    for name in ("triton", "cuda"):  # the hooks themselves, whether or not the backend can run here
+        assert selective_scan._backends[name].unsupported(**x) == reason
+        assert selective_scan._backends[name].unsupported(**make()) is None
+    # On a GPU, auto walks triton, cuda, torch: for a complex A both kernels decline and torch runs.
+    assert selective_scan.resolve("auto", torch.device("cuda"), (), x).name == "torch"
+    with pytest.raises(ValueError, match="cuda"):
+        selective_scan(**x, backend="cuda")
+
+
+@triton_here
+def test_triton_refuses_complex_a_and_says_why():
+    with pytest.raises(
+        ValueError, match="backend 'triton' cannot run here: takes a real A; complex A runs on"
+    ):
+        selective_scan(**make_complex(), backend="triton")
+
+
+@pytest.mark.parametrize(
+    "change, exc, word",
+    [
+        (
+            dict(B=torch.randn(2, 9, 4, dtype=torch.complex64)),
+            TypeError,
+            "B is torch.complex64 but A is real",
+        ),
+        (
+            dict(C=torch.randn(2, 9, 2, 4, dtype=torch.complex64)),
+            TypeError,
+            "C is torch.complex64 but A is real",
+        ),
+        (dict(initial_state=torch.randn(2, 6, 4, dtype=torch.complex64)), TypeError, "initial_state is"),
+        (dict(u=torch.randn(2, 9, 6, dtype=torch.complex64)), TypeError, "u must be"),
+        (dict(delta=torch.randn(2, 9, 6, dtype=torch.complex64)), TypeError, "delta must be"),
+        (dict(D=torch.randn(6, dtype=torch.complex64)), TypeError, "D must be"),
+        (dict(z=torch.randn(2, 9, 6, dtype=torch.complex64)), TypeError, "z must be"),
+        (dict(delta_bias=torch.randn(6, dtype=torch.complex64)), TypeError, "delta_bias must be"),
+    ],
+)
+def test_complex_bad_arguments_name_the_argument(change, exc, word):
+    args = {**make(), **change}  # a real A unless the change gives one
+    with pytest.raises(exc, match=word):
+        selective_scan(**args)
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_complex_half_a_is_refused():
+    with pytest.raises(TypeError, match="A must be float32, float16, bfloat16, complex64 or complex128"):
+        selective_scan(**{**make(), "A": s4d_lin(6, 4).to(torch.complex32)})
+
+
+def test_complex_with_complex_a_still_checks_shapes():
+    x = make_complex(complex_bc=True)
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan(**{**x, "initial_state": torch.zeros(2, 6, 3, dtype=torch.complex64)})
+    with pytest.raises(ValueError, match="B"):
+        selective_scan(**{**x, "B": torch.zeros(2, 9, 5, dtype=torch.complex64)})
+
+
+def test_complex_state_update_bad_arguments():
+    b, d, n = 2, 6, 4
+    args = [torch.randn(b, d, n), torch.randn(b, d), torch.randn(b, d), -torch.rand(d, n)]
+    bc = [torch.randn(b, n), torch.randn(b, n)]
+    with pytest.raises(TypeError, match="state is torch.complex64 but A is real"):
+        ops.selective_state_update(args[0].to(torch.complex64), *args[1:], *bc)
+    with pytest.raises(TypeError, match="B is torch.complex64 but A is real"):
+        ops.selective_state_update(*args, bc[0].to(torch.complex64), bc[1])
+    with pytest.raises(TypeError, match="dt must be"):
+        ops.selective_state_update(args[0], args[1], args[2].to(torch.complex64), s4d_lin(d, n), *bc)

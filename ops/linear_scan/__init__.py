@@ -12,9 +12,15 @@ initial_state [B, D]; final_state [B, D] in fp32 (the last state the scan reache
 dtype. Differentiable in a, x and initial_state. This is the core of RG-LRU (Griffin), HGRN and any diagonal
 linear RNN; ``reverse`` gives the backward half of a bidirectional one.
 
+Complex recurrences (a diagonal complex SSM such as S4D or selective_scan with a complex A): a and/or x may
+be complex64 (complex128 in fp64 tests); h and the final state are then complex64 (complex128), and
+initial_state may be real or complex. A complex initial_state needs a complex a or x. Gradients follow
+PyTorch's convention for complex autograd (the conjugate Wirtinger derivative). Complex runs on ``reference``
+and ``torch`` only; ``triton`` and ``cuda`` refuse it (``auto`` then picks ``torch``).
+
 Backends: ``reference`` (the step-by-step loop in fp32), ``torch`` (blocked scan in ~2 sqrt(T) vectorised
-steps, exact for any real a; the CPU default), ``triton`` (tiled forward and backward kernels; the GPU
-default), ``cuda`` (``csrc/linear_scan.cu``, compiled by nvcc on first use).
+steps, exact for any real or complex a; the CPU default), ``triton`` (tiled forward and backward kernels; the
+GPU default), ``cuda`` (``csrc/linear_scan.cu``, compiled by nvcc on first use).
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from . import torch as _torch
 
 
 def _validate(a, x, initial_state=None, output_final_state=False, reverse=False):
-    check_tensor("linear_scan", "a", a, 3)
-    check_tensor("linear_scan", "x", x, 3)
+    check_tensor("linear_scan", "a", a, 3, complex_ok=True)
+    check_tensor("linear_scan", "x", x, 3, complex_ok=True)
     if a.shape != x.shape:
         raise ValueError(
             f"linear_scan: a and x must have the same shape [B, T, D], "
@@ -41,16 +47,26 @@ def _validate(a, x, initial_state=None, output_final_state=False, reverse=False)
             f"linear_scan: x must have at least one time step (T >= 1), got shape {tuple(x.shape)}"
         )
     if initial_state is not None:
-        check_tensor("linear_scan", "initial_state", initial_state, 2)
+        check_tensor("linear_scan", "initial_state", initial_state, 2, complex_ok=True)
         check_shape("linear_scan", "initial_state", initial_state, (b, d), "[B, D]")
+        if initial_state.is_complex() and not (a.is_complex() or x.is_complex()):
+            # h takes the dtype of a and x: a real scan has nowhere to keep the imaginary part.
+            raise TypeError(
+                f"linear_scan: initial_state is {initial_state.dtype} but a ({a.dtype}) and x ({x.dtype}) are "
+                "real; a complex initial_state needs a complex a or x"
+            )
     for name, flag in (("output_final_state", output_final_state), ("reverse", reverse)):
         if not isinstance(flag, bool):
             raise TypeError(f"linear_scan: {name} must be a bool, got {type(flag).__name__}")
     check_same_device("linear_scan", a=a, x=x, initial_state=initial_state)
 
 
-def _no_float64(a, x, initial_state=None, *args, **kwargs) -> str | None:
-    if any(t is not None and t.dtype == _pt.float64 for t in (a, x, initial_state)):
+def _real_low_precision_only(a, x, initial_state=None, *args, **kwargs) -> str | None:
+    """Why the triton and cuda kernels cannot take these inputs: they scan real fp32/fp16/bf16 only."""
+    tensors = [t for t in (a, x, initial_state) if t is not None]
+    if any(t.is_complex() for t in tensors):
+        return "takes real a, x and initial_state; complex ones run on the reference and torch backends"
+    if any(t.dtype == _pt.float64 for t in tensors):
         return "takes fp32/fp16/bf16 inputs, not float64"
     return None
 
@@ -78,7 +94,7 @@ linear_scan.register_lazy(
     ".linear_scan.triton",
     "linear_scan",
     unavailable=triton_unavailable_reason,
-    unsupported=_no_float64,
+    unsupported=_real_low_precision_only,
     description="Triton kernels (tiled scan), forward and backward",
 )
 linear_scan.register_lazy(
@@ -86,7 +102,7 @@ linear_scan.register_lazy(
     ".linear_scan.cuda",
     "linear_scan",
     unavailable=_cuda_unavailable,
-    unsupported=_no_float64,
+    unsupported=_real_low_precision_only,
     description="csrc/linear_scan.cu through ctypes, forward and backward",
 )
 

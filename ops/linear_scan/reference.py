@@ -6,6 +6,9 @@
 Shapes: a, x [B, T, D]; h [B, T, D] in the dtype of a and x promoted together; initial_state and the
 final state [B, D] in fp32 (fp64 for fp64 inputs). The final state is the last one the scan reaches: h_T,
 or h_1 when ``reverse``. Gradients come from autograd through the loop.
+
+Complex a or x: the same loop in complex64 (complex128 for complex128 inputs); h and the final state are
+complex, a real initial_state is taken as one with a zero imaginary part.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import torch
 
 
 def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False):
-    out_dtype = torch.promote_types(a.dtype, x.dtype)
-    # fp32 arithmetic, fp64 kept for fp64 inputs (so float64 tests can be exact).
+    out_dtype = torch.promote_types(a.dtype, x.dtype)  # complex when a or x is
+    # fp32 arithmetic (complex64 for complex inputs), fp64 kept for fp64 inputs (so float64 tests can be exact).
     acc = torch.promote_types(out_dtype, torch.float32)
     a, x = a.to(acc), x.to(acc)
     b, t, d = x.shape

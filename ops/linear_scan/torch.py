@@ -18,13 +18,18 @@ the Python loop runs about 3 C + O(sqrt(n)) times instead of T:
 Memory traffic is two reads of a and x and one write of h; no [B, T, D] temporaries are made.
 
 Only products and sums are formed, never a quotient or a logarithm, so it is exact for any real a (zero and
-negative decays included) and agrees with the sequential loop to rounding.
+negative decays included) and agrees with the sequential loop to rounding. The same holds for complex a and x
+(the scan then runs in complex64, complex128 for complex128 inputs; a real initial_state is promoted).
 
 The backward pass is the same scan run the other way over the gradients (a custom autograd.Function). With g_t
 the gradient reaching h_t from the loss, through h_t itself and through every later step,
 
-    g_t = dh_t + a_{t+1} g_{t+1},   g_T = dh_T + dhT
-    dx_t = g_t,   da_t = g_t * h_{t-1},   d initial_state = a_1 g_1
+    g_t = dh_t + conj(a_{t+1}) g_{t+1},   g_T = dh_T + dhT
+    dx_t = g_t,   da_t = g_t * conj(h_{t-1}),   d initial_state = conj(a_1) g_1
+
+conj is PyTorch's convention for complex autograd (for h = a x the gradient reaching x is g conj(a)); on real
+tensors ``.conj()`` returns the tensor itself, so the real path is unchanged. A real input of a complex scan
+gets the real part of its complex gradient.
 
 ``reverse=True`` runs the same phases with the time indices walked backwards (no flipped copies).
 """
@@ -142,6 +147,10 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dfinal):
         a, h, h0 = ctx.saved_tensors
+        # Complex autograd multiplies by conjugates. .conj() is a lazy view (no copy), and the tensor itself
+        # when real: the real path reads the same buffers as before.
+        a, h = a.conj(), h.conj()
+        h0 = None if h0 is None else h0.conj()
         a_dtype, x_dtype, h0_dtype = ctx.dtypes
         reverse = ctx.reverse
         b, t, d = h.shape
@@ -153,8 +162,8 @@ class _LinearScan(torch.autograd.Function):
         g = torch.empty_like(h)
         g[:, last] = dh[:, last] if dfinal is None else dh[:, last] + dfinal.to(h.dtype)
         if t > 1:
-            # g_t = dh_t + a_next(t) g_next(t) for every other t: a scan against the forward direction whose
-            # coefficients are a shifted by one step, started from g at the last step.
+            # g_t = dh_t + a_next(t) g_next(t) for every other t (a conjugated when complex): a scan against
+            # the forward direction whose coefficients are a shifted by one step, started from g at the last step.
             if reverse:  # next(t) = t - 1
                 blocked_scan(a[:, :-1], dh[:, 1:], g[:, last], False, out=g[:, 1:])
             else:  # next(t) = t + 1
@@ -171,8 +180,15 @@ class _LinearScan(torch.autograd.Function):
             torch.mul(g[:, first], h0, out=da[:, first])
         dh0 = None
         if ctx.needs_input_grad[2]:
-            dh0 = (a[:, first] * g[:, first]).to(h0_dtype)
-        return da.to(a_dtype), g.to(x_dtype), dh0, None
+            dh0 = _grad_as(a[:, first] * g[:, first], h0_dtype)
+        return _grad_as(da, a_dtype), _grad_as(g, x_dtype), dh0, None
+
+
+def _grad_as(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A gradient in its input's dtype: a real input of a complex scan gets the real part (PyTorch's rule)."""
+    if grad.is_complex() and not dtype.is_complex:
+        grad = grad.real
+    return grad.to(dtype)
 
 
 def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False):

@@ -12,11 +12,23 @@ with G dividing D (channel d reads group d // (D/G)); D, delta_bias [D]; initial
 [B, D, N] fp32; y [B, T, D] in u's dtype. Inputs fp32, fp16 or bf16 (fp64 on reference/torch); the state
 accumulates in fp32. Differentiable in every tensor argument.
 
+Complex A (an option, mamba-ssm's ``selective_scan_ref`` convention; e.g. S4D-Lin, A = -1/2 + i pi n):
+A complex64 [D, N] (complex128 for fp64 tests), Re A < 0. The state is complex, each state standing for
+itself and its conjugate pair, so the readout doubles the real part:
+
+    h_t = exp(dt_t A) * h_{t-1} + dt_t u_t B_t   (complex)      y_t = 2 Re<h_t, C_t> + D u_t
+
+B and C may be real or complex (same shapes); u, delta, z, D, delta_bias stay real. initial_state and
+final_state are complex64 [B, D, N] (complex128 for fp64 inputs); a real initial_state is accepted and taken
+with a zero imaginary part. A complex B, C or initial_state with a real A is a TypeError naming it. Complex A
+runs on ``reference`` and ``torch``; ``triton`` and ``cuda`` refuse it (``auto`` then picks ``torch``).
+
     y, new_state = selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                           dt_softplus=False, backend="auto")
 
 one step of the same recurrence for decoding: state [B, D, N], x, dt, z [B, D], B, C [B, N] or [B, G, N];
-returns y [B, D] and the next state (fp32; the input state is not modified).
+returns y [B, D] and the next state (fp32; the input state is not modified). With a complex A, as above: the
+next state is complex, B, C and state real or complex.
 
 Backends: ``reference`` (the step-by-step loop in fp32), ``torch`` (the D*N recurrences as one blocked
 chunked scan; the CPU default), ``triton`` (chunked scan kernels, forward and a backward that recomputes
@@ -36,22 +48,32 @@ from . import torch as _torch
 MAX_D_STATE = 256
 
 
-def _check_bc(op, name, x, b, t, d, n_expected=None):
-    """B or C: [B, T, N] or [B, T, G, N] (t None: the decoding step's [B, N] / [B, G, N])."""
+def _check_complex_with_A(op, name, x, A):
+    """B, C and the state may be complex only with a complex A (a real scan has no imaginary part to keep)."""
+    if x.is_complex() and not A.is_complex():
+        raise TypeError(
+            f"{op}: {name} is {x.dtype} but A is real ({A.dtype}); a complex {name} needs a complex A [D, N]"
+        )
+
+
+def _check_bc(op, name, x, b, t, d, A):
+    """B or C: [B, T, N] or [B, T, G, N] (t None: the decoding step's [B, N] / [B, G, N]); N is A's."""
     lead = (b,) if t is None else (b, t)
-    check_tensor(op, name, x, (len(lead) + 1, len(lead) + 2))
+    n_expected = A.shape[1]
+    check_tensor(op, name, x, (len(lead) + 1, len(lead) + 2), complex_ok=True)
+    _check_complex_with_A(op, name, x, A)
     if tuple(x.shape[: len(lead)]) != lead:
         raise ValueError(f"{op}: {name} must have leading dimensions {lead}, got shape {tuple(x.shape)}")
     if x.dim() == len(lead) + 2:
         g = x.shape[len(lead)]
         if g < 1 or d % g:
             raise ValueError(f"{op}: {name} has {g} groups, which must divide D={d} (shape {tuple(x.shape)})")
-    if n_expected is not None and x.shape[-1] != n_expected:
+    if x.shape[-1] != n_expected:
         raise ValueError(f"{op}: {name} must have last dimension N={n_expected} (A's), got {tuple(x.shape)}")
 
 
 def _check_common(op, A, D, bias, bias_name, d, flag_name, flag):
-    check_tensor(op, "A", A, 2)
+    check_tensor(op, "A", A, 2, complex_ok=True)
     if A.shape[0] != d:
         raise ValueError(f"{op}: A must have shape [D={d}, N], got {tuple(A.shape)}")
     if not 1 <= A.shape[1] <= MAX_D_STATE:
@@ -89,11 +111,13 @@ def _validate(
         check_shape(op, "z", z, (b, t, d), "[B, T, D] like u")
     _check_common(op, A, D, delta_bias, "delta_bias", d, "delta_softplus", delta_softplus)
     n = A.shape[1]
-    _check_bc(op, "B", B, b, t, d, n)
-    _check_bc(op, "C", C, b, t, d, n)
+    _check_bc(op, "B", B, b, t, d, A)
+    _check_bc(op, "C", C, b, t, d, A)
     if initial_state is not None:
-        check_tensor(op, "initial_state", initial_state, 3)
+        # Real or complex with a complex A (a real one is promoted), real with a real A.
+        check_tensor(op, "initial_state", initial_state, 3, complex_ok=True)
         check_shape(op, "initial_state", initial_state, (b, d, n), "[B, D, N]")
+        _check_complex_with_A(op, "initial_state", initial_state, A)
     if not isinstance(output_final_state, bool):
         raise TypeError(f"{op}: output_final_state must be a bool, got {type(output_final_state).__name__}")
     check_same_device(
@@ -112,15 +136,21 @@ def _validate_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softp
         check_shape(op, "z", z, (b, d), "[B, D] like x")
     _check_common(op, A, D, dt_bias, "dt_bias", d, "dt_softplus", dt_softplus)
     n = A.shape[1]
-    check_tensor(op, "state", state, 3)
+    check_tensor(op, "state", state, 3, complex_ok=True)
     check_shape(op, "state", state, (b, d, n), "[B, D, N]")
-    _check_bc(op, "B", B, b, None, d, n)
-    _check_bc(op, "C", C, b, None, d, n)
+    _check_complex_with_A(op, "state", state, A)
+    _check_bc(op, "B", B, b, None, d, A)
+    _check_bc(op, "C", C, b, None, d, A)
     check_same_device(op, state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
 
 
-def _no_float64(*args, **kwargs) -> str | None:
-    if any(isinstance(v, _pt.Tensor) and v.dtype == _pt.float64 for v in (*args, *kwargs.values())):
+def _real_low_precision_only(*args, **kwargs) -> str | None:
+    """Why the triton and cuda kernels cannot take these arguments: a real A, and fp32/fp16/bf16 inputs."""
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, _pt.Tensor)]
+    # Validation lets B, C and initial_state be complex only with a complex A, so any complex tensor means one.
+    if any(v.is_complex() for v in tensors):
+        return "takes a real A; complex A runs on the reference and torch backends"
+    if any(v.dtype == _pt.float64 for v in tensors):
         return "takes fp32/fp16/bf16 inputs, not float64"
     return None
 
@@ -150,7 +180,7 @@ selective_scan.register_lazy(
     ".selective_scan.triton",
     "selective_scan",
     unavailable=triton_unavailable_reason,
-    unsupported=_no_float64,
+    unsupported=_real_low_precision_only,
     description="Triton chunked scan, forward and backward (states recomputed from chunk checkpoints)",
 )
 selective_scan.register_lazy(
@@ -158,7 +188,7 @@ selective_scan.register_lazy(
     ".selective_scan.cuda",
     "selective_scan",
     unavailable=_cuda_unavailable,
-    unsupported=_no_float64,
+    unsupported=_real_low_precision_only,
     description="csrc/selective_scan.cu through ctypes, forward and backward",
 )
 

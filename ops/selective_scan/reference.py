@@ -8,6 +8,14 @@
 Shapes: u, delta, z [B, T, D]; A [D, N]; B, C [B, T, N] or [B, T, G, N] (channel d reads group d // (D/G));
 D, delta_bias [D]; initial_state and the final state [B, D, N] in fp32 (fp64 for fp64 inputs); y [B, T, D] in
 u's dtype. Gradients come from autograd through the loop.
+
+Complex A (mamba-ssm's ``selective_scan_ref`` convention, the conjugate pairs of S4D): A complex [D, N], B and
+C real or complex, the state complex64 (complex128 for fp64 inputs), and each complex state stands for itself
+and its conjugate, so the readout is twice the real part:
+
+    y_t  = 2 Re(sum_n h_t[:, :, n] * C_t[:, None, n]) + D * u_t
+
+A real initial_state is taken as a complex one with a zero imaginary part; dt, u, z, D, delta_bias stay real.
 """
 
 from __future__ import annotations
@@ -21,6 +29,13 @@ def per_channel(x: torch.Tensor, d: int) -> torch.Tensor:
     if x.dim() == 3:
         return x[:, :, None, :]
     return x.repeat_interleave(d // x.shape[2], dim=2)
+
+
+def state_dtype(acc: torch.dtype, A: torch.Tensor) -> torch.dtype:
+    """The dtype the state accumulates in: ``acc`` (fp32 or fp64) for a real A, its complex twin for a complex A."""
+    if not A.is_complex():
+        return acc
+    return torch.complex128 if acc == torch.float64 else torch.complex64
 
 
 def discretize(delta, delta_bias, delta_softplus):
@@ -43,16 +58,20 @@ def selective_scan(
 ):
     out_dtype = u.dtype
     acc = torch.promote_types(out_dtype, torch.float32)  # fp32, fp64 kept for fp64 tests
-    u, delta, A, B, C = (x.to(acc) for x in (u, delta, A, B, C))
+    sdt = state_dtype(acc, A)  # complex64 / complex128 for a complex A
+    u, delta = u.to(acc), delta.to(acc)
+    A, B, C = (x.to(sdt) for x in (A, B, C))  # real B, C with a complex A: zero imaginary parts
     b, t, d = u.shape
     dt = discretize(delta, None if delta_bias is None else delta_bias.to(acc), delta_softplus)
     Bc, Cc = per_channel(B, d), per_channel(C, d)
-    h = u.new_zeros(b, d, A.shape[1]) if initial_state is None else initial_state.to(acc)
+    h = u.new_zeros(b, d, A.shape[1], dtype=sdt) if initial_state is None else initial_state.to(sdt)
     ys = []
     for i in range(t):
         h = torch.exp(dt[:, i, :, None] * A) * h + (dt[:, i] * u[:, i])[:, :, None] * Bc[:, i]
         ys.append((h * Cc[:, i]).sum(-1))
     y = torch.stack(ys, dim=1)
+    if y.is_complex():  # the state and its conjugate pair: <h, C> + conj(<h, C>)
+        y = 2 * y.real
     if D is not None:
         y = y + D.to(acc) * u
     if z is not None:

@@ -4,6 +4,10 @@
 
 Shapes: u, delta, z [B, T, D]; A [D, N]; B, C [B, T, N] or [B, T, G, N]; h [B, D, N] fp32 (fp64 for fp64).
 
+Complex A (the reference's convention): h complex64 (complex128 for fp64), B and C real or complex, and
+y_t = 2 Re<h_t, C_t> + D u_t. The blocked scan runs unchanged in complex arithmetic (``ops.linear_scan``
+takes complex decays and inputs, its backward conjugates them as PyTorch's complex autograd does).
+
 For a fixed (channel, state) pair the recurrence is the diagonal linear recurrence of ``ops.linear_scan``
 with decay a_t = exp(dt_t A) and input x_t = dt_t u_t B_t, so the D*N pairs are scanned together by its
 blocked scan: time is cut into chunks of about sqrt(T); every chunk is scanned from a zero start (all
@@ -13,8 +17,8 @@ costs O(sqrt(T)) Python steps over [B, T/C, D*N] slices instead of T steps of th
 backward (the same scan run backwards) rather than an autograd graph of T steps.
 
 Why decays as per-step factors rather than exponentials of cumulative log-decays: with dt A <= 0 every
-factor exp(dt_t A) lies in [0, 1] and the blocked scan only multiplies and adds them, so nothing can
-overflow or lose precision whatever the chunk length or the decay strength (cumulative sums of log-decays
+factor exp(dt_t A) lies in [0, 1] (in the unit disc for a complex A with Re A <= 0) and the blocked scan only
+multiplies and adds them, so nothing can overflow or lose precision whatever the chunk length or the decay strength (cumulative sums of log-decays
 need an exp of a difference per pair of positions, an L x L x D x N tensor per chunk, which on a CPU costs
 far more than the scan itself). Everything around the scan (softplus, the exponentials, <h, C>, D u, the
 gate) is ordinary autograd.
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 from ..linear_scan.torch import blocked_scan
 from ..linear_scan.torch import linear_scan as _linear_scan
-from .reference import discretize, per_channel
+from .reference import discretize, per_channel, state_dtype
 
 
 def _contract(h, C, d):
@@ -56,24 +60,31 @@ def selective_scan(
     acc = torch.promote_types(out_dtype, torch.float32)
     b, t, d = u.shape
     n = A.shape[1]
-    u_, A_ = u.to(acc), A.to(acc)
+    sdt = state_dtype(acc, A)  # complex64 / complex128 for a complex A
+    u_, A_ = u.to(acc), A.to(sdt)
     dt = discretize(delta.to(acc), None if delta_bias is None else delta_bias.to(acc), delta_softplus)
-    B_, C_ = B.to(acc), C.to(acc)
+    # B and C stay real when they are (real products and a real contraction are cheaper); complex ones in sdt.
+    B_, C_ = (x.to(sdt if x.is_complex() else acc) for x in (B, C))
     Bc = per_channel(B_, d)
-    h0 = None if initial_state is None else initial_state.to(acc).reshape(b, d * n)
+    h0 = None if initial_state is None else initial_state.to(sdt).reshape(b, d * n)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
-        decay = torch.exp(dt[..., None] * A_)  # [B, T, D, N], each in [0, 1] for A <= 0
-        inp = (dt * u_)[..., None] * Bc  # [B, T, D, N]
+        decay = torch.exp(dt[..., None] * A_)  # [B, T, D, N], each in [0, 1] for A <= 0 (|.| <= 1 if complex)
+        inp = (dt * u_)[..., None] * Bc  # [B, T, D, N]; real with a complex A and real B (the scan promotes)
         h, _ = _linear_scan(decay.reshape(b, t, d * n), inp.reshape(b, t, d * n), h0)
     else:
         # Inference: the same scan without autograd's bookkeeping, the exponential taken in place and the
         # states written over the decays' buffer (one [B, T, D, N] tensor fewer to fault in).
         decay = torch.mul(dt[..., None], A_).exp_()
-        inp = torch.mul((dt * u_)[..., None], Bc)
+        # In the state's dtype (complex for a complex A, even with a real B): it becomes the states' buffer.
+        inp = torch.mul((dt * u_)[..., None], Bc, out=torch.empty((b, t, d, n), dtype=sdt, device=u.device))
         h = blocked_scan(decay.view(b, t, d * n), inp.view(b, t, d * n), h0, out=inp.view(b, t, d * n))
     h = h.view(b, t, d, n)
-    y = _contract(h, C_, d)
+    if h.is_complex():
+        # 2 Re<h, C>: with a real C only h's real part takes part, so the contraction stays real.
+        y = 2 * (_contract(h.real, C_, d) if not C_.is_complex() else _contract(h, C_, d).real)
+    else:
+        y = _contract(h, C_, d)
     if D is not None:
         y = y + D.to(acc) * u_
     if z is not None:
