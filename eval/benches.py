@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .bench import register_bench
+from .bench import mixer_op, register_bench
 
 
 def attention_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -228,4 +228,93 @@ register_bench(
     cuda_shapes=[{"B": max(1, 16384 // t), "T": t, "D": 1536, "N": 16} for t in (512, 1024, 2048, 4096, 8192)]
     + [{"B": 4, "T": 2048, "D": 1536, "N": n} for n in (64, 256)],
     kwargs={"delta_softplus": True, "output_final_state": True},
+)
+
+
+# -- whole mixers: what a backend is worth inside its layer ------------------------------------------------
+
+
+def mixer_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(shape["B"], shape["T"], shape["D"], dtype=dtype, device=device)}
+
+
+# Griffin's recurrent block (linear_scan and causal_conv1d inside) and Mamba's block (causal_conv1d and
+# selective_scan inside), at the width of a small model. Neither has a `cuda` causal_conv1d, so the layers are
+# timed on reference, torch and triton.
+register_bench(
+    "mixer:rglru",
+    mixer_inputs,
+    label="rglru_mixer",
+    op=mixer_op("rglru", n_heads=4),
+    shapes=[{"B": 1, "T": t, "D": 256} for t in (512, 1024, 2048, 4096)],
+    quick_shapes=[{"B": 1, "T": t, "D": 64} for t in (256, 1024)],
+    cuda_shapes=[{"B": max(1, 16384 // t), "T": t, "D": 1024} for t in (1024, 2048, 4096, 8192, 16384)],
+)
+register_bench(
+    "mixer:mamba",
+    mixer_inputs,
+    label="mamba_mixer",
+    op=mixer_op("mamba", d_state=16, expand=2),
+    shapes=[{"B": 1, "T": t, "D": 128} for t in (512, 1024, 2048, 4096)],
+    quick_shapes=[{"B": 1, "T": t, "D": 32} for t in (256, 1024)],
+    cuda_shapes=[{"B": max(1, 16384 // t), "T": t, "D": 768} for t in (1024, 2048, 4096, 8192, 16384)],
+)
+
+
+# -- one S4D layer's SSM, as a convolution and as a recurrence ---------------------------------------------
+
+
+def _s4d_by_convolution(u, log_dt, A_re, A_im, B_re, B_im, C_re, C_im, D):
+    from seqzoo import ops
+
+    K = ops.s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, u.shape[1])
+    return ops.fft_conv(u, K, D)
+
+
+def _s4d_by_recurrence(u, log_dt, A_re, A_im, B_re, B_im, C_re, C_im, D):
+    """x_t = Abar x_{t-1} + Bbar u_t per complex mode (ops.linear_scan over B x T x H*N), y = 2 Re(C x) + D u."""
+    from seqzoo import ops
+    from seqzoo.ops.s4.reference import discretize_diagonal
+
+    b, t, h = u.shape
+    n = A_re.shape[1]
+    Abar, Bbar = discretize_diagonal(log_dt, A_re, A_im, B_re, B_im, "zoh")
+    x = (u.float()[..., None] * Bbar).reshape(b, t, h * n)
+    states, _ = ops.linear_scan(Abar.reshape(1, 1, h * n).expand(b, t, h * n), x)
+    C = torch.complex(C_re.float(), C_im.float())
+    y = 2 * torch.einsum("bthn,hn->bth", states.view(b, t, h, n), C).real
+    return (y + D * u.float()).to(u.dtype)
+
+
+def _s4d_ssm_op():
+    from seqzoo.ops._dispatch import Op
+
+    op = Op(
+        "ssm:s4d",
+        "one S4D (ZOH) layer's SSM on u [B, T, H]: convolution or recurrence",
+        auto_order={"cpu": ("convolution",), "cuda": ("convolution",)},
+    )
+    op.register("convolution", _s4d_by_convolution, description="ops.s4d_kernel, then ops.fft_conv")
+    op.register("recurrence", _s4d_by_recurrence, description="ops.linear_scan over the complex modes")
+    return op
+
+
+def s4d_ssm_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    b, t, h = shape["B"], shape["T"], shape["H"]
+    inputs = ssm_kernel_inputs({"H": h, "N": shape["N"]}, dtype, device)  # S4D-Lin modes
+    inputs["u"] = torch.randn(b, t, h, dtype=dtype, device=device)
+    inputs["D"] = torch.randn(h, dtype=dtype, device=device)
+    return inputs
+
+
+# The same SSM both ways: the convolution costs O(H N L + B H T log T), the recurrence O(B T H N), so the
+# convolution wins as N grows and the recurrence is what decoding runs (N counts complex modes).
+register_bench(
+    "ssm:s4d",
+    s4d_ssm_inputs,
+    label="s4d_ssm",
+    op=_s4d_ssm_op(),
+    shapes=[{"B": 1, "T": t, "H": 256, "N": 32} for t in (1024, 2048, 4096)],
+    quick_shapes=[{"B": 1, "T": t, "H": 16, "N": 16} for t in (256, 1024)],
+    cuda_shapes=[{"B": max(1, 16384 // t), "T": t, "H": 1024, "N": 32} for t in (1024, 4096, 16384)],
 )
