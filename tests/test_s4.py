@@ -33,7 +33,7 @@ def ssm_inputs(h=3, n=5, dtype=torch.float32, names=("A", "B", "C"), seed=0):
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("L", [1, 37])
+@pytest.mark.parametrize("L", [1, 37, 2500])
 def test_s4d_kernel_torch_matches_reference(discretization, dtype, L):
     assert_matches_reference(
         ops.s4d_kernel, "torch", ssm_inputs(dtype=dtype), L=L, discretization=discretization

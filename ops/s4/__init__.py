@@ -29,8 +29,8 @@ so each kernel is real and the state size of the real system is 2N.
         bidirectional: y_t = sum_{s<=t} K[0, h, t-s] u_s + sum_{s>t} K[1, h, s-t-1] u_s + D u_t
 
 Backends: ``reference`` (materialises every power / the dense matrices / the Toeplitz matrix), ``torch``
-(s4d: Vandermonde chunked over L; s4: Cauchy + Woodbury chunked over the frequencies; fft_conv: real FFTs of
-length 2T), ``triton`` (s4d_kernel: forward and backward Vandermonde kernels with no H x N x L
+(s4d: the Vandermonde product factored over blocks of ~sqrt(L) into one batched complex matmul; s4: Cauchy
++ Woodbury chunked over the frequencies; fft_conv: real FFTs of length 2T), ``triton`` (s4d_kernel: forward and backward Vandermonde kernels with no H x N x L
 intermediate; s4_kernel: the Cauchy sums as forward and backward Triton kernels, the O(H L) Woodbury step and
 the irfft in PyTorch; fft_conv: the convolution summed directly in tiles, O(T min(L, T)) per channel, forward
 and backward; auto prefers cuFFT through torch on a GPU).
@@ -115,7 +115,7 @@ def _no_float64(*args, **kwargs) -> str | None:
 
 s4d_kernel = define_op("s4d_kernel", __doc__, validate=_validate_s4d)
 s4d_kernel.register("reference", _reference.s4d_kernel, description="every power Abar^l materialised")
-s4d_kernel.register("torch", _torch.s4d_kernel, description="Vandermonde product chunked over L")
+s4d_kernel.register("torch", _torch.s4d_kernel, description="Vandermonde product as a blocked complex matmul")
 s4d_kernel.register_lazy(
     "triton",
     ".s4.triton",

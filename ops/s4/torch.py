@@ -1,7 +1,7 @@
 """Memory-light PyTorch SSM kernels.
 
-- :func:`s4d_kernel`: the Vandermonde product K[h, l] = 2 Re(sum_n W[h, n] exp(l log Abar[h, n])) in chunks of
-  ``chunk`` positions, so the largest intermediate is [H, N, chunk] rather than [H, N, L].
+- :func:`s4d_kernel`: the Vandermonde product K[h, l] = 2 Re(sum_n W[h, n] exp(l log Abar[h, n])), factored
+  over blocks of about sqrt(L) positions into one batched complex matmul (no [H, N, L] intermediate).
 - :func:`s4_kernel`: the truncated generating function at the roots of unity by Cauchy sums with the Woodbury
   correction for the rank-1 term, then an inverse real FFT; chunked over the frequencies.
 - :func:`fft_conv`: the convolution by real FFTs of length 2T (no wrap-around).
@@ -28,14 +28,38 @@ def diagonal_vandermonde_factors(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, dis
     return C * Bbar, log_abar
 
 
-def s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh", chunk=256):
+def powers(base: torch.Tensor, n: int) -> torch.Tensor:
+    """[..., n]: base^j for j = 0..n-1, by doubling (log2 n complex multiplies over the growing table).
+
+    A complex exp costs tens of multiplies on a CPU (it is not vectorised there), so the table is built from
+    products; its rounding error grows like j ulp, as it does for exp(j log base) taken in floating point.
+    """
+    table = torch.ones_like(base)[..., None]
+    step = base  # base^m, m = the table's length
+    while table.shape[-1] < n:
+        table = torch.cat([table, table * step[..., None]], -1)
+        step = step * step
+    return table[..., :n]
+
+
+def s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh", chunk=None):
+    """The Vandermonde product as a batched complex matmul over blocks of ``chunk`` positions (default ~sqrt L).
+
+    With l = k c + j (k < ceil(L / c), j < c):  Abar^l = Abar^(k c) Abar^j, so
+
+        K[h, k c + j] = 2 Re( sum_n (W Abar^(k c))[h, n, k] (Abar^j)[h, n, j] )  =  2 Re( Q[h]^T P[h] )[k, j]
+
+    The two power tables hold H N (c + L/c) numbers (the direct product needs H N L powers), the H N L
+    multiply-adds run as one [H, L/c, N] x [H, N, c] complex matmul, and nothing of size H x N x L is formed:
+    the largest tensors are the [H, L] kernel itself and the factors.
+    """
     w, log_abar = diagonal_vandermonde_factors(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, discretization)
-    out = []
-    for start in range(0, L, chunk):
-        pos = torch.arange(start, min(L, start + chunk), device=w.device, dtype=w.real.dtype)
-        vander = torch.exp(log_abar[..., None] * pos)  # [H, N, chunk]
-        out.append(2 * torch.einsum("hn,hnl->hl", w, vander).real)
-    return torch.cat(out, -1)
+    c = chunk or max(1, math.isqrt(L))
+    blocks = -(-L // c)
+    P = powers(torch.exp(log_abar), c)  # [H, N, c]: Abar^j
+    Q = w[..., None] * powers(torch.exp(c * log_abar), blocks)  # [H, N, L/c]: W Abar^(k c)
+    K = 2 * torch.matmul(Q.transpose(1, 2), P).real  # [H, L/c, c]
+    return K.reshape(K.shape[0], blocks * c)[:, :L]
 
 
 def cauchy_sums(nums, a, z):
