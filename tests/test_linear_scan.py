@@ -105,6 +105,16 @@ def test_torch_any_chunk_length(monkeypatch, chunk, reverse):
     check("torch", reverse, t=101)
 
 
+@pytest.mark.parametrize("width", [1, 10**9])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_torch_loop_or_blocked_by_width(monkeypatch, width, reverse):
+    # Wide scans run as a plain loop, narrow ones blocked: force each way on the same long sequence.
+    from seqzoo.ops.linear_scan import torch as backend
+
+    monkeypatch.setattr(backend, "SEQUENTIAL_WIDTH", width)
+    check("torch", reverse, t=101)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("t", [1, 300])
 def test_torch_any_real_decay(t, reverse):

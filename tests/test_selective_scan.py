@@ -98,6 +98,60 @@ def test_torch_matches_reference(t, groups):
     check("torch", t=t, groups=groups)
 
 
+@pytest.fixture
+def loop_path(monkeypatch):
+    """Every real scan on the CPU takes the torch backend's loop path (torch_loop.py), however narrow."""
+    from seqzoo.ops.selective_scan import torch_loop
+
+    monkeypatch.setattr(torch_loop, "LOOP_MIN_STATES", 1)
+
+
+@pytest.mark.parametrize("t", [1, 2, 37])
+@pytest.mark.parametrize("groups", [None, 1, 3])
+@pytest.mark.parametrize("full", [False, True])
+def test_torch_loop_path_matches_reference(loop_path, t, groups, full):
+    assert_matches_reference(
+        selective_scan,
+        "torch",
+        make(t=t, groups=groups, full=full),
+        delta_softplus=full,
+        output_final_state=True,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_torch_loop_path_dtypes(loop_path, dtype):
+    check("torch", t=20, groups=2, dtype=dtype)
+
+
+def test_torch_loop_path_some_gradients_and_inference(loop_path):
+    x = make(t=15, groups=3)
+    # Only u and C differentiated (the others' gradients are not asked for); then no autograd at all.
+    assert_matches_reference(
+        selective_scan, "torch", x, grad=("u", "C"), delta_softplus=True, output_final_state=True
+    )
+    with torch.no_grad():
+        y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="torch")
+        y_ref, h_ref = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_picks_the_loop_for_wide_real_scans(monkeypatch):
+    from seqzoo.ops.selective_scan import torch_loop
+
+    A = -torch.ones(128, 16)
+    assert torch_loop.use_loop(64, 128, 16, A, torch.device("cpu"))  # Mamba at d_model 64, batch 64
+    assert not torch_loop.use_loop(1, 128, 16, A, torch.device("cpu"))  # one long sequence: blocked
+    assert not torch_loop.use_loop(64, 128, 16, A.to(torch.complex64), torch.device("cpu"))
+    calls = []
+    real = torch_loop.LoopScan.apply
+    monkeypatch.setattr(torch_loop.LoopScan, "apply", lambda *a: calls.append(1) or real(*a))
+    x = make(b=64, t=3, d=128, n=16, full=False)
+    selective_scan(**x, backend="torch")
+    assert calls, "a 64 x 128 x 16 scan should take the loop path"
+
+
 @pytest.mark.parametrize("softplus", [False, True])
 def test_torch_minimal_arguments(softplus):
     x = make(t=40, full=False)

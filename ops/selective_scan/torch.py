@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..linear_scan.torch import blocked_scan
 from ..linear_scan.torch import linear_scan as _linear_scan
 from .reference import discretize, per_channel, state_dtype
+from .torch_loop import LoopScan, use_loop
 
 
 def _contract(h, C, d):
@@ -66,6 +67,12 @@ def selective_scan(
     # B and C stay real when they are (real products and a real contraction are cheaper); complex ones in sdt.
     B_, C_ = (x.to(sdt if x.is_complex() else acc) for x in (B, C))
     Bc = per_channel(B_, d)
+    if use_loop(b, d, n, A, u.device):
+        # Wide scans (many states per step): a loop over time with a hand-written backward (torch_loop.py).
+        as_groups = lambda x: x[:, :, None] if x.dim() == 3 else x  # [B, T, N] -> [B, T, 1, N]
+        h0 = None if initial_state is None else initial_state.to(sdt)
+        y, final = LoopScan.apply(dt, u_, A_, as_groups(B_), as_groups(C_), h0)
+        return _finish(y, u_, D, z, acc, out_dtype), (final if output_final_state else None)
     h0 = None if initial_state is None else initial_state.to(sdt).reshape(b, d * n)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
@@ -85,9 +92,14 @@ def selective_scan(
         y = 2 * (_contract(h.real, C_, d) if not C_.is_complex() else _contract(h, C_, d).real)
     else:
         y = _contract(h, C_, d)
+    final = h[:, -1].clone() if output_final_state else None
+    return _finish(y, u_, D, z, acc, out_dtype), final
+
+
+def _finish(y, u, D, z, acc, out_dtype):
+    """y + D u, gated by silu(z), in the output dtype."""
     if D is not None:
-        y = y + D.to(acc) * u_
+        y = y + D.to(acc) * u
     if z is not None:
         y = y * F.silu(z.to(acc))
-    final = h[:, -1].clone() if output_final_state else None
-    return y.to(out_dtype), final
+    return y.to(out_dtype)
