@@ -16,48 +16,22 @@ import ctypes
 
 import torch
 
-from .. import _csrc
+from .._cuda_binding import check_launch, launcher, nvcc_unavailable_reason, pointer, stream_handle
 
 LIBRARY = "linear_scan"
-_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 _FWD_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 9 + [ctypes.c_int, ctypes.c_void_p]
 _BWD_ARGTYPES = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 12 + [ctypes.c_int, ctypes.c_void_p]
 
 
-def cuda_unavailable_reason() -> str | None:
-    """Why the kernel cannot be built here (None when it can): nvcc is needed on first use."""
-    try:
-        _csrc.find_nvcc()
-    except RuntimeError as e:
-        return str(e)
-    return None
+cuda_unavailable_reason = nvcc_unavailable_reason  # the backend's `unavailable` reason (nvcc is needed)
 
 
 def _function(kind: str, dtype: torch.dtype):
-    lib = _csrc.load_library(LIBRARY)
-    fn = getattr(lib, f"seqzoo_linear_scan_{kind}_{_SUFFIX[dtype]}")
-    fn.argtypes = _FWD_ARGTYPES if kind == "fwd" else _BWD_ARGTYPES
-    fn.restype = ctypes.c_int
-    return fn
+    return launcher(LIBRARY, "linear_scan", kind, dtype, _FWD_ARGTYPES if kind == "fwd" else _BWD_ARGTYPES)
 
 
 def _check(status: int, what: str) -> None:
-    if status != 0:
-        abi = _csrc.load_library("seqzoo_abi")
-        abi.seqzoo_cuda_error_string.restype = ctypes.c_char_p
-        abi.seqzoo_cuda_error_string.argtypes = [ctypes.c_int]
-        message = abi.seqzoo_cuda_error_string(status).decode(errors="replace")
-        raise RuntimeError(
-            f"linear_scan (cuda): the {what} kernel failed to launch: {message} (error {status})"
-        )
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-def _stream(device: torch.device):
-    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+    check_launch(status, "linear_scan", what)
 
 
 class _LinearScan(torch.autograd.Function):
@@ -71,18 +45,18 @@ class _LinearScan(torch.autograd.Function):
         h0 = None if initial_state is None else initial_state.float().contiguous()
         with torch.cuda.device(x.device):
             status = _function("fwd", dtype)(
-                _ptr(a_k),
-                _ptr(x_k),
-                _ptr(h0),
-                _ptr(h),
-                _ptr(final),
+                pointer(a_k),
+                pointer(x_k),
+                pointer(h0),
+                pointer(h),
+                pointer(final),
                 b,
                 t,
                 d,
                 *a_k.stride(),
                 *x_k.stride(),
                 int(reverse),
-                _stream(x.device),
+                stream_handle(x.device),
             )
         _check(status, "forward")
         ctx.save_for_backward(a_k, h, h0)
@@ -106,14 +80,14 @@ class _LinearScan(torch.autograd.Function):
         )
         with torch.cuda.device(h.device):
             status = _function("bwd", h.dtype)(
-                _ptr(a),
-                _ptr(h),
-                _ptr(h0),
-                _ptr(dh),
-                _ptr(dfinal),
-                _ptr(da),
-                _ptr(dx),
-                _ptr(dh0),
+                pointer(a),
+                pointer(h),
+                pointer(h0),
+                pointer(dh),
+                pointer(dfinal),
+                pointer(da),
+                pointer(dx),
+                pointer(dh0),
                 b,
                 t,
                 d,
@@ -121,7 +95,7 @@ class _LinearScan(torch.autograd.Function):
                 *h.stride(),
                 *dh.stride(),
                 int(ctx.reverse),
-                _stream(h.device),
+                stream_handle(h.device),
             )
         _check(status, "backward")
         return da.to(a_dtype), dx.to(x_dtype), None if dh0 is None else dh0.to(h0_dtype), None

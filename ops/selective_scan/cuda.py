@@ -18,50 +18,24 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
-from .. import _csrc
+from .._cuda_binding import check_launch, launcher, nvcc_unavailable_reason, pointer, stream_handle
 from .reference import discretize
 
 LIBRARY = "selective_scan"
 CHUNK = 64  # steps between the checkpoints the backward recomputes from
-_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 _FWD_ARGTYPES = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
 _BWD_ARGTYPES = [ctypes.c_void_p] * 15 + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
 
 
-def cuda_unavailable_reason() -> str | None:
-    """Why the kernel cannot be built here (None when it can): nvcc is needed on first use."""
-    try:
-        _csrc.find_nvcc()
-    except RuntimeError as e:
-        return str(e)
-    return None
+cuda_unavailable_reason = nvcc_unavailable_reason  # the backend's `unavailable` reason (nvcc is needed)
 
 
 def _function(kind: str, dtype: torch.dtype):
-    lib = _csrc.load_library(LIBRARY)
-    fn = getattr(lib, f"seqzoo_selective_scan_{kind}_{_SUFFIX[dtype]}")
-    fn.argtypes = _FWD_ARGTYPES if kind == "fwd" else _BWD_ARGTYPES
-    fn.restype = ctypes.c_int
-    return fn
+    return launcher(LIBRARY, "selective_scan", kind, dtype, _FWD_ARGTYPES if kind == "fwd" else _BWD_ARGTYPES)
 
 
 def _check(status: int, what: str) -> None:
-    if status != 0:
-        abi = _csrc.load_library("seqzoo_abi")
-        abi.seqzoo_cuda_error_string.restype = ctypes.c_char_p
-        abi.seqzoo_cuda_error_string.argtypes = [ctypes.c_int]
-        message = abi.seqzoo_cuda_error_string(status).decode(errors="replace")
-        raise RuntimeError(
-            f"selective_scan (cuda): the {what} kernel failed to launch: {message} (error {status})"
-        )
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-def _stream(device: torch.device):
-    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+    check_launch(status, "selective_scan", what)
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -79,15 +53,15 @@ class _SelectiveScan(torch.autograd.Function):
         h0c = None if h0 is None else h0.float().contiguous()
         with torch.cuda.device(u.device):
             status = _function("fwd", dtype)(
-                _ptr(u),
-                _ptr(dt),
-                _ptr(A),
-                _ptr(Bk),
-                _ptr(Ck),
-                _ptr(h0c),
-                _ptr(y),
-                _ptr(hc),
-                _ptr(hT),
+                pointer(u),
+                pointer(dt),
+                pointer(A),
+                pointer(Bk),
+                pointer(Ck),
+                pointer(h0c),
+                pointer(y),
+                pointer(hc),
+                pointer(hT),
                 b,
                 t,
                 d,
@@ -95,7 +69,7 @@ class _SelectiveScan(torch.autograd.Function):
                 n,
                 CHUNK,
                 nc,
-                _stream(u.device),
+                stream_handle(u.device),
             )
         _check(status, "forward")
         ctx.save_for_backward(u, dt, A, Bk, Ck, hc)
@@ -120,21 +94,21 @@ class _SelectiveScan(torch.autograd.Function):
         dh0 = torch.empty(b, d, n, **f32) if has_h0 else None
         with torch.cuda.device(dev):
             status = _function("bwd", u.dtype)(
-                _ptr(u),
-                _ptr(dt),
-                _ptr(A),
-                _ptr(Bk),
-                _ptr(Ck),
-                _ptr(hc),
-                _ptr(dy),
-                _ptr(dhT),
-                _ptr(ws),
-                _ptr(du),
-                _ptr(ddt),
-                _ptr(dA),
-                _ptr(dB),
-                _ptr(dC),
-                _ptr(dh0),
+                pointer(u),
+                pointer(dt),
+                pointer(A),
+                pointer(Bk),
+                pointer(Ck),
+                pointer(hc),
+                pointer(dy),
+                pointer(dhT),
+                pointer(ws),
+                pointer(du),
+                pointer(ddt),
+                pointer(dA),
+                pointer(dB),
+                pointer(dC),
+                pointer(dh0),
                 b,
                 t,
                 d,
@@ -142,7 +116,7 @@ class _SelectiveScan(torch.autograd.Function):
                 n,
                 CHUNK,
                 nc,
-                _stream(dev),
+                stream_handle(dev),
             )
         _check(status, "backward")
         return (
