@@ -51,6 +51,10 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_MIXER_KWARGS: dict[str, dict[str, Any]] = {
     "attention": {"n_heads": 1},
     "sliding_window": {"n_heads": 1, "window": 16},
+    # S4 sets its kernel length l_max to the task's length; 64 is the shortest MQAR length here, and a longer
+    # sequence doubles it (the layer re-derives its kernel for 128, 256, ...). The layer's default, 1024, would
+    # make every MQAR step compute a kernel 16 times longer than the sequence.
+    "s4": {"l_max": 64},
 }
 
 
@@ -330,13 +334,17 @@ def plot(out: Path, rows: list[dict]) -> list[Path]:
     best = best_per_cell(rows)
     settings = sorted({(r["seq_len"], r["num_kv_pairs"]) for r in best})
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
+    # One colour and marker per mixer: with more mixers than a palette has colours, markers keep them apart.
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xhp<>"
+    style = {m: (colors[i % len(colors)], markers[i % len(markers)]) for i, m in enumerate(mixers)}
     paths = []
     for xkey, xlabel, fname in (
         ("d_model", "model dimension", "mqar.png"),
         ("state_size", "decoding state size (numbers per sequence)", "mqar_state.png"),
     ):
         fig, axes = plt.subplots(
-            1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False, sharey=True
+            1, len(settings), figsize=(4.2 * len(settings) + 1.6, 3.6), squeeze=False, sharey=True
         )
         for ax, (seq_len, kv) in zip(axes[0], settings):
             for m in mixers:
@@ -346,14 +354,16 @@ def plot(out: Path, rows: list[dict]) -> list[Path]:
                     if r["mixer"] == m and (r["seq_len"], r["num_kv_pairs"]) == (seq_len, kv)
                 )
                 if pts:
-                    ax.plot(*zip(*pts), "o-", label=m)
+                    color, marker = style[m]
+                    ax.plot(*zip(*pts), "-", marker=marker, color=color, label=m)
             ax.set_xscale("log", base=2)
             ax.set_title(f"seq_len {seq_len}, {kv} KV pairs")
             ax.set_xlabel(xlabel)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("MQAR accuracy")
-        axes[0][-1].legend(fontsize=7, loc="lower right")
+        # Outside the axes: a dot in the lower right must not hide behind the legend.
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.tight_layout()
         path = out / fname
         fig.savefig(path, dpi=110)
