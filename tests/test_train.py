@@ -66,9 +66,15 @@ def test_every_shipped_config_builds_its_model(name):
     model = cfg.model.model_dump()
     tok = cfg.data.tokenizer
     model["vocab_size"] = model["vocab_size"] or (256 if tok.kind == "bytes" else tok.vocab_size)
-    if name.startswith("tiny-"):
+    if cfg.data.source == "task":  # the task sets the vocabulary: make the data as training would
+        from seqzoo.eval.tasks import get_task
+
+        args = {**cfg.data.task_args, "num_train": 8, "num_test": 8}
+        model["vocab_size"] = get_task(cfg.data.name)(**args).vocab_size
+    if not name.startswith("lm-"):
         lm = CausalLM(LMConfig(**model))
-        assert lm(torch.randint(0, 256, (1, 16))).shape == (1, 16, 256)
+        v = model["vocab_size"]
+        assert lm(torch.randint(0, v, (1, 16))).shape == (1, 16, v)
     else:  # the GPU configs: built without memory, and about 125M parameters
         with torch.device("meta"):
             lm = CausalLM(LMConfig(**model))
