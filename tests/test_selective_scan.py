@@ -378,6 +378,23 @@ def test_gpu_backends_match_reference(backend, t, groups, n, dtype):
     check(backend, b=2, t=t, d=40, n=n, groups=groups, dtype=dtype, device="cuda")
 
 
+@pytest.mark.parametrize("complex_a", [False, True])
+def test_torch_inference_in_segments_carries_the_state(monkeypatch, complex_a):
+    # Inference scans time in segments of at least 64 steps: force three (64, 64, 22) and compare.
+    from seqzoo.ops.selective_scan import torch as backend
+
+    monkeypatch.setattr(backend, "SEGMENT_STATES", 1)
+    x = make(t=150, groups=3)
+    if complex_a:
+        x["A"] = torch.complex(x["A"], torch.randn_like(x["A"]))
+        x["initial_state"] = x["initial_state"].to(torch.complex64)
+    with torch.no_grad():
+        y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="torch")
+        y_ref, h_ref = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("groups", [None, 2])
 def test_torch_inference_path_matches_reference(groups):
     # Without autograd the torch backend takes an in-place path (states written over a work buffer).

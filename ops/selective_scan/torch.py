@@ -79,21 +79,42 @@ def selective_scan(
         decay = torch.exp(dt[..., None] * A_)  # [B, T, D, N], each in [0, 1] for A <= 0 (|.| <= 1 if complex)
         inp = (dt * u_)[..., None] * Bc  # [B, T, D, N]; real with a complex A and real B (the scan promotes)
         h, _ = _linear_scan(decay.reshape(b, t, d * n), inp.reshape(b, t, d * n), h0)
-    else:
-        # Inference: the same scan without autograd's bookkeeping, the exponential taken in place and the
-        # states written over the decays' buffer (one [B, T, D, N] tensor fewer to fault in).
-        decay = torch.mul(dt[..., None], A_).exp_()
-        # In the state's dtype (complex for a complex A, even with a real B): it becomes the states' buffer.
-        inp = torch.mul((dt * u_)[..., None], Bc, out=torch.empty((b, t, d, n), dtype=sdt, device=u.device))
-        h = blocked_scan(decay.view(b, t, d * n), inp.view(b, t, d * n), h0, out=inp.view(b, t, d * n))
-    h = h.view(b, t, d, n)
-    if h.is_complex():
-        # 2 Re<h, C>: with a real C only h's real part takes part, so the contraction stays real.
-        y = 2 * (_contract(h.real, C_, d) if not C_.is_complex() else _contract(h, C_, d).real)
-    else:
-        y = _contract(h, C_, d)
-    final = h[:, -1].clone() if output_final_state else None
+        h = h.view(b, t, d, n)
+        final = h[:, -1].clone() if output_final_state else None
+        return _finish(_output(h, C_, d), u_, D, z, acc, out_dtype), final
+    # Inference: time in segments whose decays and inputs (two [B, S, D, N] buffers, reused, the states
+    # written over the inputs) stay in cache, each scanned from the state the previous one ended in. Fresh
+    # [B, T, D, N] tensors would cost a page fault per 4 KiB and a trip to memory per pass.
+    seg = min(t, max(64, SEGMENT_STATES // (b * d * n)))
+    decay = torch.empty((b, seg, d, n), dtype=sdt, device=u.device)
+    inp = torch.empty((b, seg, d, n), dtype=sdt, device=u.device)
+    dtu = dt * u_
+    y = torch.empty((b, t, d), dtype=acc, device=u.device)
+    h = h0
+    for s0 in range(0, t, seg):
+        s1 = min(t, s0 + seg)
+        a_s, x_s = decay[:, : s1 - s0], inp[:, : s1 - s0]
+        torch.mul(dt[:, s0:s1, :, None], A_, out=a_s).exp_()
+        torch.mul(dtu[:, s0:s1, :, None], Bc[:, s0:s1], out=x_s)
+        states = blocked_scan(
+            a_s.view(b, s1 - s0, d * n), x_s.view(b, s1 - s0, d * n), h, out=x_s.view(b, s1 - s0, d * n)
+        )
+        y[:, s0:s1] = _output(x_s, C_[:, s0:s1], d)
+        h = states[:, -1].clone()  # the next segment overwrites the buffer
+    final = h.view(b, d, n) if output_final_state else None
     return _finish(y, u_, D, z, acc, out_dtype), final
+
+
+# States per inference segment (B * S * D * N): two fp32 buffers of 4 MiB, which a CPU's L3 holds. Measured at
+# B=1, T=2048, D=128, N=16 (2 threads): 2^19 15 ms, 2^20 9.4 ms, 2^21 8.3-11 ms, one segment (2^22) 12-18 ms.
+SEGMENT_STATES = 1 << 20
+
+
+def _output(h, C, d):
+    """y_t = <h_t, C_t>; for a complex state 2 Re<h_t, C_t> (with a real C only h's real part takes part)."""
+    if not h.is_complex():
+        return _contract(h, C, d)
+    return 2 * (_contract(h.real, C, d) if not C.is_complex() else _contract(h, C, d).real)
 
 
 def _finish(y, u, D, z, acc, out_dtype):
