@@ -45,8 +45,8 @@ SEQUENTIAL_BELOW = 24
 # From this many channels (B * D) per step a plain loop is faster at any length: each step's op is then large
 # enough that Python's per-op cost no longer matters, and the loop moves the data once where the blocked scan
 # moves it about three times (one thread, CPU: [64, 64, 2048] 31 ms looped against 53 ms blocked, [8, 1024,
-# 2048] 66 against 122, [1, 2048, 2048] 33 against 15, [2, 4096, 256] 66 against 16).
-SEQUENTIAL_WIDTH = 4096
+# 2048] 66 against 122; but [1, 2048, 4096] still favours the blocked scan, and [1, 2048, 2048] 15 against 33).
+SEQUENTIAL_WIDTH = 16384
 # ATen's at::internal::GRAIN_SIZE: elementwise CPU ops run on one thread below this many elements.
 GRAIN_SIZE = 32768
 
