@@ -11,7 +11,8 @@ Why a loop: when B * D * N is large (Mamba at a small width with a training batc
 every step's tensors are big enough that Python's per-op cost no longer matters, and a step touches only
 [B, D, N] tensors that stay in cache. The blocked path instead materialises the decays, the inputs and the
 states as [B, T, D, N] tensors and lets autograd keep several more; each of them is a pass over memory that
-costs more than the whole loop (a 64 x 64 x 128 x 16 training step: 0.6 s blocked against about 0.1 s here).
+costs more than the whole loop (one Mamba layer at d_model 64, batch 64 x 64 tokens, forward and backward on
+one thread: 0.60 s blocked against 0.17 s here).
 
 Forward keeps the states h_t ([B, T, D, N], the one large tensor) for the backward, which walks time backwards
 with the state's adjoint g (the gradient reaching h_t from every later step and from y_t):
