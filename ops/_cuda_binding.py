@@ -49,3 +49,10 @@ def pointer(t: torch.Tensor | None):
 
 def stream_handle(device: torch.device):
     return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
+def csrc_unavailable(device: torch.device) -> str | None:
+    """The ``unavailable`` reason of a ``cuda`` backend: it runs on a CUDA GPU and needs nvcc to build."""
+    if device.type != "cuda":
+        return f"the csrc/ kernel runs on a CUDA GPU, not on {device.type}"
+    return nvcc_unavailable_reason()

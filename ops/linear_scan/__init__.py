@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch as _pt  # not `torch`: that name is this package's torch.py backend
 
 from .._checks import check_same_device, check_shape, check_tensor
+from .._cuda_binding import csrc_unavailable
 from .._dispatch import define_op, triton_unavailable_reason
 from . import reference as _reference
 from . import torch as _torch
@@ -71,14 +72,6 @@ def _real_low_precision_only(a, x, initial_state=None, *args, **kwargs) -> str |
     return None
 
 
-def _cuda_unavailable(device: _pt.device) -> str | None:
-    if device.type != "cuda":
-        return f"the csrc/ kernel runs on a CUDA GPU, not on {device.type}"
-    from .cuda import cuda_unavailable_reason
-
-    return cuda_unavailable_reason()
-
-
 linear_scan = define_op(
     "linear_scan",
     __doc__,
@@ -101,7 +94,7 @@ linear_scan.register_lazy(
     "cuda",
     ".linear_scan.cuda",
     "linear_scan",
-    unavailable=_cuda_unavailable,
+    unavailable=csrc_unavailable,
     unsupported=_real_low_precision_only,
     description="csrc/linear_scan.cu through ctypes, forward and backward",
 )

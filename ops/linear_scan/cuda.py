@@ -16,14 +16,11 @@ import ctypes
 
 import torch
 
-from .._cuda_binding import check_launch, launcher, nvcc_unavailable_reason, pointer, stream_handle
+from .._cuda_binding import check_launch, launcher, pointer, stream_handle
 
 LIBRARY = "linear_scan"
 _FWD_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 9 + [ctypes.c_int, ctypes.c_void_p]
 _BWD_ARGTYPES = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 12 + [ctypes.c_int, ctypes.c_void_p]
-
-
-cuda_unavailable_reason = nvcc_unavailable_reason  # the backend's `unavailable` reason (nvcc is needed)
 
 
 def _function(kind: str, dtype: torch.dtype):

@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch as _pt  # not `torch`: that name is this package's torch.py backend
 
 from .._checks import check_same_device, check_shape, check_tensor
+from .._cuda_binding import csrc_unavailable
 from .._dispatch import define_op, triton_unavailable_reason
 from . import reference as _reference
 from . import step as _step
@@ -155,14 +156,6 @@ def _real_low_precision_only(*args, **kwargs) -> str | None:
     return None
 
 
-def _cuda_unavailable(device: _pt.device) -> str | None:
-    if device.type != "cuda":
-        return f"the csrc/ kernel runs on a CUDA GPU, not on {device.type}"
-    from .cuda import cuda_unavailable_reason
-
-    return cuda_unavailable_reason()
-
-
 selective_scan = define_op(
     "selective_scan",
     __doc__,
@@ -187,7 +180,7 @@ selective_scan.register_lazy(
     "cuda",
     ".selective_scan.cuda",
     "selective_scan",
-    unavailable=_cuda_unavailable,
+    unavailable=csrc_unavailable,
     unsupported=_real_low_precision_only,
     description="csrc/selective_scan.cu through ctypes, forward and backward",
 )

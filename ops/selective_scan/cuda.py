@@ -18,16 +18,13 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
-from .._cuda_binding import check_launch, launcher, nvcc_unavailable_reason, pointer, stream_handle
+from .._cuda_binding import check_launch, launcher, pointer, stream_handle
 from .reference import discretize
 
 LIBRARY = "selective_scan"
 CHUNK = 64  # steps between the checkpoints the backward recomputes from
 _FWD_ARGTYPES = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
 _BWD_ARGTYPES = [ctypes.c_void_p] * 15 + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
-
-
-cuda_unavailable_reason = nvcc_unavailable_reason  # the backend's `unavailable` reason (nvcc is needed)
 
 
 def _function(kind: str, dtype: torch.dtype):
