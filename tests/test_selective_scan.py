@@ -182,13 +182,14 @@ def test_auto_is_torch_on_cpu():
 # -- the decoding step ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("groups", [None, 2])
-def test_state_update_is_the_scan_one_token_further(backend, groups):
-    x = make(t=8, groups=groups)
+def last_token_by_state_update(x, backend):
+    """Scan the first 7 of 8 tokens (reference), then step the 8th with ``selective_state_update``.
+    Returns (its y, the full scan's y at the 8th token, its new state, the full scan's final state, the state
+    passed in, a copy of that state taken before the step)."""
     y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
     prefix = {k: (v[:, :7] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
     _, state = selective_scan(**prefix, delta_softplus=True, output_final_state=True, backend="reference")
+    before = state.clone()
     y_t, new_state = ops.selective_state_update(
         state,
         x["u"][:, 7],
@@ -202,9 +203,17 @@ def test_state_update_is_the_scan_one_token_further(backend, groups):
         True,
         backend=backend,
     )
-    torch.testing.assert_close(y_t, y[:, 7])
+    return y_t, y[:, 7], new_state, h, state, before
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_state_update_is_the_scan_one_token_further(backend, groups):
+    y_t, y_ref, new_state, h, state, before = last_token_by_state_update(make(t=8, groups=groups), backend)
+    torch.testing.assert_close(y_t, y_ref)
     torch.testing.assert_close(new_state, h)
     assert not torch.equal(new_state, state)  # a new state; the one passed in is unchanged
+    assert torch.equal(state, before)
 
 
 def test_state_update_gradients_match_reference():
@@ -598,25 +607,9 @@ def test_complex_states_chain_across_calls():
 @pytest.mark.parametrize("groups, complex_bc", [(None, False), (2, True)])
 def test_complex_state_update_is_the_scan_one_token_further(backend, groups, complex_bc):
     x = make_complex(t=8, groups=groups, complex_bc=complex_bc)
-    y, h = selective_scan(**x, delta_softplus=True, output_final_state=True, backend="reference")
-    prefix = {k: (v[:, :7] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
-    _, state = selective_scan(**prefix, delta_softplus=True, output_final_state=True, backend="reference")
+    y_t, y_ref, new_state, h, state, before = last_token_by_state_update(x, backend)
     assert state.dtype == torch.complex64
-    before = state.clone()
-    y_t, new_state = ops.selective_state_update(
-        state,
-        x["u"][:, 7],
-        x["delta"][:, 7],
-        x["A"],
-        x["B"][:, 7],
-        x["C"][:, 7],
-        x["D"],
-        x["z"][:, 7],
-        x["delta_bias"],
-        True,
-        backend=backend,
-    )
-    torch.testing.assert_close(y_t, y[:, 7])
+    torch.testing.assert_close(y_t, y_ref)
     torch.testing.assert_close(new_state, h)
     assert new_state.dtype == torch.complex64 and torch.equal(state, before)
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import ctypes
 
 import torch
-import torch.nn.functional as F
 
 from .._cuda_binding import check_launch, launcher, pointer, stream_handle
-from .reference import discretize
+from .around import run_kernel
 
 LIBRARY = "selective_scan"
 CHUNK = 64  # steps between the checkpoints the backward recomputes from
@@ -126,25 +125,5 @@ class _SelectiveScan(torch.autograd.Function):
         )
 
 
-def selective_scan(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    initial_state=None,
-    output_final_state=False,
-):
-    dt = discretize(delta.float(), None if delta_bias is None else delta_bias.float(), delta_softplus)
-    Bm = B[:, :, None] if B.dim() == 3 else B
-    Cm = C[:, :, None] if C.dim() == 3 else C
-    y, final = _SelectiveScan.apply(u, dt, A, Bm, Cm, initial_state)
-    if D is not None:
-        y = y + D.float() * u.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(u.dtype), (final if output_final_state else None)
+def selective_scan(*args, **kwargs):
+    return run_kernel(_SelectiveScan.apply, *args, **kwargs)

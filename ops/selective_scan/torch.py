@@ -27,10 +27,10 @@ gate) is ordinary autograd.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..linear_scan.torch import blocked_scan
 from ..linear_scan.torch import linear_scan as _linear_scan
+from .around import finish
 from .reference import discretize, per_channel, state_dtype
 from .torch_loop import LoopScan, use_loop
 
@@ -72,7 +72,7 @@ def selective_scan(
         as_groups = lambda x: x[:, :, None] if x.dim() == 3 else x  # [B, T, N] -> [B, T, 1, N]
         h0 = None if initial_state is None else initial_state.to(sdt)
         y, final = LoopScan.apply(dt, u_, A_, as_groups(B_), as_groups(C_), h0)
-        return _finish(y, u_, D, z, acc, out_dtype), (final if output_final_state else None)
+        return finish(y, u_, D, z, acc, out_dtype), (final if output_final_state else None)
     h0 = None if initial_state is None else initial_state.to(sdt).reshape(b, d * n)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
@@ -81,7 +81,7 @@ def selective_scan(
         h, _ = _linear_scan(decay.reshape(b, t, d * n), inp.reshape(b, t, d * n), h0)
         h = h.view(b, t, d, n)
         final = h[:, -1].clone() if output_final_state else None
-        return _finish(_output(h, C_, d), u_, D, z, acc, out_dtype), final
+        return finish(_output(h, C_, d), u_, D, z, acc, out_dtype), final
     # Inference: time in segments whose decays and inputs (two [B, S, D, N] buffers, reused, the states
     # written over the inputs) stay in cache, each scanned from the state the previous one ended in. Fresh
     # [B, T, D, N] tensors would cost a page fault per 4 KiB and a trip to memory per pass.
@@ -102,7 +102,7 @@ def selective_scan(
         y[:, s0:s1] = _output(x_s, C_[:, s0:s1], d)
         h = states[:, -1].clone()  # the next segment overwrites the buffer
     final = h.view(b, d, n) if output_final_state else None
-    return _finish(y, u_, D, z, acc, out_dtype), final
+    return finish(y, u_, D, z, acc, out_dtype), final
 
 
 # States per inference segment (B * S * D * N): two fp32 buffers of 4 MiB, which a CPU's L3 holds. Measured at
@@ -115,12 +115,3 @@ def _output(h, C, d):
     if not h.is_complex():
         return _contract(h, C, d)
     return 2 * (_contract(h.real, C, d) if not C.is_complex() else _contract(h, C, d).real)
-
-
-def _finish(y, u, D, z, acc, out_dtype):
-    """y + D u, gated by silu(z), in the output dtype."""
-    if D is not None:
-        y = y + D.to(acc) * u
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    return y.to(out_dtype)

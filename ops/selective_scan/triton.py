@@ -26,12 +26,11 @@ dC [n_blocks, B, T, N] and dA [B, D, N]; torch sums the partials (deterministic 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
-from .reference import discretize
+from .around import run_kernel
 
 
 @triton.jit
@@ -343,25 +342,5 @@ class _SelectiveScan(torch.autograd.Function):
         )
 
 
-def selective_scan(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    initial_state=None,
-    output_final_state=False,
-):
-    dt = discretize(delta.float(), None if delta_bias is None else delta_bias.float(), delta_softplus)
-    Bm = B[:, :, None] if B.dim() == 3 else B
-    Cm = C[:, :, None] if C.dim() == 3 else C
-    y, final = _SelectiveScan.apply(u, dt, A.float(), Bm, Cm, initial_state)
-    if D is not None:
-        y = y + D.float() * u.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(u.dtype), (final if output_final_state else None)
+def selective_scan(*args, **kwargs):
+    return run_kernel(_SelectiveScan.apply, *args, **kwargs)
