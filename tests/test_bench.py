@@ -203,3 +203,18 @@ def test_s4d_ssm_bench_runs_one_ssm_two_ways():
     torch.testing.assert_close(
         b.op(**inputs, backend="recurrence"), b.op(**inputs, backend="convolution"), rtol=1e-4, atol=1e-4
     )
+
+
+def test_mqar_step_time_tool_runs_and_writes_json(tmp_path):
+    """The step-time tool (a measurement, not a test of speed): both head variants run and are recorded."""
+    import json
+
+    from seqzoo.eval.step_time import main
+
+    out = tmp_path / "step.json"
+    assert main(["--mixers", "short_conv", "--repeats", "1", "--inner", "1", "--profile", "short_conv",
+                 "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["mixer"] == "short_conv" and row["full_head_ms"] > 0 and row["scored_head_ms"] > 0
+    assert set(row["profile_ms"]) >= {"matrix products"} and data["meta"]["sweep"] == "mqar-cpu"

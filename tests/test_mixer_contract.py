@@ -1,5 +1,7 @@
-"""The mixer contract, checked for every registered mixer. A new mixer is covered by registering it;
-give it small, fast kwargs in SMALL_KWARGS if its defaults are large."""
+"""The mixer contract, checked for every registered mixer as the library's configs build it (its paper's
+settings from seqzoo.models.mixer_settings, e.g. the short convolutions of the linear-attention family),
+and for the plain layers (their own defaults). A new mixer is covered by registering it; give it small,
+fast kwargs in SMALL_KWARGS if its defaults are large."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 import seqzoo
+from seqzoo.models.mixer_settings import settings_for, with_paper_settings
 
 D_MODEL = 32
 # Small settings per mixer so the suite stays fast; mixers not listed use their defaults.
@@ -16,7 +19,7 @@ SMALL_KWARGS = {
     "short_conv": {"width": 4},
     "flow": {"n_heads": 4},
     "rglru": {"n_heads": 4},
-    "gla": {"n_heads": 2, "use_short_conv": True},
+    "gla": {"n_heads": 2},
     "retnet": {"n_heads": 2},
     "lightning": {"n_heads": 2},
     "hgrn2": {"n_heads": 2, "expand_ratio": 8},
@@ -25,11 +28,20 @@ SMALL_KWARGS = {
     "s4": {"d_state": 8, "l_max": 8},
     "s4d": {"d_state": 8},
 }
-MIXERS = sorted(seqzoo.list_mixers())
+# "name" builds a mixer with its paper's settings; "name:plain" with the layer's own defaults.
+MIXERS = sorted(seqzoo.list_mixers()) + [
+    f"{n}:plain" for n in sorted(seqzoo.list_mixers()) if settings_for(n).kwargs
+]
 
 
 def build(name, **extra):
-    return seqzoo.build_mixer(name, D_MODEL, **{**SMALL_KWARGS.get(name, {}), **extra}).double()
+    name, _, variant = name.partition(":")
+    paper = {} if variant == "plain" else with_paper_settings(name, seq_len=8)
+    paper.pop("name", None)
+    kwargs = {**paper, **SMALL_KWARGS.get(name, {}), **extra}
+    if variant == "plain":
+        kwargs.pop("use_short_conv", None)
+    return seqzoo.build_mixer(name, D_MODEL, **kwargs).double()
 
 
 @pytest.fixture(params=MIXERS)
@@ -38,7 +50,7 @@ def name(request):
 
 
 def test_every_mixer_has_description_and_paper(name):
-    info = seqzoo.list_mixers()[name]
+    info = seqzoo.list_mixers()[name.partition(":")[0]]
     assert info.description and info.paper
 
 

@@ -172,3 +172,46 @@ def test_classifier_continuous_inputs_and_bidirectional_mixers():
     blk = seqzoo.build_mixer("attention", 16, n_heads=2, bidirectional=True)
     with pytest.raises(RuntimeError, match="bidirectional"):
         blk.prefill(torch.randn(1, 3, 16))
+
+
+def test_logits_at_gives_the_full_logits_at_those_positions():
+    torch.manual_seed(0)
+    model = CausalLM(LMConfig(vocab_size=50, d_model=32, n_layers=2, mixer=["gla", "attention"])).double()
+    x = torch.randint(0, 50, (3, 17))
+    at = torch.rand(3, 17) < 0.3
+    torch.testing.assert_close(model(x, logits_at=at), model(x)[at], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="logits_at"):
+        model(x, logits_at=at[:, :5])
+
+
+def test_zoology_block_with_learned_positions():
+    """Zoology's block (LayerNorms, the 'identity' second branch), learned positions, scaled output init."""
+    torch.manual_seed(0)
+    cfg = LMConfig(
+        vocab_size=40,
+        d_model=32,
+        n_layers=2,
+        mlp="none",
+        block="zoology",
+        position_embeddings=16,
+        mixer=[{"name": "attention", "rotary": False, "bias": True}],
+    )
+    model = CausalLM(cfg).double().eval()
+    block = model.backbone.blocks[0]
+    assert isinstance(block.mixer_norm, torch.nn.LayerNorm) and isinstance(block.mlp, torch.nn.Identity)
+    assert 0.005 < block.mixer.o_proj.weight.std() < 0.015  # 0.02 / sqrt(2 * 2) = 0.01
+    x = torch.randint(0, 40, (2, 12))
+    h = model._embed(x)
+    # The second branch adds a normalised copy of the residual: h + mixer(LN1 h), then + LN2 of that.
+    mid = h + block.mixer(block.mixer_norm(h))
+    torch.testing.assert_close(block(h), mid + block.mlp_norm(mid))
+    # Decoding carries the position: prefill + steps equal the forward pass.
+    full = model(x)
+    logits, states = model.prefill(x[:, :5])
+    outs = [logits]
+    for t in range(5, 12):
+        step_logits, states = model.step(x[:, t], states)
+        outs.append(step_logits[:, None])
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="position_embeddings"):
+        model(torch.randint(0, 40, (1, 17)))

@@ -20,7 +20,7 @@ V, L, N = 512, 64, 8
 
 @pytest.fixture(scope="module")
 def data():
-    return mqar(200, seq_len=L, num_kv_pairs=N, vocab_size=V, seed=3)
+    return mqar(200, seq_len=L, num_kv_pairs=N, vocab_size=V, random_non_queries=False, seed=3)
 
 
 def test_shapes_and_context_layout(data):
@@ -75,9 +75,12 @@ def test_task_train_and_test_are_disjoint():
         get_task("mqar")(seed=0, bogus=1)
 
 
-def test_random_non_queries_option():
-    x0, y0 = mqar(20, L, N, V, seed=5)
-    x1, y1 = mqar(20, L, N, V, random_non_queries=True, seed=5)
+def test_random_filler_is_the_default_as_in_zoology():
+    """Zoology fills the query region's free slots with random tokens; zeros are an option, not the default."""
+    x0, y0 = mqar(20, L, N, V, random_non_queries=False, seed=5)
+    x1, y1 = mqar(20, L, N, V, seed=5)
+    task = get_task("mqar")(seed=0, num_train=40, num_test=8, seq_len=L, num_kv_pairs=N, vocab_size=V)
+    assert (task.train_inputs[:, 2 * N :] == 0).float().mean() < 0.05  # what a sweep trains on
     assert torch.equal(y0, y1)
     scored = y0 != IGNORE_INDEX
     assert torch.equal(x0[:, : 2 * N], x1[:, : 2 * N])
@@ -173,3 +176,97 @@ def test_sweep_config_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="bogus"):
         load_sweep(bad)
+
+
+def test_a_changed_config_runs_again_instead_of_reusing(tmp_path):
+    """A finished run is reused only when the hash of its whole config matches."""
+    from seqzoo.eval.mqar import HASH_FILE, plan_runs, run_sweep
+
+    sweep = tiny_sweep(tmp_path, mixers=["short_conv"])
+    run_sweep(sweep, progress=False)
+    first = plan_runs(sweep)[0]
+    assert (first["dir"] / HASH_FILE).read_text().strip() == first["hash"]
+    mtime = (first["dir"] / "summary.json").stat().st_mtime_ns
+
+    changed = tiny_sweep(tmp_path, mixers=["short_conv"], optim={"weight_decay": 0.0})
+    second = plan_runs(changed)[0]
+    assert second["hash"] != first["hash"] and second["dir"] != first["dir"]
+    rows = run_sweep(changed, progress=False)
+    assert len(rows) == 1 and (second["dir"] / "summary.json").is_file()  # trained anew
+    assert (first["dir"] / "summary.json").stat().st_mtime_ns == mtime  # the old run is left as it was
+
+    # A folder whose recorded hash disagrees (edited by hand, or a truncated-hash clash) is not reused.
+    (second["dir"] / HASH_FILE).write_text("0" * 64 + "\n")
+    assert run_sweep(changed, progress=False)  # runs it again
+    assert (second["dir"] / HASH_FILE).read_text().strip() == second["hash"]
+
+
+def test_each_mixer_runs_with_the_settings_table():
+    """What a sweep trains is each mixer with its paper's settings (the one table), the task's knobs on top."""
+    from seqzoo import CausalLM, LMConfig
+    from seqzoo.eval.mqar import load_sweep, plan_runs
+    from seqzoo.models.mixer_settings import MIXER_SETTINGS
+    from seqzoo.train.config import load_config
+    from seqzoo.train.loop import model_config
+
+    sweep = load_sweep("mqar-cpu")
+    runs = plan_runs(sweep)
+    seen = set()
+    for run in runs:
+        (layer,) = run["config"]["model"]["mixer"]
+        name = layer["name"]
+        seen.add(name)
+        for key, value in MIXER_SETTINGS[name].kwargs.items():
+            assert layer[key] == value, (name, key)
+        if name == "s4":
+            assert layer["l_max"] == run["seq_len"]
+        if name == "sliding_window":
+            assert layer["window"] == 16
+    assert {"gla", "retnet", "lightning", "hgrn2", "linear_attention"} <= seen
+    lrs = {(r["mixer"], r["lr"]) for r in runs}
+    assert ("attention", 3e-3) in lrs and ("gla", 1e-2) in lrs and ("attention", 1e-2) not in lrs
+    # ... and the recipe builds exactly that: short convolutions in front of gla's q, k, v.
+    gla = next(r for r in runs if r["mixer"] == "gla")
+    cfg = load_config({**gla["config"], "train": {**gla["config"]["train"], "out_dir": "unused"}})
+    model = CausalLM(LMConfig(**{**model_config(cfg, gla["seq_len"]), "vocab_size": 1024}))
+    assert set(model.backbone.blocks[0].mixer.convs) == {"conv_q", "conv_k", "conv_v"}
+
+
+def test_settings_table_shown_in_the_readme():
+    from pathlib import Path
+
+    from seqzoo.models.mixer_settings import markdown_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert markdown_table() in readme
+
+
+def test_zoology_protocol_builds_zoologys_model_and_optimiser(tmp_path):
+    from seqzoo.eval.mqar import load_sweep, plan_runs
+    from seqzoo.train.config import load_config
+
+    (run,) = plan_runs(load_sweep("mqar-zoology-curve", ["protocol=zoology"]))
+    cfg = load_config({**run["config"], "train": {**run["config"]["train"], "out_dir": str(tmp_path)}})
+    assert cfg.model.block == "zoology" and cfg.model.position_embeddings == 64
+    assert cfg.model.embed_dropout == 0.1 and cfg.model.mixer[0]["rotary"] is False
+    assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.weight_decay_on == "all"
+    assert cfg.optim.grad_clip is None and cfg.optim.warmup_steps == 0 and cfg.optim.min_lr_ratio == 0
+
+
+@pytest.mark.slow
+def test_zoology_protocol_learns_as_slowly_as_zoology(tmp_path):
+    """Zoology's own model and optimiser learn MQAR far more slowly than seqzoo's recipe (measured against
+    Zoology's code: attention at 0.26 after 1,000 steps on this cell, against ~1.0 for seqzoo's recipe).
+    Both protocols on the same cell and data; a shorter budget keeps the test quick."""
+    from seqzoo.eval.mqar import load_sweep, run_sweep
+
+    acc = {}
+    for protocol in ("seqzoo", "zoology"):
+        sweep = load_sweep(
+            "mqar-zoology-curve",
+            [f"protocol={protocol}", f"out_dir={tmp_path}/{{name}}-{protocol}", "train.steps=600", "workers=1"],
+        )
+        (row,) = run_sweep(sweep, progress=False)
+        acc[protocol] = row["accuracy"]
+    assert acc["seqzoo"] > 0.9, acc
+    assert acc["zoology"] < 0.5, acc

@@ -62,8 +62,10 @@ def test_every_shipped_config_validates():
 def test_every_shipped_config_builds_its_model(name):
     from seqzoo import CausalLM, LMConfig
 
+    from seqzoo.train.loop import model_config
+
     cfg = load_config(name)
-    model = cfg.model.model_dump()
+    model = model_config(cfg, cfg.data.task_args.get("seq_len", cfg.data.seq_len))
     tok = cfg.data.tokenizer
     model["vocab_size"] = model["vocab_size"] or (256 if tok.kind == "bytes" else tok.vocab_size)
     if cfg.data.source == "task":  # the task sets the vocabulary: make the data as training would

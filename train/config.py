@@ -35,6 +35,13 @@ class Section(BaseModel):
 class ModelSection(BackboneConfig):
     vocab_size: int | None = Field(None, ge=2, description="default: the tokenizer's vocabulary size")
     tie_embeddings: bool = True
+    position_embeddings: int = Field(0, ge=0, description="learned absolute positions (0: none)")
+    embed_dropout: float = Field(0.0, ge=0, lt=1)
+    mixer_settings: Literal["paper", "none"] = Field(
+        "paper",
+        description="paper: fill each mixer's kwargs from seqzoo.models.mixer_settings (its paper's settings) "
+        "before the entry's own; none: the layers' own defaults",
+    )
 
 
 class TokenizerSection(Section):
@@ -84,6 +91,9 @@ class OptimSection(Section):
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for cosine and linear")
     grad_clip: float | None = Field(1.0, gt=0)
+    weight_decay_on: Literal["matrices", "all"] = Field(
+        "matrices", description="matrices: no decay on vectors (norms, biases); all: every parameter (Zoology)"
+    )
 
     @model_validator(mode="after")
     def _betas(self):

@@ -38,7 +38,10 @@ def load_run_model(run_dir: Path, device="cpu"):
     config = load_config(run_dir / "config.yaml")
     from .tokenizers import load_run_tokenizer
 
-    model_cfg = config.model.model_dump()
+    from .loop import model_config
+
+    seq_len = config.data.task_args.get("seq_len", config.data.seq_len)
+    model_cfg = model_config(config, seq_len)
     model_cfg["vocab_size"] = model_cfg["vocab_size"] or load_run_tokenizer(run_dir).vocab_size
     model = CausalLM(LMConfig(**model_cfg))
     load_model(model, str(ckpt / "model.safetensors"))

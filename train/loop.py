@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from seqzoo import CausalLM, LMConfig
+from seqzoo.models.mixer_settings import resolve_mixers
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, dump_config
@@ -69,17 +70,21 @@ def resolve_precision(config: RunConfig, device: torch.device) -> torch.dtype:
 # -- optimisation ----------------------------------------------------------------------------------
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, decay_on: str = "matrices") -> list[dict]:
     """AdamW groups. No weight decay on vectors (norm scales, biases) nor on parameters a layer marks;
-    a parameter may carry its own settings in ``param._optim`` (S4's SSM parameters: lr 1e-3, no decay)."""
+    a parameter may carry its own settings in ``param._optim`` (S4's SSM parameters: lr 1e-3, no decay).
+    ``decay_on="all"`` decays every parameter alike (Zoology's optimiser)."""
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        settings = {"lr": lr, "weight_decay": weight_decay if p.dim() >= 2 else 0.0}
-        if getattr(p, "_no_weight_decay", False):
-            settings["weight_decay"] = 0.0
-        settings.update(getattr(p, "_optim", {}))
+        if decay_on == "all":
+            settings = {"lr": lr, "weight_decay": weight_decay}
+        else:
+            settings = {"lr": lr, "weight_decay": weight_decay if p.dim() >= 2 else 0.0}
+            if getattr(p, "_no_weight_decay", False):
+                settings["weight_decay"] = 0.0
+            settings.update(getattr(p, "_optim", {}))
         key = tuple(sorted(settings.items()))
         groups.setdefault(key, {"params": [], "names": [], **settings})
         groups[key]["params"].append(p)
@@ -105,6 +110,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_config(config: RunConfig, seq_len: int) -> dict:
+    """The LMConfig fields of ``config.model``. With ``mixer_settings: paper`` (the default) every mixer
+    entry is written out with its paper's settings (``seqzoo.models.mixer_settings``), so the saved model's
+    config.json names every keyword and loads the same model whatever the table says later."""
+    model_cfg = config.model.model_dump()
+    if model_cfg.pop("mixer_settings") == "paper":
+        model_cfg["mixer"] = resolve_mixers(model_cfg["mixer"], seq_len, model_cfg["mixer_kwargs"])
+        model_cfg["mixer_kwargs"] = {}
+    return model_cfg
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 
 
@@ -114,11 +130,11 @@ def evaluate(model, data, config: RunConfig, device, autocast) -> dict:
     total_loss, total_tokens, correct = 0.0, 0, 0
     for x, y in data.val_batches(config.train.eval_batches, config.train.batch_size):
         x, y = x.to(device), y.to(device)
-        with autocast():
-            logits = model(x)
         mask = y != IGNORE_INDEX
-        total_loss += F.cross_entropy(logits.float()[mask], y[mask], reduction="sum").item()
-        correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
+        with autocast():
+            logits = model(x, logits_at=mask)  # [N, V]: only the scored positions
+        total_loss += F.cross_entropy(logits.float(), y[mask], reduction="sum").item()
+        correct += (logits.argmax(-1) == y[mask]).sum().item()
         total_tokens += mask.sum().item()
     model.train()
     loss = total_loss / max(1, total_tokens)
@@ -174,7 +190,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     if main_rank and tokenizer is not None:
         tokenizer.save(out_dir)
 
-    model_cfg = config.model.model_dump()
+    model_cfg = model_config(config, data.seq_len)
     model_cfg["vocab_size"] = model_cfg["vocab_size"] or data.vocab_size
     if model_cfg["vocab_size"] < data.vocab_size:
         raise ValueError(
@@ -183,7 +199,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     model = CausalLM(LMConfig(**model_cfg)).to(device)
     raw_model = model
 
-    groups = param_groups(model, config.optim.lr, config.optim.weight_decay)
+    groups = param_groups(model, config.optim.lr, config.optim.weight_decay, config.optim.weight_decay_on)
     optimizer = torch.optim.AdamW(
         [{k: v for k, v in g.items() if k != "names"} for g in groups],
         betas=config.optim.betas,
@@ -258,12 +274,16 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
                 else model.no_sync()
             )
             with sync:
+                # A task scored at a few positions (MQAR) takes logits only there: the same loss, and the
+                # LM head and softmax over the vocabulary cost a fraction.
+                at = (ys != IGNORE_INDEX) if data.task else None
                 with autocast():
-                    logits = model(xs)
+                    logits = model(xs, logits_at=at)
                 # Sum over this micro-batch / labels in the whole batch: the mean over the batch.
+                targets = ys[at] if data.task else ys.flatten()
                 loss = (
                     F.cross_entropy(
-                        logits.float().flatten(0, 1), ys.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                        logits.float().flatten(0, -2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
                     )
                     / n_labels
                 )

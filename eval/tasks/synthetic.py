@@ -12,8 +12,9 @@ Every generator returns ``(inputs, labels)`` [N, seq_len] int64 in next-token fo
   most queries close to the context, alpha = 0.01 by default);
 - the full sequence has L + 1 tokens (context, then the query region with the key at position 2*slot and
   0 elsewhere); inputs = seq[:-1], labels = seq[1:] restricted to the positions right after each query key,
-  where the label is that key's value. Other input positions are 0, or random tokens with
-  ``random_non_queries=True``.
+  where the label is that key's value. Every other input position holds a random token from [0, V)
+  (``random_non_queries=True``, Zoology's default), or 0 with ``random_non_queries=False``. The filler matters:
+  with zeros, 93% of the query region is one token, which makes the task easier than Zoology's.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ def mqar(
     num_kv_pairs: int = 4,
     vocab_size: int = 8192,
     alpha: float = 0.01,
-    random_non_queries: bool = False,
+    random_non_queries: bool = True,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-query associative recall: (inputs, labels) [num_examples, seq_len]."""
+    """Multi-query associative recall: (inputs, labels) [num_examples, seq_len]; random filler by default."""
     _check(
         isinstance(seq_len, int) and seq_len > 0 and seq_len % 2 == 0,
         f"seq_len must be a positive even int, got {seq_len!r}",
@@ -158,7 +159,9 @@ def noisy_recall(
     """MQAR whose non-query positions hold noise tokens drawn from a separate band at the top of the
     vocabulary (``noise_vocab`` ids), so the model must ignore distractors between queries."""
     _check(noise_vocab >= 1, f"noise_vocab must be >= 1, got {noise_vocab}")
-    inputs, labels = mqar(num_examples, seq_len, num_kv_pairs, vocab_size, alpha, seed=seed)
+    inputs, labels = mqar(
+        num_examples, seq_len, num_kv_pairs, vocab_size, alpha, random_non_queries=False, seed=seed
+    )
     g = torch.Generator().manual_seed(seed + 1)
     noise = torch.randint(vocab_size, vocab_size + noise_vocab, inputs.shape, generator=g)
     return torch.where(inputs == 0, noise, inputs), labels

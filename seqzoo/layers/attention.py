@@ -37,9 +37,12 @@ class Attention(Mixer):
         window: int | None = None,
         bidirectional: bool = False,
         bias: bool = False,
+        rotary: bool = True,
         backend: str = "auto",
     ):
         super().__init__(d_model)
+        if not isinstance(rotary, bool):
+            raise TypeError(f"attention: rotary must be a bool, got {rotary!r}")
         n_heads = n_heads or max(1, d_model // 64)
         head_dim = head_dim or d_model // n_heads
         n_kv_heads = n_kv_heads or n_heads
@@ -47,11 +50,13 @@ class Attention(Mixer):
             raise ValueError(
                 f"attention: n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})"
             )
-        if head_dim < 2 or head_dim % 2:
+        if head_dim < 1 or (rotary and head_dim % 2):
             raise ValueError(f"attention: head_dim must be even and >= 2 for RoPE, got {head_dim}")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        # rotary=False leaves positions to the model (learned absolute embeddings, Zoology's protocol).
+        self.rotary = rotary
         self.rope_base, self.window, self.bidirectional, self.backend = (
             rope_base,
             window,
@@ -65,13 +70,16 @@ class Attention(Mixer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-            f"head_dim={self.head_dim}, window={self.window}, bidirectional={self.bidirectional}"
+            f"head_dim={self.head_dim}, window={self.window}, bidirectional={self.bidirectional}, "
+            f"rotary={self.rotary}"
         )
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
+        if not self.rotary:
+            return q, k, v
         return apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base), v
 
     def _attend(self, q, k, v, causal: bool, window):

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..modules.norm import RMSNorm
 from ..registry import register_mixer
-from .linear_attention import GatedLinearAttentionMixer, ShortConvolution, _positive_int
+from .linear_attention import GatedLinearAttentionMixer, _positive_int
 
 
 @register_mixer(
@@ -47,10 +47,6 @@ class GLA(GatedLinearAttentionMixer):
         _positive_int("gla", "gate_low_rank", gate_low_rank)
         if not gate_normalizer > 0:
             raise ValueError(f"gla: gate_normalizer must be positive, got {gate_normalizer!r}")
-        if use_short_conv and bidirectional:
-            raise ValueError(
-                "gla: the short convolution is causal; use use_short_conv=False with bidirectional=True"
-            )
         self.gate_normalizer = float(gate_normalizer)
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
@@ -61,20 +57,17 @@ class GLA(GatedLinearAttentionMixer):
         self.r_proj = nn.Linear(d_model, self.value_dim, bias=False)  # the output gate
         self.norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
-        if use_short_conv:
-            if not isinstance(conv_width, int) or not 2 <= conv_width <= 8:
-                raise ValueError(f"gla: conv_width must be an int in 2..8, got {conv_width!r}")
-            self.convs["conv_q"] = ShortConvolution(self.key_dim, conv_width)
-            self.convs["conv_k"] = ShortConvolution(self.key_dim, conv_width)
-            self.convs["conv_v"] = ShortConvolution(self.value_dim, conv_width)
+        self._add_short_convs(
+            use_short_conv,
+            conv_width,
+            {"conv_q": self.key_dim, "conv_k": self.key_dim, "conv_v": self.value_dim},
+        )
 
     def _features(self, x, state, positions, keep_state):
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         conv_states = {}
-        if self.convs:
-            q = self._conv("conv_q", q, state, keep_state, conv_states)
-            k = self._conv("conv_k", k, state, keep_state, conv_states)
-            v = self._conv("conv_v", v, state, keep_state, conv_states)
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, conv_states)
+        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, conv_states)
+        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, conv_states)
         g = F.logsigmoid(self.gk_proj(x)) / self.gate_normalizer
         return (
             self._heads(q, self.head_k_dim),

@@ -8,7 +8,9 @@
 The key 1 - f = (1 - lb) sigmoid(-x Wf) and log f are both computed without cancellation. Each head holds a
 [K, V] state with K = ``expand_ratio`` (128 in the paper) and V = d_model / H; heads default to
 d_model / expand_ratio. In a deep HGRN2 the lower bound rises with depth; here it is one fixed number per
-layer (``lower_bound``).
+layer (``lower_bound``). With ``use_short_conv`` the query and the input (not the forget gate, which stays
+a function of x_t alone) pass through causal depthwise convolutions with SiLU, Zoology-style; this is not in
+the HGRN2 paper, and the per-mixer settings table says so.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class HGRN2(GatedLinearAttentionMixer):
         expand_ratio: int = 128,
         lower_bound: float = 0.0,
         norm_eps: float = 1e-5,
+        use_short_conv: bool = False,
+        conv_width: int = 4,
         bidirectional: bool = False,
         backend: str = "auto",
     ):
@@ -54,6 +58,8 @@ class HGRN2(GatedLinearAttentionMixer):
         self.i_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.norm = RMSNorm(self.value_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        # Short convolutions on the query and the input (the forget gate stays a function of x_t alone).
+        self._add_short_convs(use_short_conv, conv_width, {"conv_q": self.key_dim, "conv_v": self.value_dim})
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", lower_bound={self.lower_bound}"
@@ -68,14 +74,16 @@ class HGRN2(GatedLinearAttentionMixer):
             # log(lb + (1 - lb) sigmoid(f)) and 1 - that gate = (1 - lb) sigmoid(-f).
             g = torch.logaddexp(torch.full_like(f, math.log(lb)), math.log1p(-lb) + F.logsigmoid(f))
             k = (1.0 - lb) * torch.sigmoid(-f)
-        q = F.silu(self.q_proj(x))
-        v = self.i_proj(x)
+        convs = {}
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
+        q = q if "conv_q" in self.convs else F.silu(q)  # the convolution ends in SiLU already
+        v = self._maybe_conv("conv_v", self.i_proj(x), state, keep_state, convs)
         return (
             self._heads(q, self.head_k_dim),
             self._heads(k, self.head_k_dim),
             self._heads(v, self.head_v_dim),
             self._heads(g, self.head_k_dim),
-            {},
+            convs,
         )
 
     def _output(self, o, x):

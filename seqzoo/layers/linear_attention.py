@@ -6,7 +6,8 @@
 
 phi is the feature map: ``identity``, ``elu+1`` (Katharopoulos et al. 2020) or ``relu``. There is no
 denominator: a per-head RMSNorm of the output takes its place (as in TransNormer), so the output's scale
-does not grow with the length.
+does not grow with the length. ``use_short_conv`` puts causal depthwise convolutions (SiLU) on q, k and v
+before the feature map, as Zoology's MQAR models do; every mixer of the family takes it.
 
 :class:`GatedLinearAttentionMixer` holds what the family shares: the heads, the call to ``ops.gla`` with a
 state, decoding (the state is S [B, H, K, V] in fp32, plus the short-convolution tails and a position
@@ -120,6 +121,28 @@ class GatedLinearAttentionMixer(Mixer):
 
     # -- shared pieces for subclasses ------------------------------------------------------------------
 
+    def _add_short_convs(self, use_short_conv: bool, conv_width: int, channels: dict[str, int]) -> None:
+        """With ``use_short_conv``, a causal depthwise convolution (width ``conv_width``, SiLU) on each named
+        projection ({"conv_q": key_dim, ...}): the short convolutions Zoology, GLA, DeltaNet and Based put in
+        front of linear attention. Their last inputs join the decoding state."""
+        name = self.mixer_name
+        if not isinstance(use_short_conv, bool):
+            raise TypeError(f"{name}: use_short_conv must be a bool, got {use_short_conv!r}")
+        if not use_short_conv:
+            return
+        if self.bidirectional:
+            raise ValueError(
+                f"{name}: the short convolution is causal; use use_short_conv=False with bidirectional=True"
+            )
+        if not isinstance(conv_width, int) or isinstance(conv_width, bool) or not 2 <= conv_width <= 8:
+            raise ValueError(f"{name}: conv_width must be an int in 2..8, got {conv_width!r}")
+        for conv_name, width in channels.items():
+            self.convs[conv_name] = ShortConvolution(width, conv_width)
+
+    def _maybe_conv(self, name: str, u: torch.Tensor, state, keep_state: bool, conv_states: dict):
+        """``u`` through short convolution ``name`` when the mixer has one, else unchanged."""
+        return self._conv(name, u, state, keep_state, conv_states) if name in self.convs else u
+
     def _conv(self, name: str, u: torch.Tensor, state: State | None, keep_state: bool, conv_states: dict):
         """Short convolution ``name`` over u [B, T, C], continuing from (and recording) its decoding state."""
         y, tail = self.convs[name](u, None if state is None else state[name], keep_state)
@@ -211,11 +234,18 @@ class LinearAttention(GatedLinearAttentionMixer):
         feature_map: str = "elu+1",
         output_norm: bool = True,
         norm_eps: float = 1e-5,
+        use_short_conv: bool = False,
+        conv_width: int = 4,
         bidirectional: bool = False,
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
+        self._add_short_convs(
+            use_short_conv,
+            conv_width,
+            {"conv_q": self.key_dim, "conv_k": self.key_dim, "conv_v": self.value_dim},
+        )
         if feature_map not in ("identity", "elu+1", "relu"):
             raise ValueError(
                 f"linear_attention: feature_map must be 'identity', 'elu+1' or 'relu', got {feature_map!r}"
@@ -228,10 +258,13 @@ class LinearAttention(GatedLinearAttentionMixer):
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     def _features(self, x, state, positions, keep_state):
-        q = feature_map(self._heads(self.q_proj(x), self.head_k_dim), self.feature_map)
-        k = feature_map(self._heads(self.k_proj(x), self.head_k_dim), self.feature_map)
-        v = self._heads(self.v_proj(x), self.head_v_dim)
-        return q, k, v, None, {}
+        convs = {}
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
+        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs)
+        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs)
+        q = feature_map(self._heads(q, self.head_k_dim), self.feature_map)
+        k = feature_map(self._heads(k, self.head_k_dim), self.feature_map)
+        return q, k, self._heads(v, self.head_v_dim), None, convs
 
     def _output(self, o, x):
         if self.norm is not None:

@@ -8,7 +8,9 @@
 Decays: ``retnet`` gamma_h = 1 - 2^(-5-h) (RetNet, h = 0..H-1: from 0.969 towards 1);
 ``lightning`` gamma_h = exp(-2^(-8(h+1)/H)) (the ALiBi slopes that lightning attention / TransNormerLLM use
 for its first layer), with SiLU on q and k and no rotation. RetNet's defaults keep key width d_model and
-value width 2 d_model, as in the paper.
+value width 2 d_model, as in the paper. With ``use_short_conv`` q, k and v first pass through causal
+depthwise convolutions (SiLU), as Zoology's MQAR models and fla put in front of linear attention (the
+per-mixer settings table turns them on); their last inputs join the decoding state.
 """
 
 from __future__ import annotations
@@ -53,11 +55,18 @@ class RetNet(GatedLinearAttentionMixer):
         rotary: bool = True,
         rope_base: float = 10000.0,
         norm_eps: float = 1e-5,
+        use_short_conv: bool = False,
+        conv_width: int = 4,
         bidirectional: bool = False,
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
+        self._add_short_convs(
+            use_short_conv,
+            conv_width,
+            {"conv_q": self.key_dim, "conv_k": self.key_dim, "conv_v": self.value_dim},
+        )
         name = self.mixer_name
         if decay not in DECAYS:
             raise ValueError(f"{name}: decay must be one of {DECAYS}, got {decay!r}")
@@ -88,14 +97,17 @@ class RetNet(GatedLinearAttentionMixer):
         )
 
     def _features(self, x, state, positions, keep_state):
-        q = feature_map(self._heads(self.q_proj(x), self.head_k_dim), self.feature_map)
-        k = feature_map(self._heads(self.k_proj(x), self.head_k_dim), self.feature_map)
+        convs = {}
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
+        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs)
+        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs)
+        q = feature_map(self._heads(q, self.head_k_dim), self.feature_map)
+        k = feature_map(self._heads(k, self.head_k_dim), self.feature_map)
         if self.rotary:
             q, k = apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base)
-        v = self._heads(self.v_proj(x), self.head_v_dim)
         b, t = x.shape[:2]
         g = self.log_decay.to(torch.promote_types(x.dtype, torch.float32)).expand(b, t, self.n_heads)
-        return q, k, v, g, {}
+        return q, k, self._heads(v, self.head_v_dim), g, convs
 
     def _output(self, o, x):
         r = self._heads(self.r_proj(x), self.head_v_dim)
@@ -120,19 +132,23 @@ class Lightning(RetNet):
         rotary: bool = False,
         rope_base: float = 10000.0,
         norm_eps: float = 1e-5,
+        use_short_conv: bool = False,
+        conv_width: int = 4,
         bidirectional: bool = False,
         backend: str = "auto",
     ):
         super().__init__(
             d_model,
-            n_heads,
-            expand_k,
-            expand_v,
-            decay,
-            feature_map,
-            rotary,
-            rope_base,
-            norm_eps,
-            bidirectional,
-            backend,
+            n_heads=n_heads,
+            expand_k=expand_k,
+            expand_v=expand_v,
+            decay=decay,
+            feature_map=feature_map,
+            rotary=rotary,
+            rope_base=rope_base,
+            norm_eps=norm_eps,
+            use_short_conv=use_short_conv,
+            conv_width=conv_width,
+            bidirectional=bidirectional,
+            backend=backend,
         )

@@ -2,10 +2,18 @@
 
     h = h + mixer(RMSNorm(h));   h = h + MLP(RMSNorm(h))      (the MLP is optional)
 
+``block="zoology"`` builds Zoology's block instead (Arora et al. 2023, ``zoology/model.py``), to reproduce its
+training: LayerNorms, and a second branch that is always there: the MLP, or with ``mlp="none"`` its "identity"
+state mixer, which adds a normalised copy of the residual:
+
+    h = h + mixer(LayerNorm(h));   h = h + LayerNorm'(h)        (zoology, mlp none)
+
 Decoding threads one state per layer (a list of the mixers' state dicts) through ``prefill`` and ``step``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -16,13 +24,21 @@ from ..registry import build_mixer
 from .config import BackboneConfig
 
 
+def build_norm(block: str, d_model: int, eps: float) -> nn.Module:
+    return nn.LayerNorm(d_model, eps=eps) if block == "zoology" else RMSNorm(d_model, eps)
+
+
 class Block(nn.Module):
-    def __init__(self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float, eps: float):
+    def __init__(
+        self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float, eps: float, block: str = "prenorm"
+    ):
         super().__init__()
-        self.mixer_norm = RMSNorm(d_model, eps)
+        self.mixer_norm = build_norm(block, d_model, eps)
         self.mixer = mixer
         self.mlp = build_mlp(d_model, mlp, mlp_ratio)
-        self.mlp_norm = RMSNorm(d_model, eps) if self.mlp is not None else None
+        if self.mlp is None and block == "zoology":
+            self.mlp = nn.Identity()  # Zoology's "identity" state mixer: the branch adds LayerNorm(h)
+        self.mlp_norm = build_norm(block, d_model, eps) if self.mlp is not None else None
 
     def _mlp(self, h):
         return h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
@@ -45,8 +61,10 @@ class Backbone(nn.Module):
         self.blocks = nn.ModuleList()
         for name, kwargs in config.layer_specs():
             mixer = build_mixer(name, config.d_model, **{**kwargs, **(extra_mixer_kwargs or {})})
-            self.blocks.append(Block(config.d_model, mixer, config.mlp, config.mlp_ratio, config.norm_eps))
-        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.blocks.append(
+                Block(config.d_model, mixer, config.mlp, config.mlp_ratio, config.norm_eps, config.block)
+            )
+        self.final_norm = build_norm(config.block, config.d_model, config.norm_eps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -75,9 +93,16 @@ class Backbone(nn.Module):
         return sum(b.mixer.state_size(seq_len) for b in self.blocks)
 
 
-def init_weights(model: nn.Module, std: float = 0.02) -> None:
+# The mixers' output projections, by parameter name (what ``rescale_output_layers`` scales down).
+OUTPUT_PROJECTIONS = ("o_proj.weight", "out_proj.weight")
+
+
+def init_weights(model: nn.Module, std: float = 0.02, rescale_output_layers: int | None = None) -> None:
     """GPT-style init for linear and embedding weights, then each module's own ``post_init`` (a mixer whose
-    paper prescribes an init, such as Mamba's dt bias or S4's A, restores it there)."""
+    paper prescribes an init, such as Mamba's dt bias or S4's A, restores it there).
+
+    ``rescale_output_layers=L`` draws the mixers' output projections with std / sqrt(2 L) (GPT-2's scaled
+    residual init, as Zoology applies it to ``out_proj``)."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=std)
@@ -85,6 +110,10 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=std)
+    if rescale_output_layers:
+        for name, p in model.named_parameters():
+            if name.endswith(OUTPUT_PROJECTIONS):
+                nn.init.normal_(p, std=std / math.sqrt(2 * rescale_output_layers))
     for m in model.modules():
         if m is not model and hasattr(m, "post_init"):
             m.post_init()

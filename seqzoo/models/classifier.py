@@ -35,7 +35,7 @@ class SequenceClassifier(nn.Module):
         self.backbone = Backbone(config, extra_mixer_kwargs=extra)
         self.cls_token = nn.Parameter(torch.zeros(config.d_model)) if config.pooling == "cls" else None
         self.head = nn.Linear(config.d_model, config.n_classes)
-        init_weights(self)
+        init_weights(self, rescale_output_layers=config.n_layers if config.block == "zoology" else None)
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.vocab_size is not None:

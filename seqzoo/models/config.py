@@ -30,6 +30,12 @@ class BackboneConfig(BaseModel):
     mlp: Literal["swiglu", "geglu", "gelu", "none"] = "swiglu"
     mlp_ratio: float = Field(4.0, gt=0)
     norm_eps: float = Field(1e-6, gt=0)
+    block: Literal["prenorm", "zoology"] = Field(
+        "prenorm",
+        description="prenorm: h + mixer(RMSNorm h), h + MLP(RMSNorm h); zoology: Zoology's block (LayerNorms; "
+        "with mlp none the second branch adds LayerNorm(h), its 'identity' state mixer; output projections "
+        "initialised with std 0.02 / sqrt(2 n_layers))",
+    )
 
     @field_validator("mixer")
     @classmethod
@@ -63,6 +69,10 @@ class LMConfig(BackboneConfig):
 
     vocab_size: int = Field(256, ge=2, description="vocabulary size (256 for bytes)")
     tie_embeddings: bool = True
+    position_embeddings: int = Field(
+        0, ge=0, description="learned absolute positions for this many tokens (0: none; attention has RoPE)"
+    )
+    embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embeddings (Zoology: 0.1)")
 
 
 class ClassifierConfig(BackboneConfig):

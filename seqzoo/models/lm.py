@@ -1,6 +1,7 @@
 """``CausalLM``: token embedding, pre-norm blocks of any mixers, final RMSNorm, LM head (tied by default).
 
     logits = model(input_ids)                        # [B, T] -> [B, T, V]
+    logits = model(input_ids, logits_at=labels != -100)   # [N, V]: only where a loss is taken (training)
     loss = model.loss(logits, labels)                # cross-entropy, labels == -100 ignored
     ids = model.generate(prompt_ids, max_new_tokens=64, temperature=0.8, top_k=50)
 
@@ -38,9 +39,14 @@ class CausalLM(nn.Module):
             raise TypeError(f"config must be an LMConfig or a dict, got {type(config).__name__}")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        # Learned absolute positions (GPT-2, Zoology's protocol); None: positions come from the mixers (RoPE).
+        self.position = (
+            nn.Embedding(config.position_embeddings, config.d_model) if config.position_embeddings else None
+        )
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.backbone = Backbone(config)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        init_weights(self)
+        init_weights(self, rescale_output_layers=config.n_layers if config.block == "zoology" else None)
         if config.tie_embeddings:
             self.head.weight = self.embedding.weight
 
@@ -59,9 +65,38 @@ class CausalLM(nn.Module):
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
             raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size})")
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _embed(self, input_ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """Token (plus position) embeddings of ids [B, T] or [B] whose first position is ``start``."""
+        h = self.embedding(input_ids)
+        if self.position is not None:
+            t = input_ids.shape[1] if input_ids.dim() == 2 else 1
+            end = int(start.max()) + t if isinstance(start, torch.Tensor) else start + t
+            if end > self.position.num_embeddings:
+                raise ValueError(
+                    f"position {end - 1} is past the model's position_embeddings "
+                    f"({self.position.num_embeddings}): learned positions cover only that many tokens"
+                )
+            if input_ids.dim() == 2:
+                h = h + self.position(torch.arange(start, start + t, device=input_ids.device))
+            else:
+                h = h + self.position(start)
+        return self.embed_dropout(h)
+
+    def forward(self, input_ids: torch.Tensor, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]; with ``logits_at`` (bool [B, T]) only at those positions, [N, V] in row order.
+
+        Training on a task scored at a few positions (MQAR: 8 of 64) needs the LM head and the softmax only
+        there; the loss is the same, at a fraction of the cost."""
         self._check_ids(input_ids)
-        return self.head(self.backbone(self.embedding(input_ids)))
+        h = self.backbone(self._embed(input_ids))
+        if logits_at is not None:
+            if logits_at.dtype != torch.bool or logits_at.shape != input_ids.shape:
+                raise ValueError(
+                    f"logits_at must be a bool mask shaped like input_ids {tuple(input_ids.shape)}, got "
+                    f"{logits_at.dtype} {tuple(logits_at.shape)}"
+                )
+            h = h[logits_at]
+        return self.head(h)
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -70,8 +105,20 @@ class CausalLM(nn.Module):
 
     # -- decoding ------------------------------------------------------------------------------------
 
+    # With learned positions the decoding states end with one more dict, {"pos": [B]}: the next position.
+
     def init_state(self, batch_size: int, device=None, dtype=None):
-        return self.backbone.init_state(batch_size, device=device, dtype=dtype)
+        states = self.backbone.init_state(batch_size, device=device, dtype=dtype)
+        if self.position is not None:
+            states.append({"pos": torch.zeros(batch_size, dtype=torch.long, device=device)})
+        return states
+
+    def _split_position(self, states, batch_size: int, device):
+        if self.position is None:
+            return states, None
+        if states is None:
+            return None, torch.zeros(batch_size, dtype=torch.long, device=device)
+        return states[:-1], states[-1]["pos"]
 
     def state_size(self, seq_len: int) -> int:
         return self.backbone.state_size(seq_len)
@@ -79,13 +126,20 @@ class CausalLM(nn.Module):
     def prefill(self, input_ids: torch.Tensor, states=None):
         """Logits for every prompt position and the per-layer states after the last one."""
         self._check_ids(input_ids)
-        h, states = self.backbone.prefill(self.embedding(input_ids), states)
+        states, pos = self._split_position(states, input_ids.shape[0], input_ids.device)
+        start = 0 if pos is None else int(pos[0])
+        h, states = self.backbone.prefill(self._embed(input_ids, start), states)
+        if pos is not None:
+            states = [*states, {"pos": pos + input_ids.shape[1]}]
         return self.head(h), states
 
     def step(self, token_ids: torch.Tensor, states):
         """One token per sequence [B] -> next-token logits [B, V] and the new states."""
         self._check_ids(token_ids, "token_ids", ndim=1)
-        h, states = self.backbone.step(self.embedding(token_ids), states)
+        states, pos = self._split_position(states, token_ids.shape[0], token_ids.device)
+        h, states = self.backbone.step(self._embed(token_ids, 0 if pos is None else pos), states)
+        if pos is not None:
+            states = [*states, {"pos": pos + 1}]
         return self.head(h), states
 
     @torch.no_grad()

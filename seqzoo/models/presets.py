@@ -19,6 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import LMConfig
+from .mixer_settings import settings_for
+
+# The RG-LRU block's temporal convolution width, from the per-mixer settings table (Griffin: 4).
+CONV_WIDTH = settings_for("rglru").kwargs["conv_width"]
 
 # Griffin's MLP expansion and attention head size.
 MLP_RATIO = 3.0
@@ -38,7 +42,7 @@ def hawk(
     n_layers: int = 12,
     lru_width: int | None = None,
     n_heads: int | None = None,
-    conv_width: int = 4,
+    conv_width: int = CONV_WIDTH,
     **config: Any,
 ) -> LMConfig:
     """Hawk: recurrent blocks only, gated-GeLU MLPs."""
@@ -58,7 +62,7 @@ def griffin(
     lru_width: int | None = None,
     n_heads: int | None = None,
     window: int = 1024,
-    conv_width: int = 4,
+    conv_width: int = CONV_WIDTH,
     **config: Any,
 ) -> LMConfig:
     """Griffin: (recurrent, recurrent, local MQA) repeated to n_layers, gated-GeLU MLPs."""
