@@ -297,13 +297,16 @@ def _run_one(config: dict, digest: str, threads: int) -> dict:
 
     import torch
 
-    torch.set_num_threads(threads)
     from seqzoo.train.config import load_config
     from seqzoo.train.loop import train
 
+    before = torch.get_num_threads()  # with one worker this runs in the caller's process: leave it as found
     run_config = load_config({**config, "train": {**config["train"], "threads": threads}})
-    with contextlib.redirect_stdout(io.StringIO()):
-        summary = train(run_config)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = train(run_config)
+    finally:
+        torch.set_num_threads(before)
     (run_config.out_path() / HASH_FILE).write_text(digest + "\n")
     return summary
 
