@@ -13,7 +13,7 @@ learning rate's accuracy. What a run trains:
 Outputs in the sweep folder:
 
 - ``results.csv``: every run (one row per learning rate);
-- ``results.md``: the best accuracy per cell, a table per setting, with the protocol named;
+- ``results.md``: the best accuracy per cell (a row per mixer, a column per cell), with the protocol named;
 - ``mqar.png``: accuracy vs d_model, a line per mixer, a panel per (seq_len, num_kv_pairs) (Zoology fig. 2);
 - ``mqar_state.png``: accuracy vs decoding state size (numbers per sequence, from ``state_size``).
 
@@ -229,13 +229,13 @@ def plan_runs(sweep: SweepConfig) -> list[dict]:
     """One dict per run: its key (folder name), cell coordinates, and its recipe config."""
     runs = []
     out = Path(sweep.out_dir.format(name=sweep.name))
+    protocol = PROTOCOLS[sweep.protocol]
     for entry in sweep.mixer_entries():
         for d_model in sweep.d_models:
             for s in sweep.settings:
-                name = entry["name"] if isinstance(entry, dict) and "name" in entry else entry
-                for lr in sweep.mixer_lrs.get(name, sweep.lrs) if isinstance(name, str) else sweep.lrs:
+                name = entry if isinstance(entry, str) else entry.get("name")  # None for a pattern
+                for lr in sweep.mixer_lrs.get(name, sweep.lrs):
                     label = mixer_label(entry)
-                    protocol = PROTOCOLS[sweep.protocol]
                     model = {
                         **protocol["model"],
                         **sweep.model,
@@ -429,7 +429,8 @@ def protocol_line(sweep: SweepConfig) -> str:
         f"Protocol: {sweep.protocol} (eval/mqar.py PROTOCOLS), mixers with "
         f"{'their papers' + chr(39) + ' settings' if sweep.mixer_settings == 'paper' else 'layer defaults'}; "
         f"MQAR with vocabulary {t.get('vocab_size', 8192)}, {t.get('num_train', 10000):,} training examples, "
-        f"{filler}; up to {tr.get('steps', 1000)} steps of batch {tr.get('batch_size', 16)}, lr {lrs}, "
+        f"{filler}; up to {tr.get('steps', 1000)} steps of batch {tr.get('batch_size', 16)}"
+        f"{' (or as each setting says)' if any(x.steps or x.batch_size for x in sweep.settings) else ''}, lr {lrs}, "
         f"early stop at {tr.get('early_stop_acc', 0.99)} accuracy."
     )
 

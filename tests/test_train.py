@@ -416,3 +416,26 @@ def test_generate_from_a_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("def ") and len(out) > 4
     assert main(["generate", str(tmp_path / "nothing")]) == 2
+
+
+def test_runs_from_before_the_settings_table_keep_their_bare_layers(tmp_path):
+    """A run folder whose config.yaml predates model.mixer_settings was trained with the layers' defaults: its
+    model is rebuilt that way (resume, generate from a checkpoint); newer runs record the key."""
+    import yaml
+
+    from seqzoo.train.config import dump_config, load_config
+    from seqzoo.train.loop import model_config, predates_mixer_settings
+
+    cfg = load_config("tiny-gla")
+    new = tmp_path / "new.yaml"
+    new.write_text(dump_config(cfg))
+    assert not predates_mixer_settings(new)
+    raw = yaml.safe_load(new.read_text())
+    del raw["model"]["mixer_settings"]
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(raw))
+    assert predates_mixer_settings(old) and not predates_mixer_settings(tmp_path / "missing.yaml")
+    (entry,) = model_config(cfg, 256)["mixer"]
+    assert entry["use_short_conv"] is True  # the table's gla
+    cfg.model.mixer_settings = "none"
+    assert model_config(cfg, 256)["mixer"] == "gla"  # the bare layer, as the old run built it

@@ -38,8 +38,10 @@ def load_run_model(run_dir: Path, device="cpu"):
     config = load_config(run_dir / "config.yaml")
     from .tokenizers import load_run_tokenizer
 
-    from .loop import model_config
+    from .loop import model_config, predates_mixer_settings
 
+    if predates_mixer_settings(run_dir / "config.yaml"):
+        config.model.mixer_settings = "none"
     seq_len = config.data.task_args.get("seq_len", config.data.seq_len)
     model_cfg = model_config(config, seq_len)
     model_cfg["vocab_size"] = model_cfg["vocab_size"] or load_run_tokenizer(run_dir).vocab_size

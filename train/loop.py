@@ -110,6 +110,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def predates_mixer_settings(saved_config) -> bool:
+    """True for a run folder's config.yaml written before ``model.mixer_settings`` existed: its models were
+    built from the layers' bare defaults, and must be rebuilt that way to load its checkpoints."""
+    import yaml
+
+    if not saved_config.is_file():
+        return False
+    raw = yaml.safe_load(saved_config.read_text()) or {}
+    return "mixer_settings" not in (raw.get("model") or {})
+
+
 def model_config(config: RunConfig, seq_len: int) -> dict:
     """The LMConfig fields of ``config.model``. With ``mixer_settings: paper`` (the default) every mixer
     entry is written out with its paper's settings (``seqzoo.models.mixer_settings``), so the saved model's
@@ -170,6 +181,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
 
     out_dir = config.out_path()
     ckpt_dir = out_dir / "checkpoints"
+    if resume and predates_mixer_settings(out_dir / "config.yaml"):
+        # The run began before the per-mixer settings table: its checkpoints hold the bare layers.
+        config.model.mixer_settings = "none"
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(config))

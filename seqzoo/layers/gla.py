@@ -64,10 +64,7 @@ class GLA(GatedLinearAttentionMixer):
         )
 
     def _features(self, x, state, positions, keep_state):
-        conv_states = {}
-        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, conv_states)
-        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, conv_states)
-        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, conv_states)
+        q, k, v, conv_states = self._qkv(x, state, keep_state)
         g = F.logsigmoid(self.gk_proj(x)) / self.gate_normalizer
         return (
             self._heads(q, self.head_k_dim),

@@ -143,6 +143,15 @@ class GatedLinearAttentionMixer(Mixer):
         """``u`` through short convolution ``name`` when the mixer has one, else unchanged."""
         return self._conv(name, u, state, keep_state, conv_states) if name in self.convs else u
 
+    def _qkv(self, x: torch.Tensor, state, keep_state: bool):
+        """x Wq, x Wk, x Wv [B, T, width], each through its short convolution when there is one, and the
+        convolutions' decoding states (for mixers with q_proj, k_proj and v_proj)."""
+        convs: dict = {}
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
+        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs)
+        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs)
+        return q, k, v, convs
+
     def _conv(self, name: str, u: torch.Tensor, state: State | None, keep_state: bool, conv_states: dict):
         """Short convolution ``name`` over u [B, T, C], continuing from (and recording) its decoding state."""
         y, tail = self.convs[name](u, None if state is None else state[name], keep_state)
@@ -258,10 +267,7 @@ class LinearAttention(GatedLinearAttentionMixer):
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     def _features(self, x, state, positions, keep_state):
-        convs = {}
-        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
-        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs)
-        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs)
+        q, k, v, convs = self._qkv(x, state, keep_state)
         q = feature_map(self._heads(q, self.head_k_dim), self.feature_map)
         k = feature_map(self._heads(k, self.head_k_dim), self.feature_map)
         return q, k, self._heads(v, self.head_v_dim), None, convs

@@ -97,10 +97,7 @@ class RetNet(GatedLinearAttentionMixer):
         )
 
     def _features(self, x, state, positions, keep_state):
-        convs = {}
-        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
-        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs)
-        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs)
+        q, k, v, convs = self._qkv(x, state, keep_state)
         q = feature_map(self._heads(q, self.head_k_dim), self.feature_map)
         k = feature_map(self._heads(k, self.head_k_dim), self.feature_map)
         if self.rotary:
