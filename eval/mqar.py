@@ -135,7 +135,8 @@ class SweepConfig(BaseModel):
         "paper", description="paper: each mixer as seqzoo.models.mixer_settings says; none: layer defaults"
     )
     mixer_kwargs: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="the task's knobs by mixer name, e.g. {sliding_window: {window: 16}}"
+        default_factory=dict,
+        description="the task's knobs by mixer name, e.g. {sliding_window: {window: 16}}",
     )
     model: dict[str, Any] = Field(default_factory=dict, description="over the protocol's model section")
     optim: dict[str, Any] = Field(default_factory=dict, description="over the protocol's optim section")
@@ -196,8 +197,10 @@ HASH_FILE = "config.sha256"
 def is_finished(run: dict) -> bool:
     """A run is reused only when it finished (summary.json) with exactly this config (its hash)."""
     d = run["dir"]
-    return (d / "summary.json").is_file() and (d / HASH_FILE).is_file() and (
-        (d / HASH_FILE).read_text().strip() == run["hash"]
+    return (
+        (d / "summary.json").is_file()
+        and (d / HASH_FILE).is_file()
+        and ((d / HASH_FILE).read_text().strip() == run["hash"])
     )
 
 
@@ -424,7 +427,11 @@ def protocol_line(sweep: SweepConfig) -> str:
     filler = "random filler" if t.get("random_non_queries", True) else "zero filler"
     lrs = ", ".join(f"{lr:g}" for lr in sweep.lrs)
     if sweep.mixer_lrs:
-        lrs += " (" + "; ".join(f"{m}: {', '.join(f'{x:g}' for x in v)}" for m, v in sweep.mixer_lrs.items()) + ")"
+        lrs += (
+            " ("
+            + "; ".join(f"{m}: {', '.join(f'{x:g}' for x in v)}" for m, v in sweep.mixer_lrs.items())
+            + ")"
+        )
     return (
         f"Protocol: {sweep.protocol} (eval/mqar.py PROTOCOLS), mixers with "
         f"{'their papers' + chr(39) + ' settings' if sweep.mixer_settings == 'paper' else 'layer defaults'}; "
@@ -442,9 +449,7 @@ def write_outputs(out: Path, rows: list[dict], sweep: SweepConfig) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(
-        f"# {sweep.name}\n\n{protocol_line(sweep)}\n\n" + markdown_table(rows)
-    )
+    (out / "results.md").write_text(f"# {sweep.name}\n\n{protocol_line(sweep)}\n\n" + markdown_table(rows))
     plot(out, rows)
 
 

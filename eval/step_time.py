@@ -85,10 +85,34 @@ def profile_step(step, n: int = 4) -> list[tuple[str, float]]:
     with profile() as prof:
         for _ in range(n):
             step()
-    groups = {"matrix products": 0.0, "elementwise and reductions": 0.0, "other (optimizer, copies, ...)": 0.0}
+    groups = {
+        "matrix products": 0.0,
+        "elementwise and reductions": 0.0,
+        "other (optimizer, copies, ...)": 0.0,
+    }
     matmuls = ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear")
-    elementwise = ("mul", "add", "sub", "div", "exp", "silu", "sigmoid", "pow", "sum", "mean", "rsqrt",
-                   "softmax", "log_softmax", "cumsum", "where", "fill_", "neg", "logsigmoid", "elu", "sqrt")
+    elementwise = (
+        "mul",
+        "add",
+        "sub",
+        "div",
+        "exp",
+        "silu",
+        "sigmoid",
+        "pow",
+        "sum",
+        "mean",
+        "rsqrt",
+        "softmax",
+        "log_softmax",
+        "cumsum",
+        "where",
+        "fill_",
+        "neg",
+        "logsigmoid",
+        "elu",
+        "sqrt",
+    )
     for e in prof.key_averages():
         ms = e.self_cpu_time_total / 1000 / n
         if e.key in matmuls:
@@ -123,7 +147,9 @@ def main(argv=None) -> int:
     print(f"{'mixer':<18} {'full head ms':>16} {'scored head ms':>16} {'speed-up':>8}")
     for name in names:
         spec = mixer_spec(name, sweep, setting.seq_len)
-        model, steps = build_step(spec, setting.seq_len, setting.num_kv_pairs, vocab, batch, sweep.d_models[0])
+        model, steps = build_step(
+            spec, setting.seq_len, setting.num_kv_pairs, vocab, batch, sweep.d_models[0]
+        )
         times = time_variants(steps, args.repeats, args.inner)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {

@@ -212,8 +212,23 @@ def test_mqar_step_time_tool_runs_and_writes_json(tmp_path):
     from seqzoo.eval.step_time import main
 
     out = tmp_path / "step.json"
-    assert main(["--mixers", "short_conv", "--repeats", "1", "--inner", "1", "--profile", "short_conv",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--mixers",
+                "short_conv",
+                "--repeats",
+                "1",
+                "--inner",
+                "1",
+                "--profile",
+                "short_conv",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     (row,) = data["rows"]
     assert row["mixer"] == "short_conv" and row["full_head_ms"] > 0 and row["scored_head_ms"] > 0

@@ -264,7 +264,12 @@ def test_zoology_protocol_learns_as_slowly_as_zoology(tmp_path):
     for protocol in ("seqzoo", "zoology"):
         sweep = load_sweep(
             "mqar-zoology-curve",
-            [f"protocol={protocol}", f"out_dir={tmp_path}/{{name}}-{protocol}", "train.steps=600", "workers=1"],
+            [
+                f"protocol={protocol}",
+                f"out_dir={tmp_path}/{{name}}-{protocol}",
+                "train.steps=600",
+                "workers=1",
+            ],
         )
         (row,) = run_sweep(sweep, progress=False)
         acc[protocol] = row["accuracy"]

@@ -61,7 +61,6 @@ def test_every_shipped_config_validates():
 @pytest.mark.parametrize("name", available_configs())
 def test_every_shipped_config_builds_its_model(name):
     from seqzoo import CausalLM, LMConfig
-
     from seqzoo.train.loop import model_config
 
     cfg = load_config(name)

@@ -92,7 +92,8 @@ class OptimSection(Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for cosine and linear")
     grad_clip: float | None = Field(1.0, gt=0)
     weight_decay_on: Literal["matrices", "all"] = Field(
-        "matrices", description="matrices: no decay on vectors (norms, biases); all: every parameter (Zoology)"
+        "matrices",
+        description="matrices: no decay on vectors (norms, biases); all: every parameter (Zoology)",
     )
 
     @model_validator(mode="after")

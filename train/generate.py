@@ -36,9 +36,8 @@ def load_run_model(run_dir: Path, device="cpu"):
     from .config import load_config
 
     config = load_config(run_dir / "config.yaml")
-    from .tokenizers import load_run_tokenizer
-
     from .loop import model_config, predates_mixer_settings
+    from .tokenizers import load_run_tokenizer
 
     if predates_mixer_settings(run_dir / "config.yaml"):
         config.model.mixer_settings = "none"

@@ -70,7 +70,9 @@ def resolve_precision(config: RunConfig, device: torch.device) -> torch.dtype:
 # -- optimisation ----------------------------------------------------------------------------------
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, decay_on: str = "matrices") -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, decay_on: str = "matrices"
+) -> list[dict]:
     """AdamW groups. No weight decay on vectors (norm scales, biases) nor on parameters a layer marks;
     a parameter may carry its own settings in ``param._optim`` (S4's SSM parameters: lr 1e-3, no decay).
     ``decay_on="all"`` decays every parameter alike (Zoology's optimiser)."""

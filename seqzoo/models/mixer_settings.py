@@ -33,7 +33,9 @@ class MixerSettings:
 _SHORT_CONV = {"use_short_conv": True, "conv_width": 4}
 
 MIXER_SETTINGS: dict[str, MixerSettings] = {
-    "attention": MixerSettings({}, "Vaswani et al. 2017 with RoPE; one head per 64 channels (Zoology: 1 head)"),
+    "attention": MixerSettings(
+        {}, "Vaswani et al. 2017 with RoPE; one head per 64 channels (Zoology: 1 head)"
+    ),
     "sliding_window": MixerSettings({}, "Beltagy et al. 2020; the window is the task's knob (state = 2 W d)"),
     "short_conv": MixerSettings({"width": 4}, "Zoology's short-convolution baseline, width 4"),
     "gla": MixerSettings(
