@@ -17,7 +17,7 @@ the harness
 - prints a table (with the speed-up over ``reference`` where both ran) and writes every row, with the
   device, library versions, date and git commit, to a JSON file.
 
-Benchmarks measure; tests assert. Nothing here decides whether a test passes (DESIGN.md).
+Benchmarks measure; tests assert. Nothing here decides whether a test passes (docs/design.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     ops.attention.backends()        # {"reference": "available", "torch": "available", "flash": "..."}
     ops.attention.last_backend      # which backend ran last
 
-See DESIGN.md ("The ops contract") for every signature; ``list_ops()`` lists them.
+See docs/design.md ("The ops contract") for every signature; ``list_ops()`` lists them.
 """
 
 from ._dispatch import Op, list_ops

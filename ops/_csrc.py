@@ -1,6 +1,6 @@
 """Build and load the CUDA sources in ``csrc/`` at first use.
 
-Why this shape (see DESIGN.md, "Layout"):
+Why this shape (see docs/design.md, "Layout"):
 
 - Nothing compiles at ``pip install``. The sources ship as package data (``seqzoo.csrc``) and are compiled by
   ``nvcc`` the first time an op asks for them, for exactly the GPU in the machine.

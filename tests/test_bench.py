@@ -1,5 +1,5 @@
 """The benchmark harness runs end to end on a tiny grid and records what it measured. Timings are never
-asserted on: benchmarks measure, tests assert (DESIGN.md)."""
+asserted on: benchmarks measure, tests assert (docs/design.md)."""
 
 from __future__ import annotations
 

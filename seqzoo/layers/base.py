@@ -1,4 +1,4 @@
-"""The mixer contract every layer in seqzoo follows (DESIGN.md, "The mixer contract").
+"""The mixer contract every layer in seqzoo follows (docs/design.md, "The mixer contract").
 
     y = mixer(x)                               # x, y: [B, T, d_model]
     y, state = mixer.prefill(x, state=None)    # same y as forward, plus the state after the last token
