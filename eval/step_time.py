@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 
-def build_step(mixer: dict, seq_len: int, num_kv_pairs: int, vocab: int, batch: int, d_model: int):
-    """A model as mqar-cpu trains it, a batch of real MQAR data, and a step function per head variant."""
+def build_step(mixer: list, seq_len: int, num_kv_pairs: int, vocab: int, batch: int, d_model: int):
+    """A model as mqar-cpu trains it (``mixer``: the sweep's resolved entries, ``eval.mqar.mixer_spec``), a
+    batch of real MQAR data, and a step function per head variant."""
     from seqzoo import CausalLM, LMConfig
     from seqzoo.eval.tasks.synthetic import IGNORE_INDEX, mqar
-    from seqzoo.models.mixer_settings import resolve_mixers
 
     torch.manual_seed(0)
     model = CausalLM(
@@ -41,7 +41,7 @@ def build_step(mixer: dict, seq_len: int, num_kv_pairs: int, vocab: int, batch: 
             d_model=d_model,
             n_layers=2,
             mlp="none",
-            mixer=resolve_mixers(mixer, seq_len),
+            mixer=mixer,
         )
     )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

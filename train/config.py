@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from seqzoo.models.config import BackboneConfig
+from seqzoo.models.config import LMConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -32,11 +32,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelSection(BackboneConfig):
+class ModelSection(LMConfig):
+    """The LMConfig fields (the vocabulary may be left to the tokenizer), and where mixer kwargs come from."""
+
     vocab_size: int | None = Field(None, ge=2, description="default: the tokenizer's vocabulary size")
-    tie_embeddings: bool = True
-    position_embeddings: int = Field(0, ge=0, description="learned absolute positions (0: none)")
-    embed_dropout: float = Field(0.0, ge=0, lt=1)
     mixer_settings: Literal["paper", "none"] = Field(
         "paper",
         description="paper: fill each mixer's kwargs from seqzoo.models.mixer_settings (its paper's settings) "
