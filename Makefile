@@ -7,33 +7,40 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
-EXTRAS ?= dev,train
-STAMP  := $(VENV)/.installed
+# Each entry point installs what it runs: the tests and the recipe need the dev and train extras (pytest,
+# datasets, tensorboard, ...); the demo needs only the core package and its plots, which saves ~40 s of a
+# fresh machine's install (pyarrow, pandas, tensorboard). One venv; a stamp per set of extras.
+TEST_EXTRAS ?= dev,train
+DEMO_EXTRAS ?= demo
+TEST_STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test demo venv lint compile-csrc clean
 
-$(STAMP): pyproject.toml setup.py constraints.txt
+$(TEST_STAMP): INSTALL_EXTRAS = $(TEST_EXTRAS)
+$(DEMO_STAMP): INSTALL_EXTRAS = $(DEMO_EXTRAS)
+$(VENV)/.installed-%: pyproject.toml setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch
-	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PIP) install -q -c constraints.txt -e ".[$(INSTALL_EXTRAS)]"
 	@touch $@
 
-venv: $(STAMP)
+venv: $(TEST_STAMP)
 
 # The test command (CI's .ci/run calls exactly this).
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # The main job: a quick comparison of mixers on built-in data, on CPU.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/seqzoo demo
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check seqzoo ops train eval tests
 
 # Compile (not run) every CUDA source with nvcc, so a broken kernel fails CI even without a GPU.
-compile-csrc: $(STAMP)
+compile-csrc: $(TEST_STAMP)
 	$(BIN)/python -m seqzoo.ops._csrc --compile-all
 
 clean:

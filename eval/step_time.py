@@ -134,10 +134,18 @@ def main(argv=None) -> int:
     p.add_argument("--inner", type=int, default=3, help="steps per timed repeat")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", nargs="*", default=[], help="mixers to break down by operator group")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (the recipe retains freed memory on CPU: train/cpu_memory.py)",
+    )
     p.add_argument("--out", default="bench_results/mqar-step-cpu.json")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    from seqzoo.train.cpu_memory import retain_freed_memory
+
+    retained = False if args.default_malloc else retain_freed_memory()
     sweep = load_sweep(args.sweep)
     setting = sweep.settings[0]
     vocab = sweep.task.get("vocab_size", 8192)
@@ -177,6 +185,7 @@ def main(argv=None) -> int:
         "batch_size": batch,
         "d_model": sweep.d_models[0],
         "threads": args.threads,
+        "retain_freed_memory": retained,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }

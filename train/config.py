@@ -119,6 +119,11 @@ class TrainSection(Section):
     out_dir: str = Field("runs/{name}", description="'{name}' becomes the config's name")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+    retain_cpu_memory: bool = Field(
+        True,
+        description="on a CPU, keep freed memory in the process instead of returning it to the system "
+        "(train/cpu_memory.py: fewer page faults, 10-25% faster steps for some mixers; same results)",
+    )
     early_stop_acc: float | None = Field(
         None, gt=0, le=1, description="stop once validation accuracy reaches it"
     )

@@ -29,6 +29,7 @@ from seqzoo.models.mixer_settings import resolve_mixers
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, dump_config
+from .cpu_memory import retain_freed_memory
 from .data import IGNORE_INDEX, build_data
 from .metrics import MetricsLogger, plot_loss_curve
 from .tokenizers import build_tokenizer, load_run_tokenizer
@@ -174,6 +175,8 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     main_rank = rank == 0
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if device.type == "cpu" and config.train.retain_cpu_memory:
+        retain_freed_memory()
     if config.train.batch_size % (world * config.train.grad_accum):
         raise ValueError(
             f"train.batch_size ({config.train.batch_size}) must be a multiple of world size x train.grad_accum "

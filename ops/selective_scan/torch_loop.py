@@ -35,33 +35,59 @@ def use_loop(b: int, d: int, n: int, A: torch.Tensor, device: torch.device) -> b
     return device.type == "cpu" and not A.is_complex() and b * d * n >= LOOP_MIN_STATES
 
 
+_LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2 e): exp2 costs about half of exp on a CPU
+
+
+def _state_major(x, g, k, n):
+    """[B, D, N] -> [B, G, N, K]: the loop's layout (see LoopScan)."""
+    return x.reshape(x.shape[0], g, k, n).transpose(2, 3).contiguous()
+
+
+def _time_major(x):
+    """[B, T, ...] -> [T, B, ...], contiguous."""
+    return x.transpose(0, 1).contiguous()
+
+
+def _channel_major(x, d, n):
+    """[B, G, N, K] -> [B, D, N]: the op's layout."""
+    return x.transpose(2, 3).reshape(x.shape[0], d, n)
+
+
 class LoopScan(torch.autograd.Function):
+    """The loop keeps each state as [B, G, N, K] (channels last) rather than the op's [B, D, N]: every
+    per-step contraction then runs along the K channels of a group, rows of length K, which a CPU matrix
+    product does in a fraction of the time of the many length-N rows the [B, D, N] layout gives it
+    (y_t = <h_t, C_t> at B = 64, D = 128, N = 16 on one thread: 0.29 ms as [D, N] x [N] products against
+    0.04 ms as [N] x [N, D]). The decay uses exp2 of dt A log2(e), half the cost of exp here."""
+
     @staticmethod
     def forward(ctx, dt, u, A, Bm, Cm, h0):
         b, t, d = u.shape
         g, n = Bm.shape[2], Bm.shape[3]
         k = d // g  # channels per group
-        h = dt.new_zeros(b, d, n) if h0 is None else h0.to(dt.dtype)
+        A2 = _state_major(A[None] * _LOG2E, g, k, n)  # [1, G, N, K]
+        h = dt.new_zeros(b, g, n, k) if h0 is None else _state_major(h0.to(dt.dtype), g, k, n)
         keep = any(ctx.needs_input_grad)
         # The states are kept as the T tensors the steps made, not copied into one [B, T, D, N] buffer: a
         # fresh buffer that size is paged in on first touch, and its copies cost more than the scan itself
         # (a Mamba MQAR layer, 64 x 128 x 16 states: 0.68 ms a copy against 0.4 ms for the step's arithmetic).
         states = []
-        dtu = dt * u
-        ys = []
+        # Time-major copies of the [B, T, ...] inputs: every step then reads contiguous slices (a strided
+        # operand sends a batched matrix product down a per-matrix loop, ten times slower here).
+        dtv = _time_major(dt).view(t, b, g, 1, k)
+        dtu = _time_major(dt * u).view(t, b, g, 1, k)
+        Bv = _time_major(Bm)[..., None]  # [T, B, G, N, 1]
+        Cv = _time_major(Cm)[:, :, :, None, :]  # [T, B, G, 1, N]
+        y = dt.new_empty(t, b, g, 1, k)
         for i in range(t):
-            a = torch.exp(dt[:, i, :, None] * A)
-            # h = a h + (dt u) B, with B_t shared by the channels of a group: [B, G, K, N] views.
-            h = torch.addcmul(
-                (a * h).view(b, g, k, n), dtu[:, i].view(b, g, k, 1), Bm[:, i].view(b, g, 1, n)
-            ).view(b, d, n)
-            # y_t = <h_t, C_t> per channel: a [B, G, K, N] x [B, G, N, 1] matmul.
-            ys.append(torch.matmul(h.view(b, g, k, n), Cm[:, i, :, :, None]).view(b, d))
+            a = torch.exp2(dtv[i] * A2)  # [B, G, N, K]
+            h = torch.addcmul(a * h, Bv[i], dtu[i])  # h = a h + B_t (dt u)_t
+            torch.matmul(Cv[i], h, out=y[i])  # y_t = <C_t, h_t>: [1, N] x [N, K] per (batch, group)
             if keep:
                 states.append(h)
         if keep:
             ctx.save_for_backward(dt, u, A, Bm, Cm, h0, *states)
-        return torch.stack(ys, 1), h
+        return y.view(t, b, d).transpose(0, 1), _channel_major(h, d, n)
 
     @staticmethod
     def backward(ctx, dy, dhT):
@@ -69,34 +95,41 @@ class LoopScan(torch.autograd.Function):
         b, t, d = u.shape
         g, n = Bm.shape[2], Bm.shape[3]
         k = d // g
-        dy = dt.new_zeros(b, t, d) if dy is None else dy.to(dt.dtype)
-        grad = dt.new_zeros(b, d, n) if dhT is None else dhT.to(dt.dtype).clone()
-        dtu = dt * u
-        d_dtu = torch.empty_like(dt)  # d loss / d (dt u)
-        ddt_decay = torch.empty_like(dt)  # the part of d loss / d dt that flows through the decay
+        A_ = _state_major(A[None].to(dt.dtype), g, k, n)  # [1, G, N, K]
+        A2 = A_ * _LOG2E
+        grad = dt.new_zeros(b, g, n, k) if dhT is None else _state_major(dhT.to(dt.dtype), g, k, n)
+        first = None if h0 is None else _state_major(h0.to(dt.dtype), g, k, n)  # h_{-1}
+        dyv = dt.new_zeros(t, b, g, 1, k) if dy is None else _time_major(dy.to(dt.dtype)).view(t, b, g, 1, k)
+        dtv = _time_major(dt).view(t, b, g, 1, k)
+        dtu = _time_major(dt * u).view(t, b, g, 1, k)
+        Bv = _time_major(Bm)[:, :, :, None, :]  # [T, B, G, 1, N]
+        Cv = _time_major(Cm)[..., None]  # [T, B, G, N, 1]
+        d_dtu = dt.new_empty(t, b, g, 1, k)  # d loss / d (dt u)
+        ddt_decay = dt.new_zeros(t, b, g, 1, k)  # the part of d loss / d dt that flows through the decay
         dA_acc = torch.zeros_like(grad)  # sum over t of dt_t g_t h_{t-1} a_t, summed over B at the end
-        dB = torch.empty_like(Bm, dtype=dt.dtype)
-        dC = torch.empty_like(Cm, dtype=dt.dtype)
+        dB = dt.new_empty(t, b, g, n, 1)
+        dC = dt.new_empty(t, b, g, n, 1)
         for i in range(t - 1, -1, -1):
             h = states[i]
-            h_prev = states[i - 1] if i > 0 else (dt.new_zeros(b, d, n) if h0 is None else h0.to(dt.dtype))
             # g_t: what reaches h_t from later steps (grad) and from y_t.
-            torch.addcmul(
-                grad.view(b, g, k, n),
-                dy[:, i].view(b, g, k, 1),
-                Cm[:, i].view(b, g, 1, n),
-                out=grad.view(b, g, k, n),
-            )
-            gv = grad.view(b, g, k, n)
-            dC[:, i] = torch.matmul(dy[:, i].view(b, g, 1, k), h.view(b, g, k, n)).view(b, g, n)
-            dB[:, i] = torch.matmul(dtu[:, i].view(b, g, 1, k), gv).view(b, g, n)
-            d_dtu[:, i] = torch.matmul(gv, Bm[:, i, :, :, None]).view(b, d)
-            a = torch.exp(dt[:, i, :, None] * A)
-            dlog = grad * h_prev * a  # d loss / d (dt_t A)
-            ddt_decay[:, i] = (dlog * A).sum(-1)
-            dA_acc.addcmul_(dlog, dt[:, i, :, None])
-            grad = grad * a  # on to h_{t-1}
+            grad = torch.addcmul(grad, Cv[i], dyv[i])
+            # Sums over the group's channels as a product and a row sum: as [N, K] x [K] matrix products
+            # they take four times as long.
+            torch.sum(h * dyv[i], dim=-1, keepdim=True, out=dC[i])  # sum_k h dy
+            torch.sum(grad * dtu[i], dim=-1, keepdim=True, out=dB[i])  # sum_k g (dt u)
+            torch.matmul(Bv[i], grad, out=d_dtu[i])  # sum_n B g: a [1, N] x [N, K] product
+            ga = grad * torch.exp2(dtv[i] * A2)  # g_t a_t: on to h_{t-1}
+            # h_{-1} = 0 without an initial state: then the first decay multiplies nothing (ddt_decay stays 0).
+            if i > 0 or first is not None:
+                dlog = ga * (states[i - 1] if i > 0 else first)  # d loss / d (dt_t A)
+                torch.sum(dlog * A_, dim=2, keepdim=True, out=ddt_decay[i])
+                dA_acc.addcmul_(dlog, dtv[i])
+            grad = ga
+        d_dtu = d_dtu.view(t, b, d).transpose(0, 1)
         du = d_dtu * dt
-        ddt = d_dtu * u + ddt_decay
-        dh0 = grad if h0 is not None and ctx.needs_input_grad[5] else None
-        return ddt, du, dA_acc.sum(0), dB, dC, dh0
+        ddt = d_dtu * u + ddt_decay.view(t, b, d).transpose(0, 1)
+        dA = _channel_major(dA_acc.sum(0, keepdim=True), d, n)[0]
+        dB = dB.view(t, b, g, n).transpose(0, 1)
+        dC = dC.view(t, b, g, n).transpose(0, 1)
+        dh0 = _channel_major(grad, d, n) if h0 is not None and ctx.needs_input_grad[5] else None
+        return ddt, du, dA, dB, dC, dh0
