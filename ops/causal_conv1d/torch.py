@@ -19,10 +19,13 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, out
         head = initial_state.transpose(1, 2).to(x.dtype)
     xp = torch.cat([head, x], dim=1)  # [B, W-1+T, D]
     acc_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    w = weight.to(acc_dtype)
-    y = xp[:, 0:t].to(acc_dtype) * w[:, 0]
+    # One contiguous row of D weights per tap: weight[:, k] is a strided view (stride W), and a product that
+    # broadcasts a strided operand over [B, T, D] runs ~8x slower on a CPU (0.9 ms against 0.12 ms at
+    # 64 x 64 x 128), forward and backward.
+    w = weight.to(acc_dtype).t().contiguous()  # [W, D]
+    y = xp[:, 0:t].to(acc_dtype) * w[0]
     for k in range(1, width):
-        y = y + xp[:, k : k + t].to(acc_dtype) * w[:, k]
+        y = torch.addcmul(y, xp[:, k : k + t].to(acc_dtype), w[k])
     if bias is not None:
         y = y + bias.to(acc_dtype)
     if activation == "silu":
