@@ -17,7 +17,7 @@ DEMO_EXTRAS ?= demo
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test demo venv lint compile-csrc clean
+.PHONY: test demo venv lint compile-csrc compile-check gpu-wheels gpu-check clean
 
 $(TEST_STAMP): INSTALL_EXTRAS = $(TEST_EXTRAS)
 $(DEMO_STAMP): INSTALL_EXTRAS = $(DEMO_EXTRAS)
@@ -32,7 +32,7 @@ venv: $(TEST_STAMP)
 
 # The test command (CI's .ci/run calls exactly this).
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not gpu and not exhaustive" $(PYTEST_ARGS)
 
 # The main job: a quick comparison of mixers on built-in data, on CPU.
 demo: $(DEMO_STAMP)
@@ -44,6 +44,27 @@ lint: $(TEST_STAMP)
 # Compile (not run) every CUDA source with nvcc, so a broken kernel fails CI even without a GPU.
 compile-csrc: $(TEST_STAMP)
 	$(BIN)/python -m seqzoo.ops._csrc --compile-all
+
+# Every Triton kernel compiled for H100 (sm_90) and A100 (sm_80) as the wrappers launch it, no GPU needed.
+# FULL=1: every shape and dtype (what `pytest -m exhaustive` runs; too long for the suite).
+compile-check: $(TEST_STAMP)
+	env -u TRITON_INTERPRET $(BIN)/python -m seqzoo.ops._compile_check --arch 90 80 $(if $(FULL),--full)
+
+# The GPU machine (torch 2.11, Triton 3.6, Python 3.12, no network) lacks these: fetch them here as wheels
+# into .whl/ (ignored; ~4 MB), which travels with the tree to the GPU machine.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0 flash-linear-attention==0.6.0 fla-core==0.6.0
+gpu-wheels: $(TEST_STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+	@ls .whl
+
+# On a machine with a GPU: install from the tree and .whl/, compile check, pytest -m gpu, peers (eval/gpu_check.sh).
+gpu-check:
+	bash eval/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,10 +4,6 @@ and the mixers built on it beyond the contract suite."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,110 +182,7 @@ def test_triton_refuses_what_it_cannot_do():
     assert decoding_backend("auto", x["q"], 1) == "auto"
 
 
-def _sm90_signatures(dtype: str, dk: int, dv: int) -> dict:
-    """(pointer and scalar signature, constexprs) of every kernel in ops/gla/triton.py, as launched."""
-    from seqzoo.ops.gla import triton as kernels
-
-    blk = kernels._block
-    x, f = f"*{dtype}", "*fp32"
-    wide = dict(H=4, K=dk, V=dv, BT=kernels.CHUNK, BK=blk(dk, 64), BV=blk(dv, 64))
-    intra = dict(H=4, K=dk, BT=kernels.CHUNK, BC=kernels.SUB_CHUNK, BK=blk(dk, 32), NC=kernels.N_SUB)
-    rbk, rbv, _ = kernels._recurrent_blocks(dk, dv)
-    rec = dict(H=4, K=dk, V=dv, BK=rbk, BV=rbv)
-    n = dict(T="i32", NT="i32")
-    return {
-        "_chunk_cumsum_kernel": (dict(g=f, G=f, **n), dict(H=4, K=dk, BT=kernels.CHUNK, BK=wide["BK"])),
-        "_chunk_fwd_h_kernel": (
-            dict(k=x, v=x, G=f, h=f, h0=f, ht=f, **n),
-            dict(wide, USE_H0=True, STORE_HT=True),
-        ),
-        "_chunk_intra_A_kernel": (dict(q=x, k=x, G=f, A=f, **n), intra),
-        "_chunk_fwd_o_kernel": (dict(q=x, v=x, G=f, h=f, A=f, o=x, scale="fp32", **n), wide),
-        "_chunk_bwd_dh_kernel": (
-            dict(q=x, do=x, G=f, dh=f, dht=f, dh0=f, scale="fp32", **n),
-            dict(wide, USE_DHT=True, STORE_DH0=True),
-        ),
-        "_chunk_bwd_dA_kernel": (
-            dict(v=x, do=x, dA=f, scale="fp32", **n),
-            dict(H=4, V=dv, BT=64, BV=wide["BV"]),
-        ),
-        "_chunk_bwd_dv_kernel": (dict(k=x, G=f, A=f, dh=f, do=x, dv=x, scale="fp32", **n), wide),
-        "_chunk_bwd_intra_kernel": (dict(q=x, k=x, G=f, dA=f, dq=f, dk=f, **n), intra),
-        "_chunk_bwd_inter_kernel": (
-            dict(
-                q=x,
-                k=x,
-                v=x,
-                G=f,
-                h=f,
-                dh=f,
-                do=x,
-                dq_intra=f,
-                dk_intra=f,
-                dq=x,
-                dk=x,
-                dB=f,
-                scale="fp32",
-                **n,
-            ),
-            wide,
-        ),
-        "_reverse_cumsum_kernel": (
-            dict(dB=f, dg_last=f, dg=f, **n),
-            dict(H=4, K=dk, BT=kernels.CHUNK, BK=wide["BK"], USE_LAST=True),
-        ),
-        "_recurrent_fwd_kernel": (
-            dict(q=x, k=x, v=x, g=f, o=x, h0=f, ht=f, scale="fp32", T="i32"),
-            dict(rec, USE_G=True, USE_H0=True, STORE_HT=True),
-        ),
-        "_recurrent_bwd_kernel": (
-            dict(
-                q=x, k=x, v=x, g=f, do=x, h0=f, dht=f, dq=f, dk=f, dv=x, dh0=f, scale="fp32", T="i32", B="i32"
-            ),
-            dict(rec, USE_G=True, USE_H0=True, USE_DHT=True, STORE_DH0=True),
-        ),
-    }
-
-
-def compile_for_sm90(dtype: str, dk: int, dv: int) -> None:
-    """Compile every kernel of ops/gla/triton.py for an H100 (sm_90) down to a cubin; raises on any error.
-
-    Needs no GPU, but a process where TRITON_INTERPRET is off (the interpreter patches triton.language).
-    """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from seqzoo.ops.gla import triton as kernels
-
-    signatures = _sm90_signatures(dtype, dk, dv)
-    defined = {name for name in dir(kernels) if name.endswith("_kernel")}
-    assert defined == set(signatures), "a kernel was added or renamed: list it in _sm90_signatures"
-    for name, (pointers, constexprs) in signatures.items():
-        fn = getattr(kernels, name)
-        signature = {a: pointers.get(a, "constexpr") for a in fn.arg_names}
-        assert set(signature) - set(pointers) == set(constexprs), name
-        warps = 8 if name in ("_recurrent_fwd_kernel", "_recurrent_bwd_kernel") and dk > 64 else 4
-        compiled = triton.compile(
-            ASTSource(fn, signature, constexprs),
-            target=GPUTarget("cuda", 90, 32),
-            options={"num_warps": warps},
-        )
-        assert compiled.asm["cubin"], name
-
-
-@pytest.mark.parametrize("dtype, dk, dv", [("bf16", 64, 64), ("fp32", 48, 80)])
-def test_triton_kernels_compile_for_sm90(dtype, dk, dv):
-    # The interpreter accepts programs the GPU compiler rejects (and runs bf16 matmuls wrongly), so every
-    # kernel is also compiled ahead of time for sm_90, in a process without TRITON_INTERPRET.
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    done = subprocess.run(
-        [sys.executable, __file__, "compile-sm90", dtype, str(dk), str(dv)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+# Compiling every kernel for sm_90 and sm_80, with the tiles the wrapper picks: tests/test_compile_check.py.
 
 
 # -- argument checks -----------------------------------------------------------------------------------------
@@ -405,9 +298,3 @@ def test_gpu_head_dims(dk, dv):
     x = {n: v.cuda() for n, v in make(b=1, t=200, h=2, dk=dk, dv=dv, decay="vector").items()}
     assert_matches_reference(ops.gla, "triton", x, output_final_state=True)
     assert_matches_reference(ops.gla, "triton_recurrent", x, output_final_state=True)
-
-
-if __name__ == "__main__":
-    # python tests/test_gla.py compile-sm90 DTYPE K V   (what test_triton_kernels_compile_for_sm90 runs)
-    if sys.argv[1:2] == ["compile-sm90"]:
-        compile_for_sm90(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

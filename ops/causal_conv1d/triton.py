@@ -35,13 +35,13 @@ gradient (into x's last W-1 steps and into initial_state) is autograd's, not our
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import _triton_utils
 from .._dispatch import triton_interpreting
 
 # ----------------------------------------------------------------------------------------------------------
@@ -360,11 +360,6 @@ def _tiles(d: int) -> Tiles:
     return Tiles(block_t=16, block_d=block_d, grad_block_t=8, grad_chunk_t=128)
 
 
-def _on_device(x: torch.Tensor):
-    # Triton launches on the current CUDA device; make it x's.
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
 def _forward(x, weight, bias, h0, silu: bool) -> torch.Tensor:
     b, t, d = x.shape
     width = weight.shape[1]
@@ -373,7 +368,7 @@ def _forward(x, weight, bias, h0, silu: bool) -> torch.Tensor:
         return y
     tiles = _tiles(d)
     grid = (triton.cdiv(t, tiles.block_t), b, triton.cdiv(d, tiles.block_d))
-    with _on_device(x):
+    with _triton_utils.on_device(x):
         _forward_kernel[grid](
             x,
             weight,
@@ -412,7 +407,7 @@ def _backward(dy, x, weight, bias, h0, silu: bool, needs: tuple[bool, bool, bool
     dx = dw = db = dh0 = None
     # g = dL/dz: without an activation it is dy itself and needs no buffer.
     g = dy
-    with _on_device(x):
+    with _triton_utils.on_device(x):
         if silu or need_dw or need_db:
             if silu:
                 g = torch.empty(b, t, d, dtype=part_dtype, device=x.device)

@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _triton_utils
+from .._triton_utils import launch_fitting, row_offset
 from .torch import flow_weights
-
-CHUNK = 64
 
 
 @triton.jit
@@ -38,15 +38,22 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, rows, cols, T, n_cols, row_stride):
-    mask = (rows[:, None] < T) & (cols[None, :] < n_cols)
-    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0)
+def _chunk_ptrs(ptr, s, t, cols, row_stride):
+    """Addresses of rows s + t (t: a tile of in-chunk positions) and columns ``cols``: the chunk start's
+    offset s * row_stride in int64 (it passes 2^31 once T * H * D does), the in-chunk tile in int32."""
+    return ptr + row_offset(s, row_stride) + (t[:, None] * row_stride + cols[None, :])
 
 
 @triton.jit
-def _store_rows(ptr, x, rows, cols, T, n_cols, row_stride):
-    mask = (rows[:, None] < T) & (cols[None, :] < n_cols)
-    tl.store(ptr + rows[:, None] * row_stride + cols[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+def _load_rows(ptr, s, t, cols, T, n_cols, row_stride):
+    mask = ((s + t)[:, None] < T) & (cols[None, :] < n_cols)
+    return tl.load(_chunk_ptrs(ptr, s, t, cols, row_stride), mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, x, s, t, cols, T, n_cols, row_stride):
+    mask = ((s + t)[:, None] < T) & (cols[None, :] < n_cols)
+    tl.store(_chunk_ptrs(ptr, s, t, cols, row_stride), x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -68,21 +75,21 @@ def _fwd_kernel(
     if CAUSAL:
         lower = t[:, None] >= t[None, :]
         for s in range(0, T, BT):
-            qc = _load_rows(q, s + t, cd, T, D, H * D)
-            kc = _load_rows(k, s + t, cd, T, D, H * D)
-            vc = _load_rows(v, s + t, cv, T, M, H * M)
+            qc = _load_rows(q, s, t, cd, T, D, H * D)
+            kc = _load_rows(k, s, t, cd, T, D, H * D)
+            vc = _load_rows(v, s, t, cv, T, M, H * M)
             scores = tl.where(lower, _dot(qc, tl.trans(kc), IEEE), 0.0)
             oc = _dot(qc, state.to(qc.dtype), IEEE) + _dot(scores.to(vc.dtype), vc, IEEE)
-            _store_rows(o, oc, s + t, cv, T, M, H * M)
+            _store_rows(o, oc, s, t, cv, T, M, H * M)
             state += _dot(tl.trans(kc), vc, IEEE)
     else:
         for s in range(0, T, BT):
-            kc = _load_rows(k, s + t, cd, T, D, H * D)
-            vc = _load_rows(v, s + t, cv, T, M, H * M)
+            kc = _load_rows(k, s, t, cd, T, D, H * D)
+            vc = _load_rows(v, s, t, cv, T, M, H * M)
             state += _dot(tl.trans(kc), vc, IEEE)
         for s in range(0, T, BT):
-            qc = _load_rows(q, s + t, cd, T, D, H * D)
-            _store_rows(o, _dot(qc, state.to(qc.dtype), IEEE), s + t, cv, T, M, H * M)
+            qc = _load_rows(q, s, t, cd, T, D, H * D)
+            _store_rows(o, _dot(qc, state.to(qc.dtype), IEEE), s, t, cv, T, M, H * M)
 
 
 @triton.jit
@@ -104,21 +111,21 @@ def _dq_kernel(
     if CAUSAL:
         lower = t[:, None] >= t[None, :]
         for s in range(0, T, BT):
-            kc = _load_rows(k, s + t, ck, T, D, H * D)
-            vc = _load_rows(v, s + t, cm, T, M, H * M)
-            doc = _load_rows(do, s + t, cm, T, M, H * M)
+            kc = _load_rows(k, s, t, ck, T, D, H * D)
+            vc = _load_rows(v, s, t, cm, T, M, H * M)
+            doc = _load_rows(do, s, t, cm, T, M, H * M)
             dscores = tl.where(lower, _dot(doc, tl.trans(vc), IEEE), 0.0)
             dqc = _dot(dscores.to(kc.dtype), kc, IEEE) + _dot(doc, tl.trans(state).to(doc.dtype), IEEE)
-            _store_rows(dq, dqc, s + t, ck, T, D, H * D)
+            _store_rows(dq, dqc, s, t, ck, T, D, H * D)
             state += _dot(tl.trans(kc), vc, IEEE)
     else:
         for s in range(0, T, BT):
-            kc = _load_rows(k, s + t, ck, T, D, H * D)
-            vc = _load_rows(v, s + t, cm, T, M, H * M)
+            kc = _load_rows(k, s, t, ck, T, D, H * D)
+            vc = _load_rows(v, s, t, cm, T, M, H * M)
             state += _dot(tl.trans(kc), vc, IEEE)
         for s in range(0, T, BT):
-            doc = _load_rows(do, s + t, cm, T, M, H * M)
-            _store_rows(dq, _dot(doc, tl.trans(state).to(doc.dtype), IEEE), s + t, ck, T, D, H * D)
+            doc = _load_rows(do, s, t, cm, T, M, H * M)
+            _store_rows(dq, _dot(doc, tl.trans(state).to(doc.dtype), IEEE), s, t, ck, T, D, H * D)
 
 
 @triton.jit
@@ -142,23 +149,23 @@ def _dk_kernel(
         lower = t[:, None] >= t[None, :]
         for i in range(0, n_chunks):
             s = (n_chunks - 1 - i) * BT
-            qc = _load_rows(q, s + t, ck, T, D, H * D)
-            vc = _load_rows(v, s + t, cm, T, M, H * M)
-            doc = _load_rows(do, s + t, cm, T, M, H * M)
+            qc = _load_rows(q, s, t, ck, T, D, H * D)
+            vc = _load_rows(v, s, t, cm, T, M, H * M)
+            doc = _load_rows(do, s, t, cm, T, M, H * M)
             dscores = tl.where(lower, _dot(doc, tl.trans(vc), IEEE), 0.0)
             dkc = _dot(tl.trans(dscores).to(qc.dtype), qc, IEEE) + _dot(
                 vc, tl.trans(grad_state).to(vc.dtype), IEEE
             )
-            _store_rows(dk, dkc, s + t, ck, T, D, H * D)
+            _store_rows(dk, dkc, s, t, ck, T, D, H * D)
             grad_state += _dot(tl.trans(qc), doc, IEEE)
     else:
         for s in range(0, T, BT):
-            qc = _load_rows(q, s + t, ck, T, D, H * D)
-            doc = _load_rows(do, s + t, cm, T, M, H * M)
+            qc = _load_rows(q, s, t, ck, T, D, H * D)
+            doc = _load_rows(do, s, t, cm, T, M, H * M)
             grad_state += _dot(tl.trans(qc), doc, IEEE)
         for s in range(0, T, BT):
-            vc = _load_rows(v, s + t, cm, T, M, H * M)
-            _store_rows(dk, _dot(vc, tl.trans(grad_state).to(vc.dtype), IEEE), s + t, ck, T, D, H * D)
+            vc = _load_rows(v, s, t, cm, T, M, H * M)
+            _store_rows(dk, _dot(vc, tl.trans(grad_state).to(vc.dtype), IEEE), s, t, ck, T, D, H * D)
 
 
 @triton.jit
@@ -182,27 +189,59 @@ def _dv_kernel(
         lower = t[:, None] >= t[None, :]
         for i in range(0, n_chunks):
             s = (n_chunks - 1 - i) * BT
-            qc = _load_rows(q, s + t, cd, T, D, H * D)
-            kc = _load_rows(k, s + t, cd, T, D, H * D)
-            doc = _load_rows(do, s + t, cv, T, M, H * M)
+            qc = _load_rows(q, s, t, cd, T, D, H * D)
+            kc = _load_rows(k, s, t, cd, T, D, H * D)
+            doc = _load_rows(do, s, t, cv, T, M, H * M)
             scores = tl.where(lower, _dot(qc, tl.trans(kc), IEEE), 0.0)
             dvc = _dot(tl.trans(scores).to(doc.dtype), doc, IEEE) + _dot(kc, grad_state.to(kc.dtype), IEEE)
-            _store_rows(dv, dvc, s + t, cv, T, M, H * M)
+            _store_rows(dv, dvc, s, t, cv, T, M, H * M)
             grad_state += _dot(tl.trans(qc), doc, IEEE)
     else:
         for s in range(0, T, BT):
-            qc = _load_rows(q, s + t, cd, T, D, H * D)
-            doc = _load_rows(do, s + t, cv, T, M, H * M)
+            qc = _load_rows(q, s, t, cd, T, D, H * D)
+            doc = _load_rows(do, s, t, cv, T, M, H * M)
             grad_state += _dot(tl.trans(qc), doc, IEEE)
         for s in range(0, T, BT):
-            kc = _load_rows(k, s + t, cd, T, D, H * D)
-            _store_rows(dv, _dot(kc, grad_state.to(kc.dtype), IEEE), s + t, cv, T, M, H * M)
+            kc = _load_rows(k, s, t, cd, T, D, H * D)
+            _store_rows(dv, _dot(kc, grad_state.to(kc.dtype), IEEE), s, t, cv, T, M, H * M)
 
 
 def _block(n: int, cap: int | None = None) -> int:
     # tl.dot needs every tile dimension >= 16.
     b = max(16, triton.next_power_of_2(n))
     return b if cap is None else min(b, cap)
+
+
+def _candidates(full: int, tile: int, full_name: str, tile_name: str, ieee: bool) -> list[dict]:
+    """Launch settings, fastest first: chunk BT, pipelining depth and the width of the tiled dimension shrink
+    until the kernel fits the GPU's shared memory (``launch_fitting`` compiles them in order). ``full`` is
+    the dimension a program holds whole (the state's rows), ``tile`` the one it tiles across programs.
+
+    Every program keeps a [full, tile] fp32 state in registers: 8 warps once it reaches 128 x 64. fp32 inputs
+    take IEEE dot products, which run on the FMA units with their operands in registers: at BT = 64 every
+    fp32 kernel spilled (15-50 KB per thread on sm_90, the compile check's report), so fp32 starts at BT = 16."""
+    out = []
+    plan = ((64, 3, tile), (64, 2, tile), (32, 2, tile), (32, 1, min(tile, 32)), (16, 1, 16))
+    if ieee:
+        plan = ((16, 2, min(tile, 32)), (16, 1, min(tile, 32)), (16, 1, 16))
+    for bt, stages, width in plan:
+        warps = 8 if full * width >= 128 * 64 else 4
+        cand = {"BT": bt, full_name: full, tile_name: width, "num_warps": warps, "num_stages": stages}
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+def _launch(kernel, args, cands, cols: int, key, device, meta):
+    """One launch over (column tiles, B * H) with the first candidate that fits (``launch_fitting``)."""
+    tile_name = [n for n in cands[0] if n in ("BV", "BK")][0]
+
+    def grid(settings):
+        return (triton.cdiv(cols, settings[tile_name]), args[-1])
+
+    rows = args[:-1]
+    with _triton_utils.on_device(rows[0]):
+        return launch_fitting(kernel, grid, rows, [{**c, **meta} for c in cands], key, device)
 
 
 class LinearAttention(torch.autograd.Function):
@@ -214,11 +253,10 @@ class LinearAttention(torch.autograd.Function):
         b, t, h, d = q.shape
         m = v.shape[-1]
         o = torch.empty_like(v)
-        ieee = q.dtype == torch.float32
-        bv = _block(m, 64)
-        _fwd_kernel[(triton.cdiv(m, bv), b * h)](
-            q, k, v, o, t, h, d, m, BT=CHUNK, BD=_block(d), BV=bv, CAUSAL=causal, IEEE=ieee
-        )
+        meta = dict(CAUSAL=causal, IEEE=q.dtype == torch.float32)
+        key = (q.dtype, d, m, causal)
+        cands = _candidates(_block(d), _block(m, 64), "BD", "BV", meta["IEEE"])
+        _launch(_fwd_kernel, (q, k, v, o, t, h, d, m, b * h), cands, m, key, q.device, meta)
         ctx.save_for_backward(q, k, v)
         ctx.causal = causal
         return o
@@ -230,12 +268,13 @@ class LinearAttention(torch.autograd.Function):
         b, t, h, d = q.shape
         m = v.shape[-1]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        meta = dict(BT=CHUNK, CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32)
-        bk, bv = _block(d, 64), _block(m, 64)
-        grid_k = (triton.cdiv(d, bk), b * h)
-        _dq_kernel[grid_k](k, v, do, dq, t, h, d, m, BK=bk, BM=_block(m), **meta)
-        _dk_kernel[grid_k](q, v, do, dk, t, h, d, m, BK=bk, BM=_block(m), **meta)
-        _dv_kernel[(triton.cdiv(m, bv), b * h)](q, k, do, dv, t, h, d, m, BD=_block(d), BV=bv, **meta)
+        meta = dict(CAUSAL=ctx.causal, IEEE=q.dtype == torch.float32)
+        key = (q.dtype, d, m, ctx.causal)
+        by_k = _candidates(_block(m), _block(d, 64), "BM", "BK", meta["IEEE"])
+        by_v = _candidates(_block(d), _block(m, 64), "BD", "BV", meta["IEEE"])
+        _launch(_dq_kernel, (k, v, do, dq, t, h, d, m, b * h), by_k, d, key, q.device, meta)
+        _launch(_dk_kernel, (q, v, do, dk, t, h, d, m, b * h), by_k, d, key, q.device, meta)
+        _launch(_dv_kernel, (q, k, do, dv, t, h, d, m, b * h), by_v, m, key, q.device, meta)
         return dq, dk, dv, None
 
 

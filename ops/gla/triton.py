@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_utils import device_guarded, row_offset
+
 CHUNK = 64  # BT
 # Warps for the kernels holding [BT, 64] fp32 tiles: with 4 they spill registers on sm_90 (checked by
 # compiling for sm_90 ahead of time); the small-tile kernels keep Triton's default of 4.
@@ -58,9 +60,9 @@ def _block(dim: int, cap: int) -> int:
 
 # -- chunked forward --------------------------------------------------------------------------------------
 #
-# Addressing: every program turns its (batch, head, chunk) into one int64 scalar offset per tensor and adds
-# int32 tile offsets to it, so large tensors cannot overflow int32 while the [BT, BK] offset tiles stay
-# 32-bit (64-bit tiles double the registers they take). Layouts: q, k, g, dq, dk, dg [B, T, H, K] and v, o,
+# Addressing: every program turns its (batch, head) into one int64 scalar offset per tensor, and positions
+# in time into int64 before they multiply a row stride (H*K, H*V, K or K*V): T * H * K passes 2^31 near a
+# million tokens at H*K = 2048, and an int32 product would wrap. Column offsets stay int32. Layouts: q, k, g, dq, dk, dg [B, T, H, K] and v, o,
 # do, dv [B, T, H, V] (rows H*K or H*V apart); G, dB, dq_intra, dk_intra [B, H, T_pad, K]; h, dh
 # [B, H, NT, K, V]; A, dA [B, H, NT, BT, BT]; h0, ht, dh0, dht [B, H, K, V].
 
@@ -73,13 +75,13 @@ def _chunk_cumsum_kernel(g, G, T, NT, H: tl.constexpr, K: tl.constexpr, BT: tl.c
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     b_g = tl.load(
-        g + (i_b * T * H + i_h) * K + o_t[:, None] * (H * K) + o_k[None, :],
+        g + (i_b * T * H + i_h) * K + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
         mask=(o_t[:, None] < T) & m_k[None, :],
         other=0.0,
     ).to(tl.float32)
     # Rows past T get g = 0, so G stays flat to the end of the last chunk.
     tl.store(
-        G + i_bh.to(tl.int64) * NT * BT * K + o_t[:, None] * K + o_k[None, :],
+        G + i_bh.to(tl.int64) * NT * BT * K + row_offset(o_t[:, None], K) + o_k[None, :],
         tl.cumsum(b_g, axis=0),
         mask=m_k[None, :],
     )
@@ -120,13 +122,17 @@ def _chunk_fwd_h_kernel(
     if USE_H0:
         b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i_n in range(NT):
-        tl.store(h + i_n * K * V + o_kv, b_S, mask=m_kv)
+        tl.store(h + row_offset(i_n, K * V) + o_kv, b_S, mask=m_kv)
         o_t = i_n * BT + tl.arange(0, BT)
         m_t = o_t < T
-        b_k = tl.load(k + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_v = tl.load(v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_Gl = tl.load(G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+        b_k = tl.load(
+            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
+        )
+        b_v = tl.load(
+            v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+        )
+        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_Gl = tl.load(G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
         b_kd = (b_k.to(tl.float32) * tl.exp(b_Gl[None, :] - b_G)).to(b_v.dtype)
         b_S = b_S * tl.exp(b_Gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision="ieee")
     if STORE_HT:
@@ -168,13 +174,17 @@ def _chunk_intra_A_kernel(
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
             b_q = tl.load(
-                q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :], other=0.0
+                q + row_offset(o_i[:, None], (H * K)) + o_k[None, :],
+                mask=m_i[:, None] & m_k[None, :],
+                other=0.0,
             )
             b_k = tl.load(
-                k + o_j[:, None] * (H * K) + o_k[None, :], mask=m_j[:, None] & m_k[None, :], other=0.0
+                k + row_offset(o_j[:, None], (H * K)) + o_k[None, :],
+                mask=m_j[:, None] & m_k[None, :],
+                other=0.0,
             )
-            b_Gi = tl.load(G + o_i[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-            b_Gj = tl.load(G + o_j[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_Gi = tl.load(G + row_offset(o_i[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_Gj = tl.load(G + row_offset(o_j[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
             b_Gr = tl.load(G + r * K + o_k, mask=m_k, other=0.0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_Gi - b_Gr[None, :])
             b_kg = b_k.to(tl.float32) * tl.exp(b_Gr[None, :] - b_Gj)
@@ -185,12 +195,16 @@ def _chunk_intra_A_kernel(
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
             b_q = tl.load(
-                q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :], other=0.0
+                q + row_offset(o_i[:, None], (H * K)) + o_k[None, :],
+                mask=m_i[:, None] & m_k[None, :],
+                other=0.0,
             )
             b_k = tl.load(
-                k + o_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :], other=0.0
+                k + row_offset(o_i[:, None], (H * K)) + o_k[None, :],
+                mask=m_i[:, None] & m_k[None, :],
+                other=0.0,
             )
-            b_G = tl.load(G + o_i[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_G = tl.load(G + row_offset(o_i[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
             # [BC, BC, BK]: masked before the exponential, so above the diagonal it is exp(-inf) = 0,
             # never inf.
             b_w = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
@@ -230,20 +244,24 @@ def _chunk_fwd_o_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_t, m_v = o_t < T, o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    b_v = tl.load(v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+    b_v = tl.load(v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(q + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_q = tl.load(
+            q + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
+        )
+        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
         b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_qg = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_v.dtype)
         b_o += tl.dot(b_qg, b_h.to(b_v.dtype), input_precision="ieee")
     o_r = tl.arange(0, BT)
     b_A = tl.load(A + o_r[:, None] * BT + o_r[None, :])
     b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision="ieee")
-    tl.store(o + o_t[:, None] * (H * V) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+    tl.store(
+        o + row_offset(o_t[:, None], (H * V)) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv
+    )
 
 
 # -- chunked backward -------------------------------------------------------------------------------------
@@ -287,15 +305,17 @@ def _chunk_bwd_dh_kernel(
         b_dS += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i in range(NT):
         i_n = NT - 1 - i
-        tl.store(dh + i_n * K * V + o_kv, b_dS, mask=m_kv)
+        tl.store(dh + row_offset(i_n, K * V) + o_kv, b_dS, mask=m_kv)
         o_t = i_n * BT + tl.arange(0, BT)
         m_t = o_t < T
-        b_q = tl.load(q + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_do = tl.load(
-            do + o_t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+        b_q = tl.load(
+            q + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
         )
-        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_Gl = tl.load(G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+        b_do = tl.load(
+            do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+        )
+        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_Gl = tl.load(G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
         b_qg = (b_q.to(tl.float32) * tl.exp(b_G) * scale).to(b_do.dtype)
         b_dS = b_dS * tl.exp(b_Gl)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision="ieee")
     if STORE_DH0:
@@ -326,8 +346,8 @@ def _chunk_bwd_dA_kernel(
     for i_v in range(0, V, BV):
         o_v = i_v + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
-        b_do = tl.load(do + o_t[:, None] * (H * V) + o_v[None, :], mask=m, other=0.0)
-        b_v = tl.load(v + o_t[:, None] * (H * V) + o_v[None, :], mask=m, other=0.0)
+        b_do = tl.load(do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m, other=0.0)
+        b_v = tl.load(v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m, other=0.0)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
     o_r = tl.arange(0, BT)
     b_dA = tl.where(o_r[:, None] >= o_r[None, :], b_dA * scale, 0.0)
@@ -366,18 +386,20 @@ def _chunk_bwd_dv_kernel(
     m_tv = m_t[:, None] & m_v[None, :]
     o_r = tl.arange(0, BT)
     b_A = tl.load(A + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :])
-    b_do = tl.load(do + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+    b_do = tl.load(do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
     b_dv = tl.dot(tl.trans(b_A).to(b_do.dtype), b_do, input_precision="ieee") * scale
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
-        b_k = tl.load(k + o_t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_G = tl.load(G + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_Gl = tl.load(G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+        b_k = tl.load(
+            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
+        )
+        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_Gl = tl.load(G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
         b_dh = tl.load(dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_kd = (b_k.to(tl.float32) * tl.exp(b_Gl[None, :] - b_G)).to(b_do.dtype)
         b_dv += tl.dot(b_kd, b_dh.to(b_do.dtype), input_precision="ieee")
-    tl.store(dv + o_t[:, None] * (H * V) + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    tl.store(dv + row_offset(o_t[:, None], (H * V)) + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
@@ -413,30 +435,34 @@ def _chunk_bwd_intra_kernel(
     m_k = o_k < K
     o_i = i_n * BT + i_i * BC + o_c
     m_ik = (o_i < T)[:, None] & m_k[None, :]
-    b_q = tl.load(q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
-    b_k = tl.load(k + o_i[:, None] * (H * K) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
-    b_G = tl.load(G + o_i[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_q = tl.load(q + row_offset(o_i[:, None], (H * K)) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
+    b_k = tl.load(k + row_offset(o_i[:, None], (H * K)) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
+    b_G = tl.load(G + row_offset(o_i[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
 
     # dq_i = sum_{j < sub-chunk} dA_ij k_j exp(G_i - G_j), through the pivot r = first row of this sub-chunk.
-    b_Gr = tl.load(G + (i_n * BT + i_i * BC) * K + o_k, mask=m_k, other=0.0)
+    b_Gr = tl.load(G + (row_offset(i_n, BT) + i_i * BC) * K + o_k, mask=m_k, other=0.0)
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     for i_j in range(0, i_i):
         o_j = i_n * BT + i_j * BC + o_c
         m_jk = (o_j < T)[:, None] & m_k[None, :]
-        b_kj = tl.load(k + o_j[:, None] * (H * K) + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
-        b_Gj = tl.load(G + o_j[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_kj = tl.load(k + row_offset(o_j[:, None], (H * K)) + o_k[None, :], mask=m_jk, other=0.0).to(
+            tl.float32
+        )
+        b_Gj = tl.load(G + row_offset(o_j[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
         b_dA = tl.load(dA + (i_i * BC + o_c[:, None]) * BT + i_j * BC + o_c[None, :])
         b_dq += tl.dot(b_dA, b_kj * tl.exp(b_Gr[None, :] - b_Gj), input_precision="ieee")
     b_dq *= tl.exp(b_G - b_Gr[None, :])
 
     # dk_j = sum_{i > sub-chunk} dA_ij q_i exp(G_i - G_j), through the pivot e = last row of this sub-chunk.
-    b_Ge = tl.load(G + (i_n * BT + i_i * BC + BC - 1) * K + o_k, mask=m_k, other=0.0)
+    b_Ge = tl.load(G + (row_offset(i_n, BT) + i_i * BC + BC - 1) * K + o_k, mask=m_k, other=0.0)
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
     for i_j in range(i_i + 1, NC):
         o_j = i_n * BT + i_j * BC + o_c
         m_jk = (o_j < T)[:, None] & m_k[None, :]
-        b_qj = tl.load(q + o_j[:, None] * (H * K) + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
-        b_Gj = tl.load(G + o_j[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_qj = tl.load(q + row_offset(o_j[:, None], (H * K)) + o_k[None, :], mask=m_jk, other=0.0).to(
+            tl.float32
+        )
+        b_Gj = tl.load(G + row_offset(o_j[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
         b_dA = tl.load(dA + (i_j * BC + o_c[:, None]) * BT + i_i * BC + o_c[None, :])
         b_dk += tl.dot(tl.trans(b_dA), b_qj * tl.exp(b_Gj - b_Ge[None, :]), input_precision="ieee")
     b_dk *= tl.exp(b_Ge[None, :] - b_G)
@@ -447,8 +473,8 @@ def _chunk_bwd_intra_kernel(
     b_w = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
     b_dq += tl.sum(b_dAd[:, :, None] * b_k[None, :, :] * b_w, axis=1)
     b_dk += tl.sum(b_dAd[:, :, None] * b_q[:, None, :] * b_w, axis=0)
-    tl.store(dq + o_i[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
-    tl.store(dk + o_i[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
+    tl.store(dq + row_offset(o_i[:, None], K) + o_k[None, :], b_dq, mask=m_k[None, :])
+    tl.store(dk + row_offset(o_i[:, None], K) + o_k[None, :], b_dk, mask=m_k[None, :])
 
 
 @triton.jit
@@ -493,18 +519,18 @@ def _chunk_bwd_inter_kernel(
         o_v = i_v + tl.arange(0, BV)
         m_v = o_v < V
         m_tv = m_t[:, None] & m_v[None, :]
-        b_do = tl.load(do + x_v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
-        b_v = tl.load(v + x_v + o_t[:, None] * (H * V) + o_v[None, :], mask=m_tv, other=0.0)
+        b_do = tl.load(do + x_v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
+        b_v = tl.load(v + x_v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
         b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_dh = tl.load(dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_dq += tl.dot(b_do, tl.trans(b_h.to(b_do.dtype)), input_precision="ieee")
         b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision="ieee")
-    o_G = o_t[:, None] * K + o_k[None, :]
+    o_G = row_offset(o_t[:, None], K) + o_k[None, :]
     b_G = tl.load(G + x_G + o_G, mask=m_k[None, :], other=0.0)
-    b_Gl = tl.load(G + x_G + (i_n * BT + BT - 1) * K + o_k, mask=m_k, other=0.0)
+    b_Gl = tl.load(G + x_G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
     b_dq = b_dq * tl.exp(b_G) * scale + tl.load(dq_intra + x_G + o_G, mask=m_k[None, :], other=0.0)
     b_dk = b_dk * tl.exp(b_Gl[None, :] - b_G) + tl.load(dk_intra + x_G + o_G, mask=m_k[None, :], other=0.0)
-    o_x = o_t[:, None] * (H * K) + o_k[None, :]
+    o_x = row_offset(o_t[:, None], (H * K)) + o_k[None, :]
     b_q = tl.load(q + x_k + o_x, mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + x_k + o_x, mask=m_tk, other=0.0).to(tl.float32)
     tl.store(dq + x_k + o_x, b_dq.to(dq.dtype.element_ty), mask=m_tk)
@@ -540,11 +566,11 @@ def _reverse_cumsum_kernel(
     for i in range(NT):
         i_n = NT - 1 - i
         o_t = i_n * BT + tl.arange(0, BT)
-        b_x = tl.load(dB + o_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_x = tl.load(dB + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
         b_total = tl.sum(b_x, axis=0)
         b_rev = b_total[None, :] - tl.cumsum(b_x, axis=0) + b_x + b_carry[None, :]
         tl.store(
-            dg + o_t[:, None] * (H * K) + o_k[None, :],
+            dg + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
             b_rev.to(dg.dtype.element_ty),
             mask=(o_t < T)[:, None] & m_k[None, :],
         )
@@ -611,6 +637,7 @@ def _intra_scores(q, k, G, s: _Shapes):
 
 class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
+    @device_guarded
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
         s = _Shapes(q, v)
         G = _cumsum(g, s, q)
@@ -640,6 +667,7 @@ class ChunkGLAFunction(torch.autograd.Function):
         return o, ht
 
     @staticmethod
+    @device_guarded
     def backward(ctx, do, dht):
         q, k, v, g, initial_state, ht = ctx.saved_tensors
         scale = ctx.scale
@@ -804,15 +832,15 @@ def _recurrent_fwd_kernel(
     if USE_H0:
         b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     for t in range(T):
-        b_q = tl.load(q + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
-        b_k = tl.load(k + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_q = tl.load(q + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
         if USE_G:
-            b_g = tl.load(g + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_g = tl.load(g + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
             b_S = b_S * tl.exp(b_g)[:, None]
         b_S += b_k[:, None] * b_v[None, :]
         b_o = tl.sum(b_S * b_q[:, None], axis=0)
-        tl.store(o + t * (H * V) + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        tl.store(o + row_offset(t, (H * V)) + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
     if STORE_HT:
         tl.store(ht + i_bh * K * V + o_kv, b_S, mask=m_kv)
 
@@ -868,14 +896,14 @@ def _recurrent_bwd_kernel(
     if USE_H0:
         b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     for t in range(T):
-        b_k = tl.load(k + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
-        b_do = tl.load(do + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_k = tl.load(k + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_do = tl.load(do + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
         if USE_G:
-            b_g = tl.load(g + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_g = tl.load(g + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
             b_S = b_S * tl.exp(b_g)[:, None]
         b_S += b_k[:, None] * b_v[None, :]
-        tl.store(dq + t * (H * K) + o_k, tl.sum(b_S * b_do[None, :], axis=1) * scale, mask=m_k)
+        tl.store(dq + row_offset(t, (H * K)) + o_k, tl.sum(b_S * b_do[None, :], axis=1) * scale, mask=m_k)
 
     # Backward walk: dS_t = scale q_t^T do_t + exp(g_{t+1}) dS_{t+1}; dk_t = dS_t v_t, dv_t = k_t dS_t.
     b_dS = tl.zeros([BK, BV], dtype=tl.float32)
@@ -883,17 +911,19 @@ def _recurrent_bwd_kernel(
         b_dS += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i in range(T):
         t = T - 1 - i
-        b_q = tl.load(q + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
-        b_k = tl.load(k + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
-        b_do = tl.load(do + t * (H * V) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_q = tl.load(q + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_do = tl.load(do + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
         b_dS += b_q[:, None] * b_do[None, :]
-        tl.store(dk + t * (H * K) + o_k, tl.sum(b_dS * b_v[None, :], axis=1), mask=m_k)
+        tl.store(dk + row_offset(t, (H * K)) + o_k, tl.sum(b_dS * b_v[None, :], axis=1), mask=m_k)
         tl.store(
-            dv + t * (H * V) + o_v, tl.sum(b_dS * b_k[:, None], axis=0).to(dv.dtype.element_ty), mask=m_v
+            dv + row_offset(t, (H * V)) + o_v,
+            tl.sum(b_dS * b_k[:, None], axis=0).to(dv.dtype.element_ty),
+            mask=m_v,
         )
         if USE_G:
-            b_g = tl.load(g + t * (H * K) + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_g = tl.load(g + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
             b_dS = b_dS * tl.exp(b_g)[:, None]
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + o_kv, b_dS, mask=m_kv)
@@ -908,6 +938,7 @@ def _recurrent_blocks(K, V):
 
 class RecurrentGLAFunction(torch.autograd.Function):
     @staticmethod
+    @device_guarded
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -940,6 +971,7 @@ class RecurrentGLAFunction(torch.autograd.Function):
         return o, ht
 
     @staticmethod
+    @device_guarded
     def backward(ctx, do, dht):
         q, k, v, g, initial_state, ht = ctx.saved_tensors
         B, T, H, K = q.shape

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
+from .._triton_utils import device_guarded
 
 
 @triton.jit
@@ -167,6 +168,7 @@ def _blocks(d: int) -> tuple[int, int, int]:
 
 class _LinearScan(torch.autograd.Function):
     @staticmethod
+    @device_guarded
     def forward(ctx, a, x, initial_state, reverse):
         a = a.contiguous()
         x = x.contiguous()
@@ -196,6 +198,7 @@ class _LinearScan(torch.autograd.Function):
         return h, final
 
     @staticmethod
+    @device_guarded
     def backward(ctx, dh, dfinal):
         a, h, h0 = ctx.saved_tensors
         x_dtype, h0_dtype = ctx.dtypes

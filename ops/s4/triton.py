@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_utils import device_guarded
 from . import torch as _torch_backend
 from .torch import diagonal_vandermonde_factors
 
@@ -95,6 +96,7 @@ BLOCK_L = 64
 
 class VandermondeFn(torch.autograd.Function):
     @staticmethod
+    @device_guarded
     def forward(ctx, wr, wi, zr, zi, L):
         wr, wi, zr, zi = (x.float().contiguous() for x in (wr, wi, zr, zi))
         h, n = wr.shape
@@ -107,6 +109,7 @@ class VandermondeFn(torch.autograd.Function):
         return K
 
     @staticmethod
+    @device_guarded
     def backward(ctx, dK):
         wr, wi, zr, zi = ctx.saved_tensors
         h, n = wr.shape
@@ -213,6 +216,7 @@ CAUCHY_BLOCK_F = 64
 
 class CauchyFn(torch.autograd.Function):
     @staticmethod
+    @device_guarded
     def forward(ctx, vr, vi, ar, ai, zr, zi):
         vr, vi, ar, ai, zr, zi = (x.float().contiguous() for x in (vr, vi, ar, ai, zr, zi))
         _, h, m = vr.shape
@@ -227,6 +231,7 @@ class CauchyFn(torch.autograd.Function):
         return rr, ri
 
     @staticmethod
+    @device_guarded
     def backward(ctx, gr, gi):
         vr, vi, ar, ai, zr, zi = ctx.saved_tensors
         _, h, m = vr.shape

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_utils import device_guarded
+
 
 @triton.jit
 def _conv_kernel(
@@ -126,6 +128,7 @@ class DirectConvFn(torch.autograd.Function):
     """y = causal conv of u with kc (+ anti-causal conv with ka, lags -1, -2, ...); u [B, T, H] fp32."""
 
     @staticmethod
+    @device_guarded
     def forward(ctx, u, kc, ka):
         u, kc = u.float().contiguous(), kc.float().contiguous()
         ka = None if ka is None else ka.float().contiguous()
@@ -133,6 +136,7 @@ class DirectConvFn(torch.autograd.Function):
         return _conv(u, kc, ka, 0, 1)
 
     @staticmethod
+    @device_guarded
     def backward(ctx, g):
         u, kc, ka = ctx.saved_tensors
         g = g.float().contiguous()

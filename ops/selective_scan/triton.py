@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
+from .._triton_utils import device_guarded
 from .around import run_kernel
 
 
@@ -236,6 +237,7 @@ def _blocks(d_per_group: int, n: int) -> tuple[int, int, int, int]:
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
+    @device_guarded
     def forward(ctx, u, dt, A, Bm, Cm, h0):
         u, dt, A, Bm, Cm = (x.contiguous() for x in (u, dt, A, Bm, Cm))
         b, t, d = u.shape
@@ -283,6 +285,7 @@ class _SelectiveScan(torch.autograd.Function):
         return y, hT
 
     @staticmethod
+    @device_guarded
     def backward(ctx, dy, dhT):
         u, dt, A, Bm, Cm, hc = ctx.saved_tensors
         chunk, bd, bn, warps, has_h0, h0_dtype, b_dtype, c_dtype = ctx.meta
