@@ -208,16 +208,17 @@ class CompileOnly:
         if key in self._seen:
             return
         self._seen.add(key)
+        params = getattr(fn, "arg_names", [])
+
+        def name(k):  # recent Triton keys constants by argument position (a 1-tuple): name them
+            k = k[0] if isinstance(k, tuple) and len(k) == 1 else k
+            return params[k] if isinstance(k, int) and k < len(params) else str(k)
+
         constants = {
-            (k[0] if isinstance(k, tuple) and len(k) == 1 else str(k)): v
+            name(k): v
             for k, v in getattr(kernel.src, "constants", {}).items()
             if isinstance(v, (int, bool, str))
         }
-        params = getattr(fn, "arg_names", None)
-        if params:  # constants are keyed by argument position in recent Triton: name them
-            constants = {
-                (params[k] if isinstance(k, int) and k < len(params) else k): v for k, v in constants.items()
-            }
         regs, spills = ptxas_usage(kernel.asm["ptx"], self.arch) if self.registers else (None, None)
         self.records.append(
             Compiled(

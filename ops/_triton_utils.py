@@ -35,11 +35,10 @@ def max_shared_memory(device: torch.device | None = None) -> int:
         return INTERPRETER_SHARED_MEMORY
     from triton.runtime import driver
 
-    index = device.index if device is not None and device.index is not None else None
-    active = driver.active
+    index = device.index if device is not None else None
     if index is None:
-        index = active.get_current_device()
-    return int(active.utils.get_device_properties(index)["max_shared_mem"])
+        index = driver.active.get_current_device()
+    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
 
 
 def on_device(x: torch.Tensor):

@@ -41,8 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _triton_utils
 from .._dispatch import triton_interpreting
+from .._triton_utils import device_guarded
 
 # ----------------------------------------------------------------------------------------------------------
 # Kernels
@@ -360,6 +360,7 @@ def _tiles(d: int) -> Tiles:
     return Tiles(block_t=16, block_d=block_d, grad_block_t=8, grad_chunk_t=128)
 
 
+@device_guarded
 def _forward(x, weight, bias, h0, silu: bool) -> torch.Tensor:
     b, t, d = x.shape
     width = weight.shape[1]
@@ -368,27 +369,27 @@ def _forward(x, weight, bias, h0, silu: bool) -> torch.Tensor:
         return y
     tiles = _tiles(d)
     grid = (triton.cdiv(t, tiles.block_t), b, triton.cdiv(d, tiles.block_d))
-    with _triton_utils.on_device(x):
-        _forward_kernel[grid](
-            x,
-            weight,
-            bias if bias is not None else x,  # a dummy pointer, never read (HAS_BIAS=False)
-            h0 if h0 is not None else x,
-            y,
-            t,
-            d,
-            W=width,
-            HAS_BIAS=bias is not None,
-            HAS_INIT=h0 is not None,
-            SILU=silu,
-            ACC=_acc_dtype(x),
-            IDX=_index_dtype(),
-            BLOCK_T=tiles.block_t,
-            BLOCK_D=tiles.block_d,
-        )
+    _forward_kernel[grid](
+        x,
+        weight,
+        bias if bias is not None else x,  # a dummy pointer, never read (HAS_BIAS=False)
+        h0 if h0 is not None else x,
+        y,
+        t,
+        d,
+        W=width,
+        HAS_BIAS=bias is not None,
+        HAS_INIT=h0 is not None,
+        SILU=silu,
+        ACC=_acc_dtype(x),
+        IDX=_index_dtype(),
+        BLOCK_T=tiles.block_t,
+        BLOCK_D=tiles.block_d,
+    )
     return y
 
 
+@device_guarded
 def _backward(dy, x, weight, bias, h0, silu: bool, needs: tuple[bool, bool, bool, bool]):
     need_dx, need_dw, need_db, need_dh0 = needs
     need_db = need_db and bias is not None
@@ -407,69 +408,68 @@ def _backward(dy, x, weight, bias, h0, silu: bool, needs: tuple[bool, bool, bool
     dx = dw = db = dh0 = None
     # g = dL/dz: without an activation it is dy itself and needs no buffer.
     g = dy
-    with _triton_utils.on_device(x):
-        if silu or need_dw or need_db:
-            if silu:
-                g = torch.empty(b, t, d, dtype=part_dtype, device=x.device)
-            dw_part = torch.empty(slots, width, d, dtype=part_dtype, device=x.device) if need_dw else x
-            db_part = torch.empty(slots, d, dtype=part_dtype, device=x.device) if need_db else x
-            grid = (n_chunks, b, triton.cdiv(d, tiles.block_d))
-            if dy.numel() > 0:
-                _grad_z_kernel[grid](
-                    x,
-                    weight,
-                    bias if bias is not None else x,
-                    h0 if h0 is not None else x,
-                    dy,
-                    g,
-                    dw_part,
-                    db_part,
-                    t,
-                    d,
-                    n_chunks,
-                    W=width,
-                    W_PAD=triton.next_power_of_2(width),
-                    HAS_BIAS=bias is not None,
-                    HAS_INIT=h0 is not None,
-                    SILU=silu,
-                    NEED_DW=need_dw,
-                    NEED_DB=need_db,
-                    ACC=acc,
-                    IDX=_index_dtype(),
-                    CHUNK_T=tiles.grad_chunk_t,
-                    BLOCK_T=tiles.grad_block_t,
-                    BLOCK_D=tiles.block_d,
-                )
-            # One fixed-order reduction over the slots: deterministic, unlike atomic adds.
-            if need_dw:
-                dw = dw_part.sum(0).t().to(weight.dtype) if slots > 0 else torch.zeros_like(weight)
-            if need_db:
-                db = db_part.sum(0).to(bias.dtype) if slots > 0 else torch.zeros_like(bias)
+    if silu or need_dw or need_db:
+        if silu:
+            g = torch.empty(b, t, d, dtype=part_dtype, device=x.device)
+        dw_part = torch.empty(slots, width, d, dtype=part_dtype, device=x.device) if need_dw else x
+        db_part = torch.empty(slots, d, dtype=part_dtype, device=x.device) if need_db else x
+        grid = (n_chunks, b, triton.cdiv(d, tiles.block_d))
+        if dy.numel() > 0:
+            _grad_z_kernel[grid](
+                x,
+                weight,
+                bias if bias is not None else x,
+                h0 if h0 is not None else x,
+                dy,
+                g,
+                dw_part,
+                db_part,
+                t,
+                d,
+                n_chunks,
+                W=width,
+                W_PAD=triton.next_power_of_2(width),
+                HAS_BIAS=bias is not None,
+                HAS_INIT=h0 is not None,
+                SILU=silu,
+                NEED_DW=need_dw,
+                NEED_DB=need_db,
+                ACC=acc,
+                IDX=_index_dtype(),
+                CHUNK_T=tiles.grad_chunk_t,
+                BLOCK_T=tiles.grad_block_t,
+                BLOCK_D=tiles.block_d,
+            )
+        # One fixed-order reduction over the slots: deterministic, unlike atomic adds.
+        if need_dw:
+            dw = dw_part.sum(0).t().to(weight.dtype) if slots > 0 else torch.zeros_like(weight)
+        if need_db:
+            db = db_part.sum(0).to(bias.dtype) if slots > 0 else torch.zeros_like(bias)
 
-        if need_dx or need_dh0:
-            # Buffers not asked for are replaced by a dummy pointer the kernel never writes.
-            dx = torch.empty_like(x) if need_dx else x
-            dh0 = torch.empty_like(h0) if need_dh0 else x
-            # Tiles cover positions -(W-1) .. T-1.
-            grid = (triton.cdiv(t + width - 1, tiles.block_t), b, triton.cdiv(d, tiles.block_d))
-            if b * d > 0:
-                _grad_x_kernel[grid](
-                    g,
-                    weight,
-                    dx,
-                    dh0,
-                    t,
-                    d,
-                    W=width,
-                    NEED_DX=need_dx,
-                    NEED_DINIT=need_dh0,
-                    ACC=acc,
-                    IDX=_index_dtype(),
-                    BLOCK_T=tiles.block_t,
-                    BLOCK_D=tiles.block_d,
-                )
-            dx = dx if need_dx else None
-            dh0 = dh0 if need_dh0 else None
+    if need_dx or need_dh0:
+        # Buffers not asked for are replaced by a dummy pointer the kernel never writes.
+        dx = torch.empty_like(x) if need_dx else x
+        dh0 = torch.empty_like(h0) if need_dh0 else x
+        # Tiles cover positions -(W-1) .. T-1.
+        grid = (triton.cdiv(t + width - 1, tiles.block_t), b, triton.cdiv(d, tiles.block_d))
+        if b * d > 0:
+            _grad_x_kernel[grid](
+                g,
+                weight,
+                dx,
+                dh0,
+                t,
+                d,
+                W=width,
+                NEED_DX=need_dx,
+                NEED_DINIT=need_dh0,
+                ACC=acc,
+                IDX=_index_dtype(),
+                BLOCK_T=tiles.block_t,
+                BLOCK_D=tiles.block_d,
+            )
+        dx = dx if need_dx else None
+        dh0 = dh0 if need_dh0 else None
     return dx, dw, db, dh0
 
 

@@ -24,8 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _triton_utils
-from .._triton_utils import launch_fitting, row_offset
+from .._triton_utils import device_guarded, launch_fitting, row_offset
 from .torch import flow_weights
 
 
@@ -232,22 +231,21 @@ def _candidates(full: int, tile: int, full_name: str, tile_name: str, ieee: bool
     return out
 
 
-def _launch(kernel, args, cands, cols: int, key, device, meta):
-    """One launch over (column tiles, B * H) with the first candidate that fits (``launch_fitting``)."""
-    tile_name = [n for n in cands[0] if n in ("BV", "BK")][0]
+def _launch(kernel, args, programs: int, cands, tile_name: str, cols: int, key, device, meta):
+    """One launch over (``cols`` in tiles of ``tile_name``, ``programs`` = B * H) with the first candidate
+    that fits the GPU (``launch_fitting``)."""
 
     def grid(settings):
-        return (triton.cdiv(cols, settings[tile_name]), args[-1])
+        return (triton.cdiv(cols, settings[tile_name]), programs)
 
-    rows = args[:-1]
-    with _triton_utils.on_device(rows[0]):
-        return launch_fitting(kernel, grid, rows, [{**c, **meta} for c in cands], key, device)
+    return launch_fitting(kernel, grid, args, [{**c, **meta} for c in cands], key, device)
 
 
 class LinearAttention(torch.autograd.Function):
     """o_i = q_i sum_{j<=i} k_j^T v_j (causal) or over all j; q, k [B, T, H, D], v [B, T, H, M], one dtype."""
 
     @staticmethod
+    @device_guarded
     def forward(ctx, q, k, v, causal: bool):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b, t, h, d = q.shape
@@ -256,12 +254,13 @@ class LinearAttention(torch.autograd.Function):
         meta = dict(CAUSAL=causal, IEEE=q.dtype == torch.float32)
         key = (q.dtype, d, m, causal)
         cands = _candidates(_block(d), _block(m, 64), "BD", "BV", meta["IEEE"])
-        _launch(_fwd_kernel, (q, k, v, o, t, h, d, m, b * h), cands, m, key, q.device, meta)
+        _launch(_fwd_kernel, (q, k, v, o, t, h, d, m), b * h, cands, "BV", m, key, q.device, meta)
         ctx.save_for_backward(q, k, v)
         ctx.causal = causal
         return o
 
     @staticmethod
+    @device_guarded
     def backward(ctx, do):
         q, k, v = ctx.saved_tensors
         do = do.contiguous().to(v.dtype)
@@ -272,9 +271,9 @@ class LinearAttention(torch.autograd.Function):
         key = (q.dtype, d, m, ctx.causal)
         by_k = _candidates(_block(m), _block(d, 64), "BM", "BK", meta["IEEE"])
         by_v = _candidates(_block(d), _block(m, 64), "BD", "BV", meta["IEEE"])
-        _launch(_dq_kernel, (k, v, do, dq, t, h, d, m, b * h), by_k, d, key, q.device, meta)
-        _launch(_dk_kernel, (q, v, do, dk, t, h, d, m, b * h), by_k, d, key, q.device, meta)
-        _launch(_dv_kernel, (q, k, do, dv, t, h, d, m, b * h), by_v, m, key, q.device, meta)
+        _launch(_dq_kernel, (k, v, do, dq, t, h, d, m), b * h, by_k, "BK", d, key, q.device, meta)
+        _launch(_dk_kernel, (q, v, do, dk, t, h, d, m), b * h, by_k, "BK", d, key, q.device, meta)
+        _launch(_dv_kernel, (q, k, do, dv, t, h, d, m), b * h, by_v, "BV", m, key, q.device, meta)
         return dq, dk, dv, None
 
 
