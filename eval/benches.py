@@ -144,6 +144,37 @@ for _decay in ("vector", "head"):
     )
 
 
+def delta_rule_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    b, t, h, dk, dv = shape["B"], shape["T"], shape["H"], shape["K"], shape["V"]
+    # As DeltaNet's layer makes them: L2-normalised q and k, beta = sigmoid of a projection.
+    inputs = {
+        "q": torch.nn.functional.normalize(torch.randn(b, t, h, dk, device=device), dim=-1).to(dtype),
+        "k": torch.nn.functional.normalize(torch.randn(b, t, h, dk, device=device), dim=-1).to(dtype),
+        "v": torch.randn(b, t, h, dv, dtype=dtype, device=device),
+        "beta": torch.sigmoid(torch.randn(b, t, h, device=device)).to(dtype),
+    }
+    if shape.get("gated", False):
+        # Gated DeltaNet's per-head gate, slow forgetting as for gla.
+        inputs["g"] = torch.nn.functional.logsigmoid(torch.randn(b, t, h, device=device)) / 16
+    return inputs
+
+
+# DeltaNet (no decay) and Gated DeltaNet (one log decay per head). The reference is timed up to --max-ref-T.
+for _gated in (False, True):
+    register_bench(
+        "delta_rule",
+        delta_rule_inputs,
+        label="gated_delta_rule" if _gated else "delta_rule",
+        shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "gated": _gated} for t in (512, 1024, 2048, 4096)],
+        quick_shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "gated": _gated} for t in (256, 1024)],
+        cuda_shapes=[
+            {"B": max(1, 16384 // t), "T": t, "H": 16, "K": 64, "V": 64, "gated": _gated}
+            for t in (512, 1024, 2048, 4096, 8192, 16384)
+        ],
+        kwargs={"output_final_state": True},
+    )
+
+
 def ssm_kernel_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     """S4D-Lin / S4-LegS-like parameters: Re(A) = -1/2, Im(A) spread, log dt in [log 1e-3, log 1e-1]."""
     h, n = shape["H"], shape["N"]

@@ -11,6 +11,7 @@ See docs/design.md ("The ops contract") for every signature; ``list_ops()`` list
 from ._dispatch import Op, list_ops
 from .attention import attention
 from .causal_conv1d import causal_conv1d
+from .delta_rule import delta_rule
 from .flow_attention import flow_attention
 from .gla import gla
 from .linear_scan import linear_scan
@@ -22,6 +23,7 @@ __all__ = [
     "list_ops",
     "attention",
     "causal_conv1d",
+    "delta_rule",
     "flow_attention",
     "gla",
     "linear_scan",
