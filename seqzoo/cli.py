@@ -7,9 +7,10 @@
     seqzoo mqar       MQAR sweep over mixers x d_model x settings x lrs (eval/mqar.py)
     seqzoo bench      time op backends (eval/bench.py)
     seqzoo demo       quick comparison of mixers on built-in data, on CPU (eval/demo.py)
+    seqzoo eval       lm-eval-harness on a trained run (eval/harness/command.py)
 
 Each subcommand lives in its own module with ``configure_parser(parser)`` and ``main(args) -> int``;
-later issues add train, mqar, lra and eval the same way.
+later issues add lra the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COMMANDS = {
     "mqar": ("seqzoo.eval.mqar", "MQAR sweep: recall accuracy for every mixer (the Zoology comparison)"),
     "bench": ("seqzoo.eval.bench", "time op backends, forward and forward+backward"),
     "demo": ("seqzoo.eval.demo", "quick comparison of mixers on built-in data, on CPU"),
+    "eval": ("seqzoo.eval.harness.command", "score a trained run with lm-eval-harness (offline tasks ship)"),
 }
 
 

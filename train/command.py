@@ -36,5 +36,9 @@ def main(args) -> int:
         return 0
     from .loop import train
 
-    train(config, resume=args.resume)
+    try:
+        train(config, resume=args.resume)
+    except ImportError as e:  # an optional extra the config needs (eval.tasks: lm-eval)
+        print(f"seqzoo train: {e}", file=sys.stderr)
+        return 2
     return 0

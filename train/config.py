@@ -1,10 +1,11 @@
-"""The run configuration: one YAML file with five sections, validated before anything runs.
+"""The run configuration: one YAML file with six sections, validated before anything runs.
 
     model:  the CausalLM (LMConfig fields; vocab_size defaults to the tokenizer's)
     data:   where text comes from, the tokenizer, sequence length
     optim:  AdamW, the learning-rate schedule, clipping
     train:  steps, batch, precision, checkpoints, evaluation, distributed
     log:    progress bar, metrics.jsonl, TensorBoard
+    eval:   lm-eval-harness tasks scored after training (``seqzoo eval``)
 
 ``load_config("tiny-attention", ["optim.lr=1e-3", "model.mixer=short_conv"])`` reads a file path or a
 config shipped in ``train/configs/`` by short name, applies dotted overrides (values parsed as YAML), and
@@ -144,6 +145,16 @@ class LogSection(Section):
     plot: bool = True
 
 
+class EvalSection(Section):
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval-harness tasks scored after training, as `seqzoo eval` does (needs seqzoo[eval])",
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="default: each task's own")
+    limit: float | None = Field(None, gt=0, description="documents per task (a fraction if < 1)")
+    batch_size: int = Field(8, ge=1)
+
+
 class RunConfig(Section):
     name: str = "run"
     model: ModelSection = Field(default_factory=ModelSection)
@@ -151,6 +162,13 @@ class RunConfig(Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
     log: LogSection = Field(default_factory=LogSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _eval_needs_text(self):
+        if self.eval.tasks and self.data.source == "task":
+            raise ValueError("eval.tasks: lm-eval scores language models on text; this run trains on a task")
+        return self
 
     def out_path(self) -> Path:
         return Path(self.train.out_dir.format(name=self.name))

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,12 +159,37 @@ def evaluate(model, data, config: RunConfig, device, autocast) -> dict:
     return out
 
 
+def score_with_harness(config: RunConfig, out_dir: Path, device) -> dict:
+    """``eval.tasks``: the harness on the model just saved, as ``seqzoo eval`` runs it; {task: metrics}."""
+    from seqzoo.eval.harness.command import format_table, run_eval
+
+    results = run_eval(
+        out_dir,
+        config.eval.tasks,
+        num_fewshot=config.eval.num_fewshot,
+        limit=config.eval.limit,
+        batch_size=config.eval.batch_size,
+        device=str(device),
+    )
+    print(format_table(results))
+    print(f"lm-eval results: {results['seqzoo']['results_file']}")
+    return {
+        task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
+        for task, metrics in results["results"].items()
+    }
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
 def train(config: RunConfig, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train as ``config`` says; returns the summary. ``stop_after`` ends early at that step (tests)."""
     t_start = time.perf_counter()
+    if config.eval.tasks:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:  # say so now, not after hours of training
+            raise ImportError("eval.tasks needs lm-eval: pip install 'seqzoo[eval]' (or drop eval.tasks)")
     device_type = (
         "cuda"
         if config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
@@ -394,6 +420,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if config.log.plot:
             plot_loss_curve(out_dir)
+        if config.eval.tasks:
+            summary["lm_eval"] = score_with_harness(config, out_dir, device)
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(
             "summary: "
             + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
