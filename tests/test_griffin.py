@@ -128,7 +128,7 @@ def test_presets_are_griffin_and_hawk():
     assert local["n_kv_heads"] == 1 and local["window"] == 1024 and local["n_heads"] == 4  # head size 128
     assert specs[0][1]["n_heads"] == 4 and specs[0][1]["lru_width"] == 512
     assert griffin.mlp == "geglu"
-    assert set(PRESETS) == {"hawk", "griffin"}
+    assert {"hawk", "griffin"} <= set(PRESETS)
 
 
 def test_preset_errors():

@@ -25,6 +25,9 @@ SMALL_KWARGS = {
     "hgrn2": {"n_heads": 2, "expand_ratio": 8},
     "linear_attention": {"n_heads": 2},
     "mamba": {"d_state": 4, "expand": 2},
+    "mamba2": {"d_state": 8, "headdim": 16, "n_groups": 2},
+    "deltanet": {"n_heads": 2},
+    "gated_deltanet": {"n_heads": 2},
     "s4": {"d_state": 8, "l_max": 8},
     "s4d": {"d_state": 8},
 }

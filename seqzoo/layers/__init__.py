@@ -6,11 +6,13 @@ To add a mixer, write one file here with a :class:`Mixer` subclass decorated by
 
 from .attention import Attention, SlidingWindowAttention
 from .base import Mixer, State
+from .deltanet import DeltaNet, GatedDeltaNet
 from .flow import FlowAttention
 from .gla import GLA
 from .hgrn2 import HGRN2
 from .linear_attention import LinearAttention
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .retnet import Lightning, RetNet
 from .rglru import Hawk, RGLRUBlock
 from .s4 import S4, S4D
@@ -28,4 +30,5 @@ __all__ = [
 ]
 __all__ += ["GLA", "RetNet", "Lightning", "HGRN2", "LinearAttention"]
 __all__ += ["S4", "S4D"]
-__all__ += ["Mamba"]
+__all__ += ["Mamba", "Mamba2"]
+__all__ += ["DeltaNet", "GatedDeltaNet"]

@@ -11,6 +11,8 @@ through 2 Re(.) or by restoring them), given the real state size N (even).
 - :func:`s4d_init`: "legs" (the diagonal part Lambda of the NPLR, B = V^* B), "lin" (A = -1/2 + i pi n),
   "inv" (A = -1/2 + i N/pi (N/(2n+1) - 1)), "real" (A = -(n+1)); B = 1 except for "legs".
 - :func:`log_dt_init`: log dt uniform in [log dt_min, log dt_max] (1e-3, 1e-1).
+- :func:`dt_bias_init`, :func:`a_log_init`: Mamba-2's per-head step-size bias (softplus(bias) log-uniform in
+  [dt_min, dt_max], floored) and log decay rate (A uniform in [1, 16]), which Gated DeltaNet reuses.
 """
 
 from __future__ import annotations
@@ -69,3 +71,21 @@ def s4d_init(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def log_dt_init(h: int, dt_min: float = 1e-3, dt_max: float = 1e-1, generator=None) -> torch.Tensor:
     u = torch.rand(h, generator=generator, dtype=torch.float64)
     return math.log(dt_min) + u * (math.log(dt_max) - math.log(dt_min))
+
+
+def dt_bias_init(
+    h: int, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4
+) -> torch.Tensor:
+    """[h] fp32 biases b with softplus(b) = dt, dt log-uniform in [dt_min, dt_max] and floored at dt_init_floor
+    (Mamba-2's dt_bias): b = softplus^-1(dt) = dt + log(1 - exp(-dt))."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    dt = torch.exp(log_dt_init(h, dt_min, dt_max)).clamp(min=dt_init_floor)
+    return (dt + torch.log(-torch.expm1(-dt))).float()
+
+
+def a_log_init(h: int, a_min: float = 1.0, a_max: float = 16.0) -> torch.Tensor:
+    """[h] fp32 log A with A uniform in [a_min, a_max] (Mamba-2's A_init_range); the decay rate is -exp(A_log)."""
+    if not 0 < a_min <= a_max:
+        raise ValueError(f"need 0 < a_min <= a_max, got a_min={a_min}, a_max={a_max}")
+    return torch.empty(h, dtype=torch.float32).uniform_(a_min, a_max).log()

@@ -61,6 +61,23 @@ MIXER_SETTINGS: dict[str, MixerSettings] = {
     "flow": MixerSettings({}, "Wu et al. 2022 (Flowformer): sigmoid features, no convolution"),
     "rglru": MixerSettings({"conv_width": 4}, "De et al. 2024 (Griffin): temporal conv width 4, width d"),
     "hawk": MixerSettings({"conv_width": 4}, "De et al. 2024 (Griffin): temporal conv width 4, width d"),
+    "deltanet": MixerSettings(
+        {**_SHORT_CONV, "expand_k": 1.0, "expand_v": 1.0},
+        "Yang et al. 2024: keys and values d, SiLU + L2-normalised q/k, beta = sigmoid, short conv on q/k/v "
+        "as in the paper and fla; output gate (fla's use_gate=True, its default is False); one head per 64 "
+        "channels",
+    ),
+    "gated_deltanet": MixerSettings(
+        {**_SHORT_CONV, "expand_k": 1.0, "expand_v": 2.0},
+        "Yang, Kautz & Hatamizadeh 2024: values 2x keys, short conv, output gate, A in [1, 16], dt in "
+        "[1e-3, 0.1]; the paper's head dim is 256 (keys 0.75 d at 1.3B), here one head per 64 channels of "
+        "keys (head dims 64 / 128) at small d",
+    ),
+    "mamba2": MixerSettings(
+        {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "n_groups": 1},
+        "Dao and Gu 2024: N 128, head dim 64, expand 2, conv 4, one B/C group, A in [1, 16], dt in "
+        "[1e-3, 0.1]",
+    ),
     "mamba": MixerSettings(
         {"d_state": 16, "d_conv": 4, "expand": 2}, "Gu and Dao 2023: N 16, conv 4, expand 2, S4D-Real A"
     ),

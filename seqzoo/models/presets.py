@@ -7,19 +7,33 @@
 - ``griffin``: the repeating pattern recurrent, recurrent, local multi-query attention (``sliding_window``
   with one key/value head and a window of 1024 tokens), each followed by a gated-GeLU MLP.
 
-Both decode in constant memory: the recurrent blocks hold a convolution buffer and an RG-LRU state, the
-local attention a ring buffer of its window. Griffin's sizes: MLP expansion 3, attention head size 128,
-recurrence width equal to the model width, as many gate blocks as attention heads. Any other keyword
+Hybrids of linear and full attention after "A Systematic Analysis of Hybrid Linear Attention" (Wang et al.
+2025), which recommends Gated DeltaNet or HGRN2 with a linear-to-full ratio between 3:1 and 6:1:
+
+- ``hybrid-gated_deltanet-3to1``, ``hybrid-gated_deltanet-6to1``, ``hybrid-hgrn2-3to1``, ``hybrid-hgrn2-6to1``:
+  the repeating pattern of r linear-attention layers (with their paper settings from
+  ``seqzoo.models.mixer_settings``; Gated DeltaNet with the paper's key head size 256) and one full attention
+  layer (RoPE, one head per 64 channels), each followed by a SwiGLU MLP (ratio 4, as fla's models).
+  n_layers must be a multiple of r + 1, so the ratio is exact; the defaults are d_model 1024 and the multiple
+  of r + 1 nearest 24 layers (24 for 3:1, 21 for 6:1): fla's 340M shape (the paper trains 340M and 1.3B
+  models in fla; its exact layer placement is not reproduced here: attention closes each group of r + 1).
+  Their attention layers keep a KV cache: decoding memory grows with the length, r + 1 times slower than a
+  Transformer's.
+
+Hawk and Griffin decode in constant memory: the recurrent blocks hold a convolution buffer and an RG-LRU
+state, the local attention a ring buffer of its window. Griffin's sizes: MLP expansion 3, attention head
+size 128, recurrence width equal to the model width, as many gate blocks as attention heads. Any other keyword
 becomes an LMConfig field (vocab_size, mlp_ratio, norm_eps, tie_embeddings, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .config import LMConfig
-from .mixer_settings import settings_for
+from .mixer_settings import settings_for, with_paper_settings
 
 # The RG-LRU block's temporal convolution width, from the per-mixer settings table (Griffin: 4).
 CONV_WIDTH = settings_for("rglru").kwargs["conv_width"]
@@ -78,7 +92,8 @@ def griffin(
 def _config(d_model: int, n_layers: int, mixers: list, config: dict) -> LMConfig:
     if "mixer" in config:
         raise ValueError(
-            "a preset fixes its mixers: give lru_width, n_heads, window or conv_width instead of mixer"
+            "a preset fixes its mixers: give its own keywords (lru_width, n_heads, window, conv_width; "
+            "linear_kwargs, attention_kwargs) instead of mixer"
         )
     return LMConfig(
         **{
@@ -92,7 +107,50 @@ def _config(d_model: int, n_layers: int, mixers: list, config: dict) -> LMConfig
     )
 
 
+# Wang et al. 2025's recommended linear-attention mixers for hybrids and the linear-to-full ratios r (r:1).
+HYBRID_LINEAR_MIXERS = ("gated_deltanet", "hgrn2")
+HYBRID_RATIOS = (3, 6)
+# fla's 340M shape (24 layers of width 1024), the smaller of the paper's two model sizes.
+HYBRID_LAYERS, HYBRID_D_MODEL = 24, 1024
+# Head sizes of the linear mixers at this scale where their paper fixes one (Gated DeltaNet: 256 for keys).
+HYBRID_HEAD_DIM = {"gated_deltanet": 256}
+
+
+def hybrid_linear_attention(
+    linear: str,
+    ratio: int,
+    d_model: int = HYBRID_D_MODEL,
+    n_layers: int | None = None,
+    linear_kwargs: dict[str, Any] | None = None,
+    attention_kwargs: dict[str, Any] | None = None,
+    **config: Any,
+) -> LMConfig:
+    """(``ratio`` x ``linear``, attention) repeated to n_layers: a linear-to-full attention ratio of ratio:1.
+
+    ``linear_kwargs`` override the linear mixer's paper settings, ``attention_kwargs`` go to the attention
+    layers; any other keyword becomes an LMConfig field."""
+    if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1:
+        raise ValueError(f"ratio must be a positive int (linear layers per attention layer), got {ratio!r}")
+    group = ratio + 1
+    if n_layers is None:
+        n_layers = group * max(1, round(HYBRID_LAYERS / group))
+    if not isinstance(n_layers, int) or n_layers < group or n_layers % group:
+        raise ValueError(
+            f"n_layers must be a positive multiple of ratio + 1 = {group} (so the ratio is exactly {ratio}:1), "
+            f"got {n_layers!r}"
+        )
+    heads = {"n_heads": max(1, d_model // HYBRID_HEAD_DIM[linear])} if linear in HYBRID_HEAD_DIM else {}
+    linear_entry = with_paper_settings({"name": linear, **heads, **(linear_kwargs or {})})
+    attention = {"name": "attention", **(attention_kwargs or {})}
+    return _config(
+        d_model, n_layers, [linear_entry] * ratio + [attention], {"mlp": "swiglu", "mlp_ratio": 4.0, **config}
+    )
+
+
 PRESETS: dict[str, Callable[..., LMConfig]] = {"hawk": hawk, "griffin": griffin}
+for _linear in HYBRID_LINEAR_MIXERS:
+    for _ratio in HYBRID_RATIOS:
+        PRESETS[f"hybrid-{_linear}-{_ratio}to1"] = partial(hybrid_linear_attention, _linear, _ratio)
 
 
 def preset(name: str, **kwargs: Any) -> LMConfig:

@@ -1,0 +1,212 @@
+"""``mamba2``: the SSD mixer of Mamba-2 (Dao & Gu 2024), without its outer norm/residual.
+
+    z, xBC, dt = split(u W_in)                             # [B, T, E], [B, T, E + 2 G N], [B, T, H]; E = expand d
+    x, B, C = split(silu(causal_conv1d(xBC)))              # depthwise, width 4: [B, T, H, P], [B, T, G, N] x 2
+    dt = softplus(dt + dt_bias) ;  A = -exp(A_log)         # one step size and one decay rate per head
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T ;  y_t = C_t^T h_t + D x_t      # h [N, P] per head (SSD)
+    out = RMSNorm(y * silu(z)) W_out                       # gated RMSNorm over each group's E / G channels
+
+H = E / P heads of size P (``headdim``, 64); the G groups of B and C (``n_groups``, 1) are shared by H / G
+heads each. The SSD is a scalar-decay gated linear attention, and :func:`ssd` runs it on ``ops.gla``
+(q = C, k = B, v = dt x, g = dt A, scale 1). Decoding carries the conv's last 3 inputs and h [H, N, P] in
+fp32: constant memory.
+
+Initialisation as mamba_ssm's Mamba2: A uniform in [1, 16] (stored as A_log), D = 1, dt_bias the inverse
+softplus of dt log-uniform in [1e-3, 0.1] (floored at 1e-4), in_proj / out_proj PyTorch's Linear default
+(``post_init`` restores it after a model's generic init, as :class:`seqzoo.layers.Mamba` does), the conv
+filter as nn.Conv1d's. A_log, D and dt_bias carry ``_no_weight_decay``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..modules.norm import GatedRMSNorm
+from ..ops.gla import decoding_backend
+from ..registry import register_mixer
+from .base import Mixer, State
+from .ssm_init import a_log_init, dt_bias_init
+
+
+def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, backend="auto"):
+    """Mamba-2's state space dual (SSD) layer as a scalar-decay ``ops.gla``.
+
+        h_t = exp(dt_t A) h_{t-1} + B_t (dt_t x_t)^T ;   y_t = C_t^T h_t + D x_t
+
+    x [B, T, H, P]; dt [B, T, H] (after softplus, > 0); A [H] (< 0); B, C [B, T, G, N] with G dividing H (head
+    h reads group h // (H / G)); D [H] or None; initial_state / final state h [B, H, N, P] (fp32, fp64 for
+    fp64). Returns (y [B, T, H, P] in x's dtype, final state or None). ``backend`` is ops.gla's.
+    """
+    if x.dim() != 4 or dt.dim() != 3 or dt.shape != x.shape[:3]:
+        raise ValueError(
+            f"ssd: x must be [B, T, H, P] and dt [B, T, H], got {tuple(x.shape)} and {tuple(dt.shape)}"
+        )
+    b, t, h, _ = x.shape
+    if A.shape != (h,) or (D is not None and D.shape != (h,)):
+        got = f"A {tuple(A.shape)}" + ("" if D is None else f", D {tuple(D.shape)}")
+        raise ValueError(f"ssd: A and D must be [H] = [{h}], got {got}")
+    if B.dim() != 4 or B.shape != C.shape or B.shape[:2] != (b, t) or h % B.shape[2]:
+        raise ValueError(
+            f"ssd: B and C must be [B, T, G, N] with G dividing H={h}, got {tuple(B.shape)}, {tuple(C.shape)}"
+        )
+    rep = h // B.shape[2]
+    k, q = B.repeat_interleave(rep, dim=2), C.repeat_interleave(rep, dim=2)
+    v = (x * dt[..., None]).to(x.dtype)
+    y, state = ops.gla(
+        q.to(x.dtype),
+        k.to(x.dtype),
+        v,
+        dt * A,
+        scale=1.0,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        backend=backend,
+    )
+    if D is not None:
+        y = y + x * D.to(x.dtype)[:, None]
+    return y, state
+
+
+@register_mixer(
+    "mamba2",
+    description="Mamba-2 (SSD): selective SSM with a scalar decay per head, shared B/C groups, gated RMSNorm",
+    paper="Dao & Gu 2024, Transformers are SSMs: Generalized Models and Efficient Algorithms Through "
+    "Structured State Space Duality",
+)
+class Mamba2(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        n_groups: int = 1,
+        a_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        norm_eps: float = 1e-5,
+        conv_bias: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model)
+        for name, v, lo, hi in (
+            ("d_state", d_state, 1, 256),
+            ("d_conv", d_conv, 2, 8),
+            ("expand", expand, 1, 16),
+            ("headdim", headdim, 1, 256),
+            ("n_groups", n_groups, 1, 1024),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"mamba2: {name} must be an int in {lo}..{hi}, got {v!r}")
+        e = self.d_inner = expand * d_model
+        if e % headdim:
+            raise ValueError(f"mamba2: headdim ({headdim}) must divide expand * d_model ({e})")
+        self.n_heads = e // headdim
+        if self.n_heads % n_groups:
+            raise ValueError(
+                f"mamba2: n_groups ({n_groups}) must divide the number of heads ({self.n_heads})"
+            )
+        if not (isinstance(a_init_range, (tuple, list)) and len(a_init_range) == 2):
+            raise ValueError(f"mamba2: a_init_range must be (a_min, a_max), got {a_init_range!r}")
+        self.d_state, self.d_conv, self.expand, self.headdim, self.n_groups = (
+            d_state,
+            d_conv,
+            expand,
+            headdim,
+            n_groups,
+        )
+        self.backend = backend
+        self.conv_dim = e + 2 * n_groups * d_state
+        self.in_proj = nn.Linear(d_model, e + self.conv_dim + self.n_heads, bias=bias)  # z, xBC, dt
+        bound = d_conv**-0.5  # as nn.Conv1d(groups=channels) initialises it
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv).uniform_(-bound, bound))
+        self.conv_bias = (
+            nn.Parameter(torch.empty(self.conv_dim).uniform_(-bound, bound)) if conv_bias else None
+        )
+        try:
+            self.A_log = nn.Parameter(a_log_init(self.n_heads, *a_init_range))
+            self.dt_bias = nn.Parameter(dt_bias_init(self.n_heads, dt_min, dt_max, dt_init_floor))
+        except ValueError as err:
+            raise ValueError(f"mamba2: {err}") from None
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        for p in (self.A_log, self.dt_bias, self.D):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(e, eps=norm_eps, norm_before_gate=False, group_size=e // n_groups)
+        self.out_proj = nn.Linear(e, d_model, bias=bias)
+
+    @torch.no_grad()
+    def post_init(self) -> None:
+        """in_proj and out_proj back to PyTorch's Linear default (uniform in +-1/sqrt(fan_in)), which mamba_ssm
+        leaves in place, after a model's generic init (normal 0.02) has overwritten them."""
+        self.in_proj.reset_parameters()
+        self.out_proj.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, n_heads={self.n_heads}, headdim={self.headdim}, "
+            f"d_state={self.d_state}, n_groups={self.n_groups}, d_conv={self.d_conv}"
+        )
+
+    def _mix(self, u, state, keep_state):
+        b, t, _ = u.shape
+        e, gn = self.d_inner, self.n_groups * self.d_state
+        z, xbc, dt = self.in_proj(u).split([e, self.conv_dim, self.n_heads], dim=-1)
+        xbc, conv = ops.causal_conv1d(
+            xbc,
+            self.conv_weight,
+            self.conv_bias,
+            activation="silu",
+            initial_state=None if state is None else state["conv"],
+            output_final_state=keep_state,
+            backend=self.backend,
+        )
+        x, B, C = xbc.split([e, gn, gn], dim=-1)
+        ft = torch.promote_types(u.dtype, torch.float32)
+        dt = F.softplus(dt.to(ft) + self.dt_bias.to(ft))
+        y, S = ssd(
+            x.reshape(b, t, self.n_heads, self.headdim),
+            dt,
+            -self.A_log.to(ft).exp(),
+            B.reshape(b, t, self.n_groups, self.d_state),
+            C.reshape(b, t, self.n_groups, self.d_state),
+            self.D,
+            initial_state=None if state is None else state["S"],
+            output_final_state=keep_state,
+            backend=decoding_backend(self.backend, u, t) if keep_state else self.backend,
+        )
+        out = self.out_proj(self.norm(y.reshape(b, t, e), z))
+        return out, ({"conv": conv, "S": S} if keep_state else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self._mix(x, None, False)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        # fp32 states for fp32/fp16/bf16 models (fp64 for fp64), as the ops return them.
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return {
+            "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            "S": torch.zeros(
+                batch_size, self.n_heads, self.d_state, self.headdim, device=device, dtype=dtype
+            ),
+        }
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self.check_input(x)
+        if state is not None:
+            self.check_state(state, x.shape[0], ("conv", "S"))
+        return self._mix(x, state, True)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self.check_input(x_t, "x_t", ndim=2)
+        y, state = self.prefill(x_t[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.conv_dim * (self.d_conv - 1) + self.n_heads * self.d_state * self.headdim
