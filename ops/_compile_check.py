@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -269,7 +270,15 @@ def cases() -> list[Case]:
 
     tri = {
         name: importlib.import_module(f"seqzoo.ops.{name}.triton")
-        for name in ("gla", "flow_attention", "causal_conv1d", "linear_scan", "selective_scan", "s4")
+        for name in (
+            "gla",
+            "delta_rule",
+            "flow_attention",
+            "causal_conv1d",
+            "linear_scan",
+            "selective_scan",
+            "s4",
+        )
     }
     conv = importlib.import_module("seqzoo.ops.s4.triton_conv")
     f32, bf16 = torch.float32, torch.bfloat16
@@ -302,6 +311,31 @@ def cases() -> list[Case]:
 
                     form = "chunk" if chunked else "recurrent"
                     add("gla", f"{form} K{kd} V{vd} g={gate} {str(dt)[6:]}", run, full_only=not rep)
+    # delta_rule: chunked (training) and recurrent (decoding), forward and backward; DeltaNet and Gated DeltaNet;
+    # head dims to 256.
+    for dt in (f32, bf16):
+        for kd, vd in ((64, 64), (128, 128), (256, 256), (64, 128), (256, 64)):
+            for gate, chunked in itertools.product(("scalar", "none"), (True, False)):
+                rep = (kd, vd) in ((64, 64), (256, 256)) and gate == "scalar" and dt == bf16
+
+                def run(kd=kd, vd=vd, gate=gate, dt=dt, chunked=chunked):
+                    b, t, h = 1, 80, 2
+                    q, k = _t(b, t, h, kd, dtype=dt), _t(b, t, h, kd, dtype=dt)
+                    v = _t(b, t, h, vd, dtype=dt)
+                    beta = _t(b, t, h, dtype=dt, positive=True)
+                    g = (
+                        (-_t(b, t, h, dtype=f32, grad=False, positive=True)).requires_grad_()
+                        if gate == "scalar"
+                        else None
+                    )
+                    h0 = _t(b, h, kd, vd, dtype=f32)
+                    mod = tri["delta_rule"]
+                    fn = mod.chunk_delta_rule if chunked else mod.recurrent_delta_rule
+                    o, ht = fn(q, k, v, beta, g, None, h0, True)
+                    _backward(o, ht)
+
+                form = "chunk" if chunked else "recurrent"
+                add("delta_rule", f"{form} K{kd} V{vd} g={gate} {str(dt)[6:]}", run, full_only=not rep)
     # flow_attention: the linear-attention kernels under the flow normalisers, causal or not, D and M to 256.
     for dt in (f32, bf16):
         for d, m in ((64, 64), (128, 128), (256, 256), (32, 256)):

@@ -55,6 +55,7 @@ def test_representative_kernels_compile_and_fit_on_h100_and_a100(tmp_path):
     ops = {op for op, _ in by_arch[90]}
     assert ops == {
         "gla",
+        "delta_rule",
         "flow_attention",
         "causal_conv1d",
         "linear_scan",

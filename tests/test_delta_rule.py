@@ -1,7 +1,8 @@
-"""ops.delta_rule: the reference against an independent hand-written loop, and the torch backend against the
-reference (outputs, final state, gradients of q, k, v, beta, g and the initial state) for DeltaNet (g=None) and
-Gated DeltaNet, lengths that are not multiples of the chunk, T = 1, strong decays, beta near 0 and near 2,
-chunked calls with the state handed over, and argument errors."""
+"""ops.delta_rule: the reference against an independent hand-written loop, and the torch and Triton backends
+against the reference (outputs, final state, gradients of q, k, v, beta, g and the initial state) for DeltaNet
+(g=None) and Gated DeltaNet, lengths that are not multiples of the chunk, T = 1, strong decays, beta near 0 and
+near 2, chunked calls with the state handed over, and argument errors. The Triton kernels run under
+TRITON_INTERPRET=1 on a CPU (tests/conftest.py), on small shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo import ops
+from seqzoo.ops.delta_rule import decoding_backend
 from seqzoo.ops.delta_rule import torch as delta_torch
+from seqzoo.ops.delta_rule import triton as delta_triton
 from seqzoo.ops.testing import assert_matches_reference
 
 GATES = ["none", "gated", "strong"]
@@ -181,6 +184,188 @@ def test_auto_is_torch_on_cpu_and_backends_are_listed():
     assert "delta_rule" in ops.list_ops()
 
 
+# -- the Triton kernels, under TRITON_INTERPRET=1 (small shapes: the interpreter is slow) ---------------------
+
+
+class ChunkOf:
+    """ops.delta_rule with backend="triton" at another chunk size (16: several chunks on short sequences),
+    in the shape assert_matches_reference takes; every other backend goes through the op."""
+
+    name = "delta_rule"
+
+    def __init__(self, chunk):
+        self.chunk = chunk
+
+    def __call__(self, *args, backend, **kwargs):
+        if backend != "triton":
+            return ops.delta_rule(*args, backend=backend, **kwargs)
+        return delta_triton.chunk_delta_rule(*args, chunk=self.chunk, **kwargs)
+
+
+CHUNK16 = ChunkOf(16)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("t", [1, 5, 37, 70])
+def test_triton_chunk_matches_reference(gate, t):
+    # Chunks of 16: T = 37 and 70 end in a partial chunk; dk = 24 and dv = 40 are not powers of two.
+    x = make(b=1, t=t, h=2, dk=24, dv=40, gate=gate, dtype=torch.float32)
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("gate", ["none", "gated"])
+def test_triton_chunk_default_chunk_through_the_op(gate):
+    # The default chunk of 64, as ops.delta_rule(backend="triton") runs it: two chunks, the second partial.
+    x = make(b=2, t=70, h=1, dk=16, dv=16, gate=gate, dtype=torch.float32)
+    assert_matches_reference(ops.delta_rule, "triton", x, output_final_state=True)
+
+
+def test_triton_chunk_several_key_and_value_tiles():
+    # K = 80 and V = 72: two key tiles and two value tiles of 64 in every kernel's loops.
+    x = make(b=1, t=40, h=1, dk=80, dv=72, gate="gated", dtype=torch.float32)
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("gate", ["none", "strong"])
+def test_triton_chunk_without_state_and_with_scale(gate):
+    x = make(b=1, t=37, h=2, dk=16, dv=16, gate=gate, initial_state=False, dtype=torch.float32)
+    assert_matches_reference(CHUNK16, "triton", x, scale=0.37)
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gate", ["none", "gated"])
+def test_triton_chunk_low_precision(dtype, gate):
+    # fp16 runs its matmuls in fp16; bf16 in fp32 under the interpreter (numpy has no bf16 matmul; on a GPU
+    # they are bf16: test_gpu_matches_reference).
+    x = make(b=1, t=37, h=2, dk=16, dv=32, gate=gate, dtype=dtype)
+    x["initial_state"] = x["initial_state"].float()
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("beta", ["small", "large"])
+@pytest.mark.parametrize("gate", ["none", "gated"])
+def test_triton_chunk_beta_near_0_and_2(beta, gate):
+    x = make(b=1, t=40, h=2, dk=16, dv=16, gate=gate, beta=beta, dtype=torch.float32)
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
+def test_triton_chunk_extreme_decays_and_singular_steps():
+    # Every chunk decays by hundreds in log space (exp(G_i - G_j), i < j, would overflow), a chunk of
+    # strong decays between mild ones, and beta = 1 on unit keys (I - k k^T singular). No NaN, no inf.
+    x = make(b=1, t=40, h=2, dk=16, dv=16, gate="strong", dtype=torch.float32)
+    x["g"] = torch.full_like(x["g"], -60.0)
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+    x = make(b=1, t=48, h=2, dk=16, dv=16, gate="gated", dtype=torch.float32)
+    x["g"][:, 16:32] = -torch.rand(1, 16, 2) * 20
+    x["beta"] = torch.ones_like(x["beta"])
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("gate", ["none", "gated"])
+def test_triton_state_carries_over(gate):
+    # Two calls of each Triton backend with the state handed over equal one call (split inside a chunk).
+    x = make(b=1, t=45, h=1, dk=16, dv=16, gate=gate, dtype=torch.float32)
+    first = {n: (v[:, :20] if n != "initial_state" else v) for n, v in x.items()}
+    second = {n: v[:, 20:] for n, v in x.items() if n != "initial_state"}
+    ref, ref_s = ops.delta_rule(**x, output_final_state=True, backend="reference")
+    for run in (CHUNK16, lambda **a: ops.delta_rule(**a, backend="triton_recurrent")):
+        kw = {"backend": "triton"} if run is CHUNK16 else {}
+        o1, s1 = run(**first, output_final_state=True, **kw)
+        o2, s2 = run(**second, initial_state=s1, output_final_state=True, **kw)
+        torch.testing.assert_close(torch.cat([o1, o2], 1), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s2, ref_s, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_chunk_size_must_be_a_power_of_two():
+    x = make(b=1, t=8, h=1, dk=16, dv=16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="power of two"):
+        delta_triton.chunk_delta_rule(**x, chunk=24)
+
+
+# The recurrent kernel:
+#
+# The recurrent kernel checkpoints the state every SEGMENT = 32 steps: T = 37 and 70 cross segments, the last
+# partial. dv = 40 gives two value tiles in its backward (BV = 32), whose partial dq, dk, dbeta, dg are summed;
+# dk = 24 is not a power of two (masked key tile).
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_triton_recurrent_matches_reference(gate):
+    x = make(b=1, t=37, h=2, dk=24, dv=40, gate=gate, dtype=torch.float32)
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", ["none", "gated"])
+def test_triton_recurrent_two_segments_batch(gate):
+    x = make(b=2, t=70, h=1, dk=16, dv=16, gate=gate, dtype=torch.float32)
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("gate", ["none", "strong"])
+def test_triton_recurrent_single_token(gate):
+    # Decoding: one token, from a state and from none, with a given scale.
+    x = make(b=2, t=1, h=2, dk=16, dv=16, gate=gate, dtype=torch.float32)
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+    x.pop("initial_state")
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, scale=0.3)
+
+
+@pytest.mark.parametrize("gate", ["none", "gated"])
+def test_triton_recurrent_bf16(gate):
+    # No matmuls in the recurrent kernels, so bf16 runs in the interpreter (loads upcast to fp32).
+    x = make(b=1, t=20, h=2, dk=16, dv=32, gate=gate, dtype=torch.bfloat16)
+    x["initial_state"] = x["initial_state"].float()
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+
+
+@pytest.mark.parametrize("beta", ["small", "large"])
+def test_triton_recurrent_beta_near_0_and_2(beta):
+    x = make(b=1, t=40, h=1, dk=16, dv=16, gate="gated", beta=beta, dtype=torch.float32)
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+
+
+def test_triton_recurrent_extreme_decays_and_singular_steps():
+    # g = -20 everywhere (the state nearly forgets every step) and beta = 1 on unit keys, where the step
+    # I - k k^T is singular: the backward must recompute states, not invert steps. No NaN, no inf.
+    x = make(b=1, t=36, h=2, dk=16, dv=16, gate="strong", dtype=torch.float32)
+    x["g"] = torch.full_like(x["g"], -20.0)
+    x["beta"] = torch.ones_like(x["beta"])
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+    x.pop("g")
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+
+
+def test_triton_recurrent_some_inputs_without_grad():
+    # Only v and the initial state need gradients; beta and g are plain tensors.
+    x = make(b=1, t=9, h=2, dk=16, dv=16, gate="gated", dtype=torch.float32)
+    assert_matches_reference(
+        ops.delta_rule, "triton_recurrent", x, grad=["v", "initial_state"], output_final_state=True
+    )
+    # No gradient at all: the forward keeps no checkpoints.
+    o, s = ops.delta_rule(**x, output_final_state=True, backend="triton_recurrent")
+    ref, ref_s = ops.delta_rule(**x, output_final_state=True, backend="reference")
+    torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, ref_s, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_refuses_what_it_cannot_do():
+    for backend in ("triton", "triton_recurrent"):
+        x = make(b=1, t=4, dtype=torch.float64)
+        with pytest.raises(ValueError, match="float64"):
+            ops.delta_rule(**x, backend=backend)
+        x = make(b=1, t=4, h=1, dk=16, dv=300, dtype=torch.float32)
+        with pytest.raises(ValueError, match="256"):
+            ops.delta_rule(**x, backend=backend)
+    # auto on a CPU is the torch backend; decoding stays on it too.
+    ops.delta_rule(**make(b=1, t=4, dtype=torch.float32))
+    assert ops.delta_rule.last_backend == "torch"
+    assert decoding_backend("auto", x["q"], 1) == "auto"
+    assert decoding_backend("torch", x["q"], 1) == "torch"
+    assert {"triton", "triton_recurrent"} <= set(ops.delta_rule.backends("cpu"))
+
+
 # -- argument checks -----------------------------------------------------------------------------------------
 
 
@@ -226,3 +411,29 @@ def test_torch_long_sequence_fp32(gate):
     # Many chunks of head-sized dims: errors that grow with the number of chunks passed through the state.
     x = make(b=1, t=1000, h=2, dk=64, dv=64, gate=gate, dtype=torch.float32)
     assert_matches_reference(ops.delta_rule, "torch", x, output_final_state=True)
+
+
+# -- on a GPU (compiled kernels; bf16 matmuls) ----------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["triton", "triton_recurrent"])
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_matches_reference(backend, gate, dtype):
+    x = make(b=2, t=333, h=3, dk=64, dv=128, gate=gate, dtype=dtype)
+    x = {n: (v.float() if n == "initial_state" else v).cuda() for n, v in x.items()}
+    assert_matches_reference(ops.delta_rule, backend, x, output_final_state=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dk, dv", [(16, 16), (48, 80), (256, 256)])
+def test_gpu_head_dims(dk, dv):
+    x = {
+        n: v.cuda() for n, v in make(b=1, t=200, h=2, dk=dk, dv=dv, gate="gated", dtype=torch.float32).items()
+    }
+    assert_matches_reference(ops.delta_rule, "triton", x, output_final_state=True)
+    assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
+    assert decoding_backend("auto", x["q"], 1) == "triton_recurrent"

@@ -19,18 +19,27 @@ The op does not L2-normalise q or k: the mixer does that (the recurrence is stab
 beta in (0, 2); other keys are taken as they are).
 
 Backends: ``reference`` (the sequential recurrence, fp32), ``torch`` (chunkwise-parallel with the WY / UT
-representation, every exponent <= 0: the default on CPU and, for now, on GPU). A ``triton`` backend is to come:
-it registers with ``register_lazy`` below, ahead of ``torch`` in the cuda ``auto`` order.
+representation, every exponent <= 0: the CPU default), ``triton`` (the same chunked form in Triton kernels,
+forward and backward: the GPU default), ``triton_recurrent`` (a fused token-by-token kernel with its backward,
+for decoding: see :func:`decoding_backend`). The Triton backends take fp32/fp16/bf16 and head dims up to 256.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
 from .._checks import check_same_device, check_shape, check_tensor
-from .._dispatch import define_op
+from .._dispatch import define_op, triton_unavailable_reason
 from . import reference as _reference
 from . import torch as _torch
+
+MAX_TRITON_HEAD_DIM = 256
+# Below this many new tokens the mixers decode with the fused recurrent kernel on a GPU.
+RECURRENT_MAX_T = 16
+_SIGNATURE = inspect.signature(_reference.delta_rule)
 
 
 def _validate(q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False):
@@ -56,14 +65,58 @@ def _validate(q, k, v, beta, g=None, scale=None, initial_state=None, output_fina
     check_same_device("delta_rule", q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
 
 
-# When the Triton backend lands: delta_rule.register_lazy("triton", ".delta_rule.triton", ..., unavailable=
-# triton_unavailable_reason, unsupported=...), and "triton" first in the cuda order.
+def _triton_unsupported(*args, **kwargs) -> str | None:
+    a = _SIGNATURE.bind(*args, **kwargs).arguments
+    q, v = a["q"], a["v"]
+    if q.dtype not in (_pt.float32, _pt.float16, _pt.bfloat16):
+        return f"the Triton kernels take float32/float16/bfloat16, got {q.dtype}"
+    if max(q.shape[-1], v.shape[-1]) > MAX_TRITON_HEAD_DIM:
+        dims = f"K={q.shape[-1]}, V={v.shape[-1]}"
+        return f"the Triton kernels take head dims up to {MAX_TRITON_HEAD_DIM}, got {dims}"
+    return None
+
+
 delta_rule = define_op(
-    "delta_rule", __doc__, validate=_validate, auto_order={"cuda": ("torch",), "cpu": ("torch",)}
+    "delta_rule", __doc__, validate=_validate, auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)}
 )
 delta_rule.register("reference", _reference.delta_rule, description="sequential recurrence in fp32")
 delta_rule.register(
     "torch", _torch.delta_rule, description="chunkwise-parallel PyTorch (WY/UT form), exponents kept <= 0"
 )
 
-__all__ = ["delta_rule"]
+delta_rule.register_lazy(
+    "triton",
+    ".delta_rule.triton",
+    "chunk_delta_rule",
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_unsupported,
+    description="Triton chunked kernels (WY/UT form), forward and backward",
+)
+delta_rule.register_lazy(
+    "triton_recurrent",
+    ".delta_rule.triton",
+    "recurrent_delta_rule",
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_unsupported,
+    description="Triton fused recurrent kernel (decoding), forward and backward",
+)
+
+
+def decoding_backend(backend: str, x: _pt.Tensor, n_tokens: int) -> str:
+    """The backend a mixer should use for ``n_tokens`` new tokens.
+
+    On a GPU, ``auto`` decodes a few tokens with the fused recurrent kernel (one launch, no chunk padding);
+    anything else is left as asked.
+    """
+    if (
+        backend == "auto"
+        and n_tokens <= RECURRENT_MAX_T
+        and x.device.type == "cuda"
+        and x.dtype in (_pt.float32, _pt.float16, _pt.bfloat16)
+        and triton_unavailable_reason(x.device) is None
+    ):
+        return "triton_recurrent"
+    return backend
+
+
+__all__ = ["delta_rule", "decoding_backend"]
