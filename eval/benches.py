@@ -175,6 +175,79 @@ for _gated in (False, True):
     )
 
 
+# -- Mamba-2's SSD: on ops.gla (what the mamba2 layer runs) or on Mamba's selective scan ----------------------
+
+
+def _ssd_by_selective_scan(x, dt, A, B, C, D):
+    """The same SSD through ops.selective_scan: every head's P channels share the head's dt and A."""
+    from seqzoo import ops
+
+    b, t, h, p = x.shape
+    n = B.shape[-1]
+    delta = dt[..., None].expand(b, t, h, p).reshape(b, t, h * p)
+    a = A[:, None, None].expand(h, p, n).reshape(h * p, n)
+    y, _ = ops.selective_scan(x.reshape(b, t, h * p), delta, a, B, C, D.repeat_interleave(p))
+    return y.view(b, t, h, p)
+
+
+def _ssd_op():
+    from seqzoo.layers.mamba2 import ssd
+    from seqzoo.ops import gla, selective_scan
+    from seqzoo.ops._dispatch import Op
+
+    op = Op(
+        "ssd",
+        "Mamba-2's SSD on x [B, T, H, P], dt [B, T, H], A [H], B/C [B, T, G, N], D [H]",
+        auto_order={"cpu": ("torch",), "cuda": ("triton", "torch")},
+    )
+
+    def gla_status(device, backend):  # ops.gla's own availability (triton needs a GPU) decides
+        status = gla.backends(device)[backend]
+        return None if status == "available" else status
+
+    for name in ("reference", "torch", "triton"):
+        op.register(
+            name,
+            lambda *a, _b=name, **k: ssd(*a, **k, backend=_b)[0],
+            unavailable=lambda device, _b=name: gla_status(device, _b),
+            description=f"ops.gla backend {name} (scalar decay per head)",
+        )
+    op.register(
+        "selective_scan",
+        _ssd_by_selective_scan,
+        unavailable=lambda device: None,
+        description=f"ops.selective_scan ({'/'.join(selective_scan.backends('cpu'))}, auto) with A and dt per head",
+    )
+    return op
+
+
+def ssd_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    b, t, h, p, g, n = shape["B"], shape["T"], shape["H"], shape["P"], shape["G"], shape["N"]
+    # As Mamba-2's layer makes them: dt = softplus(. + dt_bias) in [1e-3, 0.1] at init, A in [-16, -1].
+    return {
+        "x": torch.randn(b, t, h, p, dtype=dtype, device=device),
+        "dt": torch.empty(b, t, h, device=device).uniform_(-6.9, -2.3).exp().to(dtype),
+        "A": -torch.empty(h, device=device).uniform_(1, 16),
+        "B": torch.randn(b, t, g, n, dtype=dtype, device=device),
+        "C": torch.randn(b, t, g, n, dtype=dtype, device=device),
+        "D": torch.ones(h, device=device),
+    }
+
+
+# Mamba-2 at 130M: 24 heads of 64 channels, N = 128, one group; smaller on CPU.
+register_bench(
+    "ssd",
+    ssd_inputs,
+    op=_ssd_op(),
+    shapes=[{"B": 1, "T": t, "H": 4, "P": 64, "G": 1, "N": 64} for t in (512, 1024, 2048, 4096)],
+    quick_shapes=[{"B": 1, "T": t, "H": 4, "P": 64, "G": 1, "N": 64} for t in (256, 1024)],
+    cuda_shapes=[
+        {"B": max(1, 16384 // t), "T": t, "H": 24, "P": 64, "G": 1, "N": 128}
+        for t in (512, 1024, 2048, 4096, 8192, 16384)
+    ],
+)
+
+
 def ssm_kernel_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     """S4D-Lin / S4-LegS-like parameters: Re(A) = -1/2, Im(A) spread, log dt in [log 1e-3, log 1e-1]."""
     h, n = shape["H"], shape["N"]

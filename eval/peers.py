@@ -9,9 +9,11 @@ Pairs (each only where the peer imports; a missing peer is listed with the reaso
 |---|---|
 | ``ops.gla`` triton, per-channel decay | flash-linear-attention ``chunk_gla`` |
 | ``ops.gla`` triton, one decay per head | flash-linear-attention ``chunk_simple_gla`` |
+| ``ops.delta_rule`` triton, without / with decay | flash-linear-attention ``chunk_delta_rule`` / ``chunk_gated_delta_rule`` |
 | ``ops.linear_scan`` triton (HGRN's recurrence) | flash-linear-attention ``fused_recurrent_hgrn`` |
 | ``ops.attention`` auto (flash-attn or SDPA) | PyTorch SDPA; flash-attn ``flash_attn_func`` |
 | ``ops.selective_scan`` triton and cuda | mamba-ssm ``selective_scan_fn`` |
+| Mamba-2's SSD on ``ops.gla`` triton (``seqzoo.layers.mamba2.ssd``) | mamba-ssm ``mamba_chunk_scan_combined`` |
 
 Every pair runs forward and forward+backward in bf16 on a few training shapes, timed with CUDA events
 (median of repeats after warm-up), and the outputs of both sides are compared (max abs difference, reported
@@ -105,6 +107,46 @@ def _pairs(quick: bool):
                     lambda s=s, sc=scalar: gla_inputs(s, sc),
                     ours,
                     theirs,
+                    f"fla {fla_name}",
+                )
+            )
+
+        def delta_inputs(s=s):
+            b, t, h, dk = s["B"], s["T"], s["H"], s["K"]
+            # As DeltaNet's layer makes them: unit q and k, beta = sigmoid(.), a slow per-head decay.
+            q, k = (
+                torch.nn.functional.normalize(torch.randn(b, t, h, dk, device=dev), dim=-1)
+                .to(bf16)
+                .requires_grad_()
+                for _ in "qk"
+            )
+            beta = torch.sigmoid(torch.randn(b, t, h, device=dev)).to(bf16).requires_grad_()
+            g = (torch.nn.functional.logsigmoid(torch.randn(b, t, h, device=dev)) / 16).requires_grad_()
+            return {"q": q, "k": k, "v": r(b, t, h, dk), "beta": beta, "g": g}
+
+        for gated, fla_name in ((False, "chunk_delta_rule"), (True, "chunk_gated_delta_rule")):
+
+            def ours_delta(x, gated=gated):
+                g = x["g"] if gated else None
+                return ops.delta_rule(x["q"], x["k"], x["v"], x["beta"], g, backend="triton")
+
+            def theirs_delta(x, gated=gated):
+                scale = x["q"].shape[-1] ** -0.5
+                if gated:
+                    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+                    return chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], scale=scale)
+                from fla.ops.delta_rule import chunk_delta_rule
+
+                return chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], scale=scale)
+
+            pairs.append(
+                (
+                    "gated delta rule" if gated else "delta rule",
+                    s,
+                    delta_inputs,
+                    ours_delta,
+                    theirs_delta,
                     f"fla {fla_name}",
                 )
             )
@@ -210,6 +252,28 @@ def _pairs(quick: bool):
                     "mamba-ssm selective_scan_fn",
                 )
             )
+    # Mamba-2's SSD: seqzoo's mamba2 layer runs it on ops.gla (Triton); mamba-ssm has a dedicated kernel.
+    for s in [dict(B=4, T=2048, H=24, P=64, N=128)] if not quick else [dict(B=2, T=1024, H=8, P=64, N=64)]:
+
+        def ssd_inputs(s=s):
+            b, t, h, p, n = s["B"], s["T"], s["H"], s["P"], s["N"]
+            dt = torch.empty(b, t, h, device=dev).uniform_(-6.9, -2.3).exp().requires_grad_()
+            A = (-torch.empty(h, device=dev).uniform_(1, 16)).requires_grad_()
+            return {"x": r(b, t, h, p), "dt": dt, "A": A, "B": r(b, t, 1, n), "C": r(b, t, 1, n)}
+
+        def ours_ssd(x):
+            from seqzoo.layers.mamba2 import ssd
+
+            return ssd(x["x"], x["dt"], x["A"], x["B"], x["C"], backend="triton")[0]
+
+        def theirs_ssd(x):
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+            return mamba_chunk_scan_combined(x["x"], x["dt"], x["A"], x["B"], x["C"], chunk_size=64)
+
+        pairs.append(
+            ("ssd (Mamba-2)", s, ssd_inputs, ours_ssd, theirs_ssd, "mamba-ssm mamba_chunk_scan_combined")
+        )
     return pairs
 
 

@@ -17,6 +17,9 @@ def test_pairs_cover_every_peer():
         ("attention", "torch SDPA"),
         ("attention", "flash-attn"),
         ("selective_scan", "mamba-ssm selective_scan_fn"),
+        ("delta rule", "fla chunk_delta_rule"),
+        ("gated delta rule", "fla chunk_gated_delta_rule"),
+        ("ssd", "mamba-ssm mamba_chunk_scan_combined"),
     }
 
 
