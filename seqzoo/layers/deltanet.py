@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.norm import GatedRMSNorm, RMSNorm
+from ..ops.delta_rule import decoding_backend as delta_rule_decoding_backend
 from ..registry import register_mixer
 from .base import State
 from .linear_attention import GatedLinearAttentionMixer
@@ -133,7 +134,8 @@ class DeltaNet(GatedLinearAttentionMixer):
             g,
             initial_state=None if state is None else state["S"],
             output_final_state=True,
-            backend=self.backend,
+            # a few tokens on a GPU (decoding): the fused recurrent kernel, as the GLA family does
+            backend=delta_rule_decoding_backend(self.backend, x, x.shape[1]),
         )
         return self._output(o, x), {"S": S, **convs}
 
