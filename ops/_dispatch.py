@@ -64,6 +64,28 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     )
 
 
+# Below this many new tokens, mixers on a GPU decode with an op's fused recurrent kernel.
+RECURRENT_MAX_T = 16
+
+
+def recurrent_decoding_backend(backend: str, x: torch.Tensor, n_tokens: int) -> str:
+    """The backend a mixer should use for ``n_tokens`` new tokens of an op with a ``triton_recurrent`` backend
+    (``ops.gla``, ``ops.delta_rule``).
+
+    On a GPU, ``auto`` decodes a few tokens with the fused recurrent kernel (one launch, no chunk padding);
+    anything else is left as asked.
+    """
+    if (
+        backend == "auto"
+        and n_tokens <= RECURRENT_MAX_T
+        and x.device.type == "cuda"
+        and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and triton_unavailable_reason(x.device) is None
+    ):
+        return "triton_recurrent"
+    return backend
+
+
 @dataclass
 class Backend:
     name: str

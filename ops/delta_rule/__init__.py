@@ -32,13 +32,11 @@ import numbers
 import torch as _pt  # not `torch`: that name is this package's torch.py backend
 
 from .._checks import check_same_device, check_shape, check_tensor
-from .._dispatch import define_op, triton_unavailable_reason
+from .._dispatch import define_op, recurrent_decoding_backend, triton_unavailable_reason
 from . import reference as _reference
 from . import torch as _torch
 
 MAX_TRITON_HEAD_DIM = 256
-# Below this many new tokens the mixers decode with the fused recurrent kernel on a GPU.
-RECURRENT_MAX_T = 16
 _SIGNATURE = inspect.signature(_reference.delta_rule)
 
 
@@ -102,21 +100,8 @@ delta_rule.register_lazy(
 )
 
 
-def decoding_backend(backend: str, x: _pt.Tensor, n_tokens: int) -> str:
-    """The backend a mixer should use for ``n_tokens`` new tokens.
-
-    On a GPU, ``auto`` decodes a few tokens with the fused recurrent kernel (one launch, no chunk padding);
-    anything else is left as asked.
-    """
-    if (
-        backend == "auto"
-        and n_tokens <= RECURRENT_MAX_T
-        and x.device.type == "cuda"
-        and x.dtype in (_pt.float32, _pt.float16, _pt.bfloat16)
-        and triton_unavailable_reason(x.device) is None
-    ):
-        return "triton_recurrent"
-    return backend
+# decoding_backend(backend, x, n_tokens): the fused recurrent kernel for a few tokens on a GPU.
+decoding_backend = recurrent_decoding_backend
 
 
 __all__ = ["delta_rule", "decoding_backend"]
