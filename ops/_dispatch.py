@@ -64,6 +64,16 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     )
 
 
+def triton_linear_attention_reason(q: torch.Tensor, v: torch.Tensor, max_head_dim: int = 256) -> str | None:
+    """Why the linear-attention Triton kernels (gla, delta_rule) cannot take q [.., K] / v [.., V]; None if they can."""
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the Triton kernels take float32/float16/bfloat16, got {q.dtype}"
+    if max(q.shape[-1], v.shape[-1]) > max_head_dim:
+        dims = f"K={q.shape[-1]}, V={v.shape[-1]}"
+        return f"the Triton kernels take head dims up to {max_head_dim}, got {dims}"
+    return None
+
+
 # Below this many new tokens, mixers on a GPU decode with an op's fused recurrent kernel.
 RECURRENT_MAX_T = 16
 

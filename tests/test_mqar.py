@@ -222,7 +222,16 @@ def test_each_mixer_runs_with_the_settings_table():
             assert layer["l_max"] == run["seq_len"]
         if name == "sliding_window":
             assert layer["window"] == 16
-    assert {"gla", "retnet", "lightning", "hgrn2", "linear_attention", "deltanet", "gated_deltanet", "mamba2"} <= seen
+    assert {
+        "gla",
+        "retnet",
+        "lightning",
+        "hgrn2",
+        "linear_attention",
+        "deltanet",
+        "gated_deltanet",
+        "mamba2",
+    } <= seen
     lrs = {(r["mixer"], r["lr"]) for r in runs}
     assert ("attention", 3e-3) in lrs and ("gla", 1e-2) in lrs and ("attention", 1e-2) not in lrs
     # ... and the recipe builds exactly that: short convolutions in front of gla's q, k, v.

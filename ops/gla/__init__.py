@@ -26,10 +26,13 @@ from __future__ import annotations
 import inspect
 import numbers
 
-import torch as _pt  # not `torch`: that name is this package's torch.py backend
-
 from .._checks import check_same_device, check_shape, check_tensor
-from .._dispatch import define_op, recurrent_decoding_backend, triton_unavailable_reason
+from .._dispatch import (
+    define_op,
+    recurrent_decoding_backend,
+    triton_linear_attention_reason,
+    triton_unavailable_reason,
+)
 from . import reference as _reference
 from . import torch as _torch
 
@@ -69,15 +72,9 @@ def _validate(q, k, v, g=None, scale=None, initial_state=None, output_final_stat
 
 def _triton_unsupported(*args, **kwargs) -> str | None:
     a = _SIGNATURE.bind(*args, **kwargs).arguments
-    q, v = a["q"], a["v"]
     if not a.get("causal", True):
         return "the Triton kernels are causal only (use backend='torch' for causal=False)"
-    if q.dtype not in (_pt.float32, _pt.float16, _pt.bfloat16):
-        return f"the Triton kernels take float32/float16/bfloat16, got {q.dtype}"
-    if max(q.shape[-1], v.shape[-1]) > MAX_TRITON_HEAD_DIM:
-        dims = f"K={q.shape[-1]}, V={v.shape[-1]}"
-        return f"the Triton kernels take head dims up to {MAX_TRITON_HEAD_DIM}, got {dims}"
-    return None
+    return triton_linear_attention_reason(a["q"], a["v"], MAX_TRITON_HEAD_DIM)
 
 
 gla = define_op(

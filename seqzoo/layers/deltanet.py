@@ -167,9 +167,17 @@ class GatedDeltaNet(DeltaNet):
         backend: str = "auto",
     ):
         super().__init__(
-            d_model, n_heads, expand_k, expand_v, use_gate, allow_neg_eigval, use_short_conv, conv_width,
-            norm_eps, backend,
-        )  # fmt: skip
+            d_model,
+            n_heads=n_heads,
+            expand_k=expand_k,
+            expand_v=expand_v,
+            use_gate=use_gate,
+            allow_neg_eigval=allow_neg_eigval,
+            use_short_conv=use_short_conv,
+            conv_width=conv_width,
+            norm_eps=norm_eps,
+            backend=backend,
+        )
         if not (isinstance(a_init_range, (tuple, list)) and len(a_init_range) == 2):
             raise ValueError(f"gated_deltanet: a_init_range must be (a_min, a_max), got {a_init_range!r}")
         try:

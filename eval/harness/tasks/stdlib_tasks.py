@@ -19,6 +19,7 @@ The functions are the tasks' ``custom_dataset`` (lm-eval passes the task's metad
 
 from __future__ import annotations
 
+import functools
 import random
 import sysconfig
 from pathlib import Path
@@ -32,8 +33,11 @@ PPL_CHARS = 2000
 N_CHOICES = 4
 
 
-def held_out_files() -> list[tuple[str, str]]:
-    """(key, text) of the standard-library files the built-in corpus holds out for validation."""
+@functools.lru_cache(maxsize=1)
+def held_out_files() -> tuple[tuple[str, str], ...]:
+    """(key, text) of the standard-library files the built-in corpus holds out for validation.
+
+    Cached: `seqzoo eval` loads each task once to check it and the harness loads it again."""
     from seqzoo.train.data import is_validation, stdlib_files
 
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -44,7 +48,7 @@ def held_out_files() -> list[tuple[str, str]]:
             out.append((key, path.read_text(encoding="utf-8", errors="replace").replace("\x00", "")))
     if not out:
         raise FileNotFoundError(f"seqzoo_stdlib: no held-out standard-library sources under {root}")
-    return out
+    return tuple(out)
 
 
 def _candidate(line: str) -> bool:
@@ -57,8 +61,13 @@ def _candidate(line: str) -> bool:
     )
 
 
-def _items(n_items: int):
-    """(file, context, line, distractors) for up to n_items lines of the held-out files."""
+@functools.lru_cache(maxsize=4)
+def _items(n_items: int) -> tuple[tuple[str, str, str, list[str]], ...]:
+    """(file, context, line, distractors) for up to n_items lines of the held-out files (cached)."""
+    return tuple(_generate_items(n_items))
+
+
+def _generate_items(n_items: int):
     rng = random.Random(SEED)
     files = held_out_files()
     pool = [
