@@ -30,6 +30,12 @@ SMALL_KWARGS = {
     "gated_deltanet": {"n_heads": 2},
     "s4": {"d_state": 8, "l_max": 8},
     "s4d": {"d_state": 8},
+    "based": {"n_heads": 2, "feature_dim": 4},
+    "liger": {"n_heads": 4, "n_kv_heads": 2, "window": 5},
+    "lizard": {"n_heads": 4, "n_kv_heads": 2, "window": 5, "n_meta": 2, "feature_dim": 4},
+    "base_conv": {"filter_order": 8},
+    "hyena": {"filter_order": 8},
+    "orchid": {"filter_order": 8, "n_kernels": 2},
 }
 # "name" builds a mixer with its paper's settings; "name:plain" with the layer's own defaults.
 MIXERS = sorted(seqzoo.list_mixers()) + [

@@ -6,13 +6,19 @@ To add a mixer, write one file here with a :class:`Mixer` subclass decorated by
 
 from .attention import Attention, SlidingWindowAttention
 from .base import Mixer, State
+from .base_conv import BaseConv
+from .based import Based
 from .deltanet import DeltaNet, GatedDeltaNet
 from .flow import FlowAttention
 from .gla import GLA
 from .hgrn2 import HGRN2
+from .hyena import Hyena
+from .liger import AttentionHybridMixer, Liger
 from .linear_attention import LinearAttention
+from .lizard import Lizard
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .orchid import Orchid
 from .retnet import Lightning, RetNet
 from .rglru import Hawk, RGLRUBlock
 from .s4 import S4, S4D
@@ -32,3 +38,5 @@ __all__ += ["GLA", "RetNet", "Lightning", "HGRN2", "LinearAttention"]
 __all__ += ["S4", "S4D"]
 __all__ += ["Mamba", "Mamba2"]
 __all__ += ["DeltaNet", "GatedDeltaNet"]
+__all__ += ["Based", "Liger", "Lizard", "AttentionHybridMixer"]
+__all__ += ["BaseConv", "Hyena", "Orchid"]

@@ -85,6 +85,39 @@ MIXER_SETTINGS: dict[str, MixerSettings] = {
         {"d_state": 64}, "Gu et al. 2022: N 64, HiPPO-LegS, kernel length = the task's", seq_len_kwarg="l_max"
     ),
     "s4d": MixerSettings({"d_state": 64}, "Gu et al. 2022 (S4D): N 64, S4D-LegS init, ZOH"),
+    "base_conv": MixerSettings(
+        {"short_width": 3, "filter_order": 16, "emb_dim": 3},
+        "Arora et al. 2023 (Zoology's BaseConv): short conv 3 plus implicit long conv (filter MLP width 16, "
+        "emb_dim 3, Sin freq 1), input added back; kernel length = the task's",
+        seq_len_kwarg="l_max",
+    ),
+    "hyena": MixerSettings(
+        {"order": 2, "filter_order": 64, "emb_dim": 5, "sin_freq": 10.0, "short_width": 3},
+        "Poli et al. 2023, safari's associative-recall config: order 2, filter MLP width 64, emb_dim 5, "
+        "Sin freq 10, short filter 3, frozen positional features; kernel length = the task's",
+        seq_len_kwarg="l_max",
+    ),
+    "orchid": MixerSettings(
+        {"n_kernels": 4, "filter_order": 64, "short_width": 3, "cond_width": 3},
+        "Karami and Ghodsi 2024, the authors' OrchidOperator defaults (order 2, filter MLP width 64, short "
+        "filter 3, conditioning conv 3, residual long conv); causal variant with 4 basis kernels (orchid.py)",
+        seq_len_kwarg="l_max",
+    ),
+    "based": MixerSettings(
+        {"feature_dim": 16},
+        "Arora et al. 2024: Taylor feature dim 16 (273 expanded), normalised, no convolution inside the layer "
+        "(the Based architecture adds BaseConv layers: `base_conv`; Zoology's MQAR uses 1 head at d 64, as here)",
+    ),
+    "liger": MixerSettings(
+        {"window": 64, "gla_weight": 0.5, "swa_weight": 0.5},
+        "Lan et al. 2025: softmax feature maps, gate logsigmoid(k)/16 (no new parameters), window 64, "
+        "0.5 GLA + 0.5 SWA",
+    ),
+    "lizard": MixerSettings(
+        {"window": 64, "n_meta": 4},
+        "Van Nguyen et al. 2025: Hedgehog feature maps, learned per-head gate, 4 meta tokens, window 64 "
+        "(a public re-implementation uses 128), RoPE-free",
+    ),
 }
 
 

@@ -20,6 +20,13 @@ Hybrids of linear and full attention after "A Systematic Analysis of Hybrid Line
   Their attention layers keep a KV cache: decoding memory grows with the length, r + 1 times slower than a
   Transformer's.
 
+Based (Arora et al. 2024), the architecture around its Taylor linear attention:
+
+- ``based``: the repeating pattern BaseConv, Based linear attention, sliding-window attention (window 64),
+  BaseConv, BaseConv (the layer placement of the Based repository's 360M model: linear attention at layers
+  1, 6, 11, ..., the window at 2, 7, 12, ..., BaseConv elsewhere), each followed by a SwiGLU MLP; every mixer
+  with its paper settings. Defaults d_model 1024, 27 layers (the paper's 360M shape).
+
 Hawk and Griffin decode in constant memory: the recurrent blocks hold a convolution buffer and an RG-LRU
 state, the local attention a ring buffer of its window. Griffin's sizes: MLP expansion 3, attention head
 size 128, recurrence width equal to the model width, as many gate blocks as attention heads. Any other keyword
@@ -147,7 +154,26 @@ def hybrid_linear_attention(
     )
 
 
-PRESETS: dict[str, Callable[..., LMConfig]] = {"hawk": hawk, "griffin": griffin}
+BASED_WINDOW = 64
+
+
+def based(
+    d_model: int = 1024,
+    n_layers: int = 27,
+    window: int = BASED_WINDOW,
+    linear_kwargs: dict[str, Any] | None = None,
+    **config: Any,
+) -> LMConfig:
+    """Based: (base_conv, based, sliding_window, base_conv, base_conv) repeated to n_layers, SwiGLU MLPs."""
+    conv = with_paper_settings("base_conv")
+    linear = with_paper_settings({"name": "based", **(linear_kwargs or {})})
+    local = {"name": "sliding_window", "window": window}
+    return _config(
+        d_model, n_layers, [conv, linear, local, conv, conv], {"mlp": "swiglu", "mlp_ratio": 4.0, **config}
+    )
+
+
+PRESETS: dict[str, Callable[..., LMConfig]] = {"hawk": hawk, "griffin": griffin, "based": based}
 for _linear in HYBRID_LINEAR_MIXERS:
     for _ratio in HYBRID_RATIOS:
         PRESETS[f"hybrid-{_linear}-{_ratio}to1"] = partial(hybrid_linear_attention, _linear, _ratio)

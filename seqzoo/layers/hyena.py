@@ -1,0 +1,335 @@
+"""``hyena``: the Hyena operator (Poli et al. 2023, Hyena Hierarchy), and the implicit long filter it
+shares with ``base_conv`` and ``orchid``.
+
+Order N (default 2), width D, as HazyResearch/safari's ``HyenaOperator`` computes it:
+
+    u = x W_in + b_in                                   # [B, T, (N+1) D]
+    u = shortconv(u)                                    # causal depthwise, width 3, no activation
+    x_0, ..., x_{N-1}, v = split(u)                     # each [B, T, D]
+    for o = 0 .. N-2:                                   # with x_i = x_{N-1-o}
+        z = x_i * v                                     # gate, then the o-th long convolution
+        v_t = sum_{s<=t} h_o[:, t-s] z_s + D_o z_t      # ops.fft_conv, O(T log T)
+    y = (x_0 * v) W_out + b_out
+
+The paper writes order N as N long convolutions (z^{n+1} = x^n * (h^n conv z^n)); its code (safari, and
+Zoology's Hyena) gates before the first one, so order N has N-1 long convolutions: order 2 is
+y = x_0 * (h conv (x_1 * v) + D (x_1 * v)). This module follows the code.
+
+The implicit filter (safari's ``HyenaFilter``): for tap i = 0, 1, 2, ... and a reference length l_max,
+
+    t_i = i / (l_max - 1),  w_i = 2 pi i / l_max,  f = linspace(1e-4, B-1, B), B = (emb_dim - 1) / 2
+    z_i = [t_i, cos(f w_i), -sin(f w_i)]                 # [emb_dim]: time and complex-exponential bands
+    h[:, i] = MLP(z_i) * exp(-|delta| t_i)               # MLP: Linear, Sin, (Linear, Sin) x n_inner, Linear
+    Sin(a) = sin(freq * a), freq learnable [filter_order], shared by the MLP's activations
+    delta = linspace(log(1e-2)/1.5, log(1e-2)/0.3, C)    # ExponentialModulation (modulate=True; shift 0)
+
+Deviations from safari, all so that a filter exists at every length: the positional features are computed
+from i (safari keeps a table of l_max rows, trained at lr 1e-5; its associative-recall runs freeze it,
+lr_pos_emb=0, as here), and taps past l_max follow the same formulas (t_i > 1, further decayed) where safari
+truncates the input to l_max. A filter is a function of the tap index alone, so the filter for T taps is the
+first T taps of any longer one: decoding generates taps as it goes. The filter MLP's parameters carry
+``_optim = {"weight_decay": 0.0}`` (safari's wd=0 for filters).
+
+Decoding: Hyena has no finite recurrent state. ``prefill`` and ``step`` keep the inputs of every long
+convolution seen so far, ``state = {"conv": [B, (N+1) D, W-1], "z": [B, t, (N-1) D]}`` (W = ``short_width``):
+a cache that grows by (N-1) D numbers per token, like attention's KV cache. ``step`` at position t costs
+O(t (N-1) D) (the direct sum over the cache) plus the filter's taps (generated up to the next power of two
+past t and cached while the parameters are unchanged, outside autograd; inside autograd, t taps per step);
+a ``prefill`` of T tokens after t cached ones costs one FFT convolution over t + T.
+``state_size(t) = (N+1) D (W-1) + t (N-1) D``.
+
+``bidirectional=True`` (encoders, Long Range Arena classifiers): every long convolution is two-sided, a second
+filter MLP giving the taps at lags -1, -2, ... (ops.fft_conv(bidirectional=True)); the short convolution stays
+causal. A bidirectional Hyena cannot decode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..registry import register_mixer
+from .base import Mixer, State
+from .linear_attention import ShortConvolution
+
+# -- argument checks shared by base_conv, hyena and orchid ----------------------------------------------
+
+
+def check_int(mixer: str, name: str, value, low: int, high: int | None = None) -> int:
+    bad = not isinstance(value, int) or isinstance(value, bool) or value < low
+    if bad or (high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{mixer}: {name} must be an int {span}, got {value!r}")
+    return value
+
+
+def check_float(mixer: str, name: str, value, low: float, high: float | None = None, open_low=False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and (high is None or value < high)
+    if not ok:
+        span = f"{'>' if open_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        raise ValueError(f"{mixer}: {name} must be a number {span}, got {value!r}")
+    return float(value)
+
+
+def check_bool(mixer: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{mixer}: {name} must be a bool, got {value!r}")
+    return value
+
+
+# -- the short filter -----------------------------------------------------------------------------------
+
+
+def short_conv(conv: ShortConvolution, u: torch.Tensor, state=None, output_state=False):
+    """``conv``'s causal depthwise convolution without its SiLU: Hyena's, Zoology's and Orchid's short filter
+    is a plain depthwise Conv1d (no activation). Same parameters and state ([B, C, W-1]) as ``conv(u)``."""
+    return ops.causal_conv1d(
+        u,
+        conv.weight,
+        conv.bias,
+        activation=None,
+        initial_state=state,
+        output_final_state=output_state,
+        backend=conv.backend,
+    )
+
+
+# -- the implicit long filter ---------------------------------------------------------------------------
+
+
+class ImplicitFilter(nn.Module):
+    """Hyena's implicitly parameterised long filter: ``filter(L)`` is [C, L] ([2, C, L] when bidirectional:
+    taps at lags 0.. and at lags -1..), the taps of an MLP over positional features times a decay window.
+
+    ``channels`` C filters; ``l_max`` the length that normalises positions (t = 1 at tap l_max - 1); ``width``
+    the MLP width (safari's filter ``order``); ``emb_dim`` odd >= 3; ``n_inner`` hidden Linear+Sin layers;
+    ``sin_freq`` the initial frequency of the Sin activations; ``modulate`` the exponential decay window."""
+
+    def __init__(
+        self,
+        channels: int,
+        l_max: int,
+        width: int,
+        emb_dim: int = 3,
+        n_inner: int = 2,
+        sin_freq: float = 1.0,
+        modulate: bool = True,
+        bidirectional: bool = False,
+        weight_decay: float | None = None,
+        fast_decay_pct: float = 0.3,
+        slow_decay_pct: float = 1.5,
+        target: float = 1e-2,
+    ):
+        super().__init__()
+        self.channels, self.l_max, self.width, self.emb_dim = channels, l_max, width, emb_dim
+        self.modulate, self.bidirectional = modulate, bidirectional
+        # One learnable frequency per hidden unit, shared by every Sin of the MLP (safari reuses one module).
+        self.freq = nn.Parameter(torch.full((width,), float(sin_freq)))
+        self.mlp = self._mlp(emb_dim, width, channels, n_inner)
+        # The anti-causal taps get their own MLP (Orchid's filter_rev); the window and features are shared.
+        self.mlp_rev = self._mlp(emb_dim, width, channels, n_inner) if bidirectional else None
+        # ExponentialModulation's rates, fixed (safari: modulation_lr=0.0 registers them as a buffer).
+        slowest, fastest = math.log(target) / slow_decay_pct, math.log(target) / fast_decay_pct
+        self.register_buffer("deltas", torch.linspace(slowest, fastest, channels).abs(), persistent=False)
+        bands = (emb_dim - 1) // 2
+        self.register_buffer("bands", torch.linspace(1e-4, bands - 1, bands), persistent=False)
+        if weight_decay is not None:
+            for p in self.parameters():
+                p._optim = {"weight_decay": float(weight_decay)}
+        self._taps_cache = None
+
+    @staticmethod
+    def _mlp(emb_dim, width, channels, n_inner) -> nn.ModuleList:
+        layers = [nn.Linear(emb_dim, width)] + [nn.Linear(width, width) for _ in range(n_inner)]
+        return nn.ModuleList(layers + [nn.Linear(width, channels, bias=False)])
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, l_max={self.l_max}, width={self.width}, emb_dim={self.emb_dim}, "
+            f"modulate={self.modulate}, bidirectional={self.bidirectional}"
+        )
+
+    def features(self, L: int):
+        """z [L, emb_dim] and t [L, 1] for taps 0..L-1 (safari's PositionalEmbedding, at any length)."""
+        dtype, device = self.freq.dtype, self.freq.device
+        i = torch.arange(L, device=device, dtype=dtype)[:, None]
+        t = i / (self.l_max - 1)
+        phase = self.bands.to(dtype) * (2 * math.pi * i / self.l_max)  # [L, bands]
+        return torch.cat([t, torch.cos(phase), -torch.sin(phase)], -1), t
+
+    def _run(self, mlp: nn.ModuleList, z: torch.Tensor) -> torch.Tensor:
+        for layer in mlp[:-1]:
+            z = torch.sin(self.freq * layer(z))
+        return mlp[-1](z)  # [L, C]
+
+    def forward(self, L: int) -> torch.Tensor:
+        z, t = self.features(L)
+        window = torch.exp(-t * self.deltas.to(t.dtype)) if self.modulate else torch.ones_like(t)
+        h = (self._run(self.mlp, z) * window).t()
+        if self.bidirectional:
+            h = torch.stack([h, (self._run(self.mlp_rev, z) * window).t()])
+        return h
+
+    def taps(self, L: int) -> torch.Tensor:
+        """``self(L)``; outside autograd, the first L taps of a cached longer filter (decoding asks for one
+        more tap per token: the cache is regenerated at the next power of two when it runs out, or when a
+        parameter changes)."""
+        if torch.is_grad_enabled():
+            return self(L)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        cached = self._taps_cache
+        if cached is None or cached[0] != key or cached[1].shape[-1] < L:
+            n = max(self.l_max, 1 << max(L - 1, 0).bit_length())
+            self._taps_cache = cached = (key, self(n))
+        return cached[1][..., :L]
+
+
+# -- a causal long convolution continued from its cached inputs -----------------------------------------
+
+
+def continue_long_conv(past: torch.Tensor, new: torch.Tensor, K: torch.Tensor, D, backend: str):
+    """The outputs at the new positions of the causal convolution of [past ; new] (per channel), and
+    [past ; new].
+
+    past [B, t, C] (t may be 0), new [B, n, C]; K [C, >= t + n]; D [C] or None. One new token is the direct
+    sum over the cache, O(t C); more run one FFT convolution over t + n."""
+    full = torch.cat([past.to(new.dtype), new], 1)
+    if new.shape[1] == 1:
+        out_dtype = torch.promote_types(new.dtype, K.dtype)
+        work = torch.promote_types(out_dtype, torch.float32)
+        T = full.shape[1]
+        y = torch.einsum("btc,ct->bc", full.to(work), K[:, :T].flip(-1).to(work))
+        if D is not None:
+            y = y + D.to(work) * new[:, 0].to(work)
+        y = y[:, None].to(out_dtype)
+    else:
+        y = ops.fft_conv(full, K, D, backend=backend)[:, past.shape[1] :]
+    return y, full
+
+
+@register_mixer(
+    "hyena",
+    description="Hyena operator: gates and implicitly parameterised long convolutions (FFT), short filters",
+    paper="Poli et al. 2023, Hyena Hierarchy: Towards Larger Convolutional Language Models",
+)
+class Hyena(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        l_max: int = 1024,
+        order: int = 2,
+        filter_order: int = 64,
+        emb_dim: int = 3,
+        n_inner_mlps: int = 2,
+        sin_freq: float = 1.0,
+        modulate: bool = True,
+        short_width: int = 3,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model)
+        name = "hyena"
+        check_int(name, "l_max", l_max, 2)
+        check_int(name, "order", order, 2)
+        check_int(name, "filter_order", filter_order, 1)
+        check_int(name, "emb_dim", emb_dim, 3)
+        if emb_dim % 2 == 0:
+            raise ValueError(f"{name}: emb_dim must be odd (time, then cosine and sine bands), got {emb_dim}")
+        check_int(name, "n_inner_mlps", n_inner_mlps, 0)
+        check_float(name, "sin_freq", sin_freq, 0.0, open_low=True)
+        check_bool(name, "modulate", modulate)
+        check_int(name, "short_width", short_width, 2, 8)
+        check_float(name, "dropout", dropout, 0.0, 1.0)
+        self.bidirectional = check_bool(name, "bidirectional", bidirectional)
+        self.l_max, self.order, self.short_width, self.backend = l_max, order, short_width, backend
+        d = d_model
+        self.in_proj = nn.Linear(d, (order + 1) * d)
+        self.short_filter = ShortConvolution((order + 1) * d, short_width, backend=backend)
+        # One filter bank for the N-1 long convolutions; channel c = v (N-1) + o, as safari lays it out.
+        self.filter = ImplicitFilter(
+            d * (order - 1),
+            l_max,
+            filter_order,
+            emb_dim=emb_dim,
+            n_inner=n_inner_mlps,
+            sin_freq=sin_freq,
+            modulate=modulate,
+            bidirectional=bidirectional,
+            weight_decay=0.0,
+        )
+        self.bias = nn.Parameter(torch.randn(d * (order - 1)))  # the D (skip) of each long convolution
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(d, d)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, l_max={self.l_max}, order={self.order}, "
+            f"short_width={self.short_width}, bidirectional={self.bidirectional}"
+        )
+
+    def _filters(self, T: int):
+        """Per long convolution o: K_o [D, T] ([2, D, T] when bidirectional) and D_o [D]."""
+        d, n = self.d_model, self.order - 1
+        K = self.filter.taps(T)
+        K = K.unflatten(-2, (d, n)).movedim(-2, 0)  # [N-1, (2,) D, T]
+        return K, self.bias.view(d, n).t()
+
+    def _mix(self, x, state, keep_state):
+        d, n = self.d_model, self.order - 1
+        conv_state = None if state is None else state["conv"]
+        u, conv = short_conv(self.short_filter, self.in_proj(x), conv_state, keep_state)
+        *gates, v = u.split(d, -1)
+        past = None if state is None else state["z"]
+        t0 = 0 if past is None else past.shape[1]
+        K, D = self._filters(t0 + x.shape[1])
+        inputs = []
+        for o, x_i in enumerate(reversed(gates[1:])):
+            z = self.dropout(v * x_i)
+            if past is None and not keep_state:
+                v = ops.fft_conv(z, K[o], D[o], bidirectional=self.bidirectional, backend=self.backend)
+            else:
+                prev = z.new_zeros(z.shape[0], 0, d) if past is None else past[..., o * d : (o + 1) * d]
+                v, full = continue_long_conv(prev, z, K[o], D[o], self.backend)
+                inputs.append(full)
+        y = self.out_proj(v * gates[0])
+        if not keep_state:
+            return y, None
+        assert len(inputs) == n
+        return y, {"conv": conv, "z": torch.cat(inputs, -1)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self._mix(x, None, False)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        dtype = dtype or self.out_proj.weight.dtype
+        c = (self.order + 1) * self.d_model
+        conv_dtype = torch.promote_types(dtype, torch.float32)  # as ops.causal_conv1d returns it
+        return {
+            "conv": torch.zeros(batch_size, c, self.short_width - 1, device=device, dtype=conv_dtype),
+            "z": torch.zeros(batch_size, 0, (self.order - 1) * self.d_model, device=device, dtype=dtype),
+        }
+
+    def _begin(self, x, state, ndim):
+        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
+        self.check_decodable()
+        if state is not None:
+            self.check_state(state, x.shape[0], ("conv", "z"))
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._begin(x, state, 3)
+        return self._mix(x, state, True)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self._begin(x_t, state, 2)
+        y, state = self._mix(x_t[:, None], state, True)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        d = self.d_model
+        return (self.order + 1) * d * (self.short_width - 1) + seq_len * (self.order - 1) * d

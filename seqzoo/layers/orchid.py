@@ -1,0 +1,218 @@
+"""``orchid``: a causal, data-dependent long convolution after Orchid (Karami and Ghodsi 2024).
+
+Width D, M = ``n_kernels`` data-dependent basis kernels per channel (default 4):
+
+    u = x W_in + b_in;  a = u[..., 2D:]                  # [B, T, 3D]; a: projected v, before the short filter
+    x_0, x_1, v = split(shortconv(u))                    # causal depthwise, width 3, no activation
+    c = LayerNorm(SiLU(condconv(a)))                     # conditioning network: [B, T, D, M], causal, width 3
+    z = x_1 * v
+    h_t(j) = h_0(j) + sum_m c_{t,m} h_m(j)               # the kernel applied at output t, per channel
+    w_t = sum_{s<=t} h_t(t-s) z_s + D z_t                # = (h_0 conv z) + sum_m c_m * (h_m conv z) + D z
+    r = h_r conv x + D_r x                               # Orchid's static residual long convolution ("sconv")
+    y = (x_0 * w + r) W_out + b_out
+
+h_0, h_1..h_M and h_r are Hyena's implicit filters (:class:`~seqzoo.layers.hyena.ImplicitFilter`, any length),
+applied with ops.fft_conv: M + 2 FFT convolutions of length T per channel, O(M T log T).
+
+What the paper does, and where this differs. Orchid's kernel is h(x) = h_static + NN(x): the authors' code
+(Karami-m/orchid, ``OrchidOperator``, conditioning ``absfreq`` / ``convtf``) runs a depthwise conv (width 3,
+centred) and LayerNorm over the projected v, takes |FFT|^2 over the whole sequence (which makes the kernel
+invariant to shifts of x, so the convolution stays shift-equivariant), a conv + LayerNorm along frequency,
+and an inverse FFT to a length-T kernel; it is applied as a circular FFT convolution of length T; the chain is
+x_0 * (h(x) conv (x_1 * v)) plus a static residual long convolution of the input, then an output projection,
+as here. A kernel computed from the whole sequence sees the future, as does a centred conv or a circular
+convolution, so the paper's layer is not causal: it was built for encoders (masked LM, classification). The
+causal version here keeps what makes Orchid Orchid, a convolution kernel that is a function of the input and
+shift-equivariant in it, and changes when the kernel may look:
+
+- the kernel applied at output t, h_t, depends on x_{<=t} only, through c_t, which a causal conditioning
+  network computes (causal depthwise conv width 3 + SiLU + LayerNorm: the authors' time-domain half, causal);
+  it moves with x (shift x and c, hence y, shift with it);
+- the adaptive part lives in the span of M learned static kernels (coefficients c_{t,m}) instead of being an
+  arbitrary length-T kernel from a spectral network: with one kernel per output position the layer is
+  sum_m c_m * (h_m conv z), still M FFT convolutions, where a free kernel per position would cost O(T^2);
+- the spectral step (|FFT|^2 and the frequency-domain conv) is dropped: it needs the whole sequence;
+- convolutions are linear (zero-padded), not circular.
+
+Decoding: the long convolutions keep their inputs, {"conv": [B, 3D, W-1], "cond": [B, D, W_c - 1],
+"z": [B, t, D], "x": [B, t, D]} (the last two grow by 2D numbers per token, as attention's KV cache). ``step``
+at position t costs O(t D (M + 2)) (direct sums over the cache) plus the filters' taps (cached outside
+autograd). ``state_size(t) = 3D (W-1) + D (W_c - 1) + 2 t D`` (t D without the residual convolution).
+
+``bidirectional=True``: every long convolution is two-sided (second filter MLPs for lags -1, -2, ...), the
+kernel still weighted by c_t at the output; the short and conditioning convolutions stay causal. It is the
+setting for classifiers (closer to the paper's encoder use) and cannot decode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..registry import register_mixer
+from .base import Mixer, State
+from .hyena import ImplicitFilter, check_bool, check_float, check_int, continue_long_conv, short_conv
+from .linear_attention import ShortConvolution
+
+
+@register_mixer(
+    "orchid",
+    description="Orchid (causal): long convolution whose kernel a conditioning network makes from the input",
+    paper="Karami and Ghodsi 2024, Orchid: Flexible and Data-Dependent Convolution for Sequence Modeling",
+)
+class Orchid(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        l_max: int = 1024,
+        n_kernels: int = 4,
+        filter_order: int = 64,
+        emb_dim: int = 3,
+        n_inner_mlps: int = 2,
+        sin_freq: float = 1.0,
+        short_width: int = 3,
+        cond_width: int = 3,
+        residual_conv: bool = True,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model)
+        name = "orchid"
+        check_int(name, "l_max", l_max, 2)
+        check_int(name, "n_kernels", n_kernels, 1)
+        check_int(name, "filter_order", filter_order, 1)
+        check_int(name, "emb_dim", emb_dim, 3)
+        if emb_dim % 2 == 0:
+            raise ValueError(f"{name}: emb_dim must be odd (time, then cosine and sine bands), got {emb_dim}")
+        check_int(name, "n_inner_mlps", n_inner_mlps, 0)
+        check_float(name, "sin_freq", sin_freq, 0.0, open_low=True)
+        check_int(name, "short_width", short_width, 2, 8)
+        check_int(name, "cond_width", cond_width, 2, 8)
+        check_bool(name, "residual_conv", residual_conv)
+        self.bidirectional = check_bool(name, "bidirectional", bidirectional)
+        self.l_max, self.n_kernels, self.residual_conv, self.backend = (
+            l_max,
+            n_kernels,
+            residual_conv,
+            backend,
+        )
+        self.short_width, self.cond_width = short_width, cond_width
+        d, m = d_model, n_kernels
+        filt = dict(
+            emb_dim=emb_dim,
+            n_inner=n_inner_mlps,
+            sin_freq=sin_freq,
+            bidirectional=bidirectional,
+            weight_decay=0.0,
+        )
+        self.in_proj = nn.Linear(d, 3 * d)
+        self.short_filter = ShortConvolution(3 * d, short_width, backend=backend)
+        # Conditioning network: M causal depthwise filters per channel (with ShortConvolution's SiLU), then
+        # LayerNorm over the D*M coefficients of a position (as the authors normalise their conditioning).
+        self.cond_conv = ShortConvolution(d * m, cond_width, backend=backend)
+        self.cond_norm = nn.LayerNorm(d * m)
+        # h_0 (static) and h_1..h_M (weighted by c) as one bank, channel v (M+1) + k (safari's interleaving).
+        self.filter = ImplicitFilter(d * (m + 1), l_max, filter_order, **filt)
+        self.bias = nn.Parameter(torch.randn(d))
+        if residual_conv:
+            self.filter_res = ImplicitFilter(d, l_max, filter_order, **filt)
+            self.bias_res = nn.Parameter(torch.randn(d))
+        self.out_proj = nn.Linear(d, d)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, l_max={self.l_max}, n_kernels={self.n_kernels}, "
+            f"short_width={self.short_width}, cond_width={self.cond_width}, "
+            f"residual_conv={self.residual_conv}, bidirectional={self.bidirectional}"
+        )
+
+    def _long(self, u, past, K, D, keep_state):
+        """The causal (or two-sided) long convolution of u with K; with a cache, continued after ``past``."""
+        if not keep_state:
+            return ops.fft_conv(u, K, D, bidirectional=self.bidirectional, backend=self.backend)
+        return continue_long_conv(past, u, K, D, self.backend)[0]
+
+    def _mix(self, x, state, keep_state):
+        d, m = self.d_model, self.n_kernels
+        B, T = x.shape[:2]
+        u = self.in_proj(x)
+        past_z = past_x = cond_state = conv_state = None
+        if keep_state:
+            empty = x.new_zeros(B, 0, d)
+            past_z = empty if state is None else state["z"]
+            past_x = empty if state is None else state["x"]
+        if state is not None:
+            conv_state, cond_state = state["conv"], state["cond"].repeat_interleave(m, 1)
+        # Conditioning: c [B, T, D, M] from the projected v up to each position.
+        a = u[..., 2 * d :]
+        c, cond = self.cond_conv(a.repeat_interleave(m, -1), cond_state, keep_state)
+        c = self.cond_norm(c).unflatten(-1, (d, m))
+        u, conv = short_conv(self.short_filter, u, conv_state, keep_state)
+        x0, x1, v = u.split(d, -1)
+        z = x1 * v
+        t0 = 0 if past_z is None else past_z.shape[1]
+        K = self.filter.taps(t0 + T)
+        # Every basis kernel sees the same z: channel v (M+1) + k of the bank convolves z_v.
+        w = self._long(
+            z.repeat_interleave(m + 1, -1),
+            None if past_z is None else past_z.repeat_interleave(m + 1, -1),
+            K,
+            None,
+            keep_state,
+        ).unflatten(-1, (d, m + 1))
+        w = w[..., 0] + (c * w[..., 1:]).sum(-1) + self.bias * z
+        y = x0 * w
+        if self.residual_conv:
+            y = y + self._long(x, past_x, self.filter_res.taps(t0 + T), self.bias_res, keep_state)
+        y = self.out_proj(y)
+        if not keep_state:
+            return y, None
+        new = {
+            "conv": conv,
+            "cond": cond.unflatten(1, (d, m))[:, :, 0],  # the M copies hold the same inputs: keep one
+            "z": torch.cat([past_z, z.to(past_z.dtype)], 1),
+        }
+        if self.residual_conv:
+            new["x"] = torch.cat([past_x, x.to(past_x.dtype)], 1)
+        return y, new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self._mix(x, None, False)[0]
+
+    def _keys(self):
+        return ("conv", "cond", "z") + (("x",) if self.residual_conv else ())
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        dtype = dtype or self.out_proj.weight.dtype
+        conv_dtype = torch.promote_types(dtype, torch.float32)  # as ops.causal_conv1d returns it
+        d = self.d_model
+        state = {
+            "conv": torch.zeros(batch_size, 3 * d, self.short_width - 1, device=device, dtype=conv_dtype),
+            "cond": torch.zeros(batch_size, d, self.cond_width - 1, device=device, dtype=conv_dtype),
+            "z": torch.zeros(batch_size, 0, d, device=device, dtype=dtype),
+        }
+        if self.residual_conv:
+            state["x"] = torch.zeros(batch_size, 0, d, device=device, dtype=dtype)
+        return state
+
+    def _begin(self, x, state, ndim):
+        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
+        self.check_decodable()
+        if state is not None:
+            self.check_state(state, x.shape[0], self._keys())
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._begin(x, state, 3)
+        return self._mix(x, state, True)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self._begin(x_t, state, 2)
+        y, state = self._mix(x_t[:, None], state, True)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        d = self.d_model
+        fixed = 3 * d * (self.short_width - 1) + d * (self.cond_width - 1)
+        return fixed + seq_len * d * (2 if self.residual_conv else 1)
