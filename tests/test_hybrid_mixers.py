@@ -287,3 +287,23 @@ def test_from_attention_errors():
 def test_bad_kwargs_name_the_argument(name, kwargs, word):
     with pytest.raises(ValueError, match=word):
         seqzoo.build_mixer(name, D, **kwargs)
+
+
+def test_based_preset_mixes_baseconv_based_and_a_window_and_decodes():
+    from seqzoo import CausalLM
+    from seqzoo.models import preset
+
+    config = preset("based", d_model=32, n_layers=5, vocab_size=50, window=4)
+    names = [name for name, _ in config.layer_specs()]
+    assert names == ["base_conv", "based", "sliding_window", "base_conv", "base_conv"]
+    assert config.layer_specs()[2][1]["window"] == 4 and preset("based").layer_specs()[2][1]["window"] == 64
+    lm = CausalLM(config).double().eval()
+    ids = torch.randint(0, 50, (2, 11))
+    full = lm(ids)
+    logits, states = lm.prefill(ids[:, :6])
+    torch.testing.assert_close(logits, full[:, :6])
+    for t in range(6, 11):
+        step, states = lm.step(ids[:, t], states)
+        torch.testing.assert_close(step, full[:, t])
+    with pytest.raises(ValueError, match="preset fixes its mixers"):
+        preset("based", mixer="gla")
