@@ -8,9 +8,11 @@
     seqzoo bench      time op backends (eval/bench.py)
     seqzoo demo       quick comparison of mixers on built-in data, on CPU (eval/demo.py)
     seqzoo eval       lm-eval-harness on a trained run (eval/harness/command.py)
+    seqzoo lra        Long Range Arena: one task, a sweep, or generated data (eval/lra/command.py)
+    seqzoo linearize  attention run -> liger / lizard / gla, LoRA fine-tuned (train/linearize.py)
 
 Each subcommand lives in its own module with ``configure_parser(parser)`` and ``main(args) -> int``;
-later issues add lra the same way.
+a new command is added the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ COMMANDS = {
     "bench": ("seqzoo.eval.bench", "time op backends, forward and forward+backward"),
     "demo": ("seqzoo.eval.demo", "quick comparison of mixers on built-in data, on CPU"),
     "eval": ("seqzoo.eval.harness.command", "score a trained run with lm-eval-harness (offline tasks ship)"),
+    "lra": ("seqzoo.eval.lra.command", "Long Range Arena: train a mixer on a task, sweep, generate data"),
+    "linearize": ("seqzoo.train.linearize", "attention run -> liger/lizard/gla, LoRA fine-tuned"),
 }
 
 

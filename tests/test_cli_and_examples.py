@@ -56,9 +56,16 @@ def test_demo_tiny_run(capsys):
     assert "| short_conv" in out and "| hybrid" in out and "unigram entropy" in out
 
 
+# Arguments for examples that have a quick mode (the full run takes minutes).
+EXAMPLE_ARGS = {"linearize_tiny.py": ["--quick"]}
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_example_runs(example):
     # A generous limit: lm_eval_run.py trains and scores (~30 s alone), and a loaded 2-core machine is 4x slower.
     subprocess.run(
-        [sys.executable, str(ROOT / "examples" / example)], check=True, capture_output=True, timeout=600
+        [sys.executable, str(ROOT / "examples" / example), *EXAMPLE_ARGS.get(example, [])],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )

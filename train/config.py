@@ -1,11 +1,13 @@
 """The run configuration: one YAML file with six sections, validated before anything runs.
 
-    model:  the CausalLM (LMConfig fields; vocab_size defaults to the tokenizer's)
-    data:   where text comes from, the tokenizer, sequence length
+    model:  the CausalLM (LMConfig fields; vocab_size defaults to the tokenizer's), or with
+            ``kind: classifier`` a SequenceClassifier (Long Range Arena; classes and vocabulary from the data)
+    data:   where text comes from, the tokenizer, sequence length; or a task, or an LRA task (``source: lra``)
     optim:  AdamW, the learning-rate schedule, clipping
     train:  steps, batch, precision, checkpoints, evaluation, distributed
     log:    progress bar, metrics.jsonl, TensorBoard
     eval:   lm-eval-harness tasks scored after training (``seqzoo eval``)
+    finetune: start from saved weights, LoRA adapters, what trains (train/lora.py; optional)
 
 ``load_config("tiny-attention", ["optim.lr=1e-3", "model.mixer=short_conv"])`` reads a file path or a
 config shipped in ``train/configs/`` by short name, applies dotted overrides (values parsed as YAML), and
@@ -34,8 +36,20 @@ class Section(BaseModel):
 
 
 class ModelSection(LMConfig):
-    """The LMConfig fields (the vocabulary may be left to the tokenizer), and where mixer kwargs come from."""
+    """The LMConfig fields (the vocabulary may be left to the tokenizer), and where mixer kwargs come from;
+    ``kind: classifier`` builds a SequenceClassifier from the same backbone fields instead."""
 
+    kind: Literal["lm", "classifier"] = Field(
+        "lm", description="lm: CausalLM; classifier: SequenceClassifier (data.source lra)"
+    )
+    pooling: Literal["mean", "last", "cls"] = Field(
+        "mean", description="classifier: how positions are pooled"
+    )
+    bidirectional: bool | Literal["auto"] = Field(
+        "auto",
+        description="classifier: build the mixers with bidirectional=True; auto: when every mixer of the "
+        "model supports it (attention, s4, s4d, flow, the GLA family), else causal",
+    )
     vocab_size: int | None = Field(None, ge=2, description="default: the tokenizer's vocabulary size")
     mixer_settings: Literal["paper", "none"] = Field(
         "paper",
@@ -57,12 +71,22 @@ class TokenizerSection(Section):
 
 
 class DataSection(Section):
-    source: Literal["builtin", "files", "hub", "task"] = "builtin"
+    source: Literal["builtin", "files", "hub", "task", "lra"] = "builtin"
     paths: list[str] = Field(default_factory=list, description="files or globs (source=files)")
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_field: str = "text"
     name: str | None = Field(
-        None, description="hub dataset name or local dataset folder (hub); task name (task)"
+        None, description="hub dataset name or local dataset folder (hub); task name (task, lra)"
+    )
+    data_dir: str | None = Field(
+        None,
+        description="lra: the task's data folder (the LRA release layout; default data/lra/<name>); text: an "
+        "IMDB dataset folder or files (default: the hub's imdb)",
+    )
+    generate: dict[str, Any] | None = Field(
+        None,
+        description="lra listops/pathfinder/pathx: when data_dir holds no data, generate it there first with "
+        "these generator arguments (seqzoo lra generate)",
     )
     subset: str | None = Field(None, description="hub dataset configuration")
     split: str = "train"
@@ -77,8 +101,10 @@ class DataSection(Section):
     def _source_needs(self):
         if self.source == "files" and not self.paths:
             raise ValueError("data.paths is required when data.source is 'files'")
-        if self.source in ("hub", "task") and not self.name:
+        if self.source in ("hub", "task", "lra") and not self.name:
             raise ValueError(f"data.name is required when data.source is '{self.source}'")
+        if self.generate is not None and self.source != "lra":
+            raise ValueError("data.generate is for data.source lra")
         return self
 
 
@@ -155,6 +181,33 @@ class EvalSection(Section):
     batch_size: int = Field(8, ge=1)
 
 
+class LoRASection(Section):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0, description="the update is (alpha / rank) B A")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "kv_proj", "o_proj"],
+        description="names (or last name parts) of the nn.Linear layers given adapters",
+    )
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class FinetuneSection(Section):
+    """Start from saved weights, optionally with LoRA (train/lora.py; ``seqzoo linearize`` writes one)."""
+
+    init_from: str | None = Field(
+        None, description="a saved model folder (config.json + model.safetensors) or a run folder (strict)"
+    )
+    new_params: list[str] = Field(
+        default_factory=list, description="name substrings of tensors init_from may lack (kept as built)"
+    )
+    lora: LoRASection | None = Field(None, description="adapters on lora.targets; the rest frozen")
+    train_only: list[str] | None = Field(
+        None,
+        description="name substrings of parameters trained in full besides the adapters; default: with lora, "
+        "those init_from did not provide; without lora, every parameter",
+    )
+
+
 class RunConfig(Section):
     name: str = "run"
     model: ModelSection = Field(default_factory=ModelSection)
@@ -163,11 +216,21 @@ class RunConfig(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     log: LogSection = Field(default_factory=LogSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
 
     @model_validator(mode="after")
     def _eval_needs_text(self):
-        if self.eval.tasks and self.data.source == "task":
+        if self.eval.tasks and self.data.source in ("task", "lra"):
             raise ValueError("eval.tasks: lm-eval scores language models on text; this run trains on a task")
+        return self
+
+    @model_validator(mode="after")
+    def _classifier_needs_lra(self):
+        if (self.model.kind == "classifier") != (self.data.source == "lra"):
+            raise ValueError(
+                "model.kind: a classifier trains on a classification task (data.source lra) and an LRA task "
+                f"trains a classifier; got model.kind {self.model.kind!r} with data.source {self.data.source!r}"
+            )
         return self
 
     def out_path(self) -> Path:
@@ -199,6 +262,8 @@ def apply_override(raw: dict, override: str) -> None:
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
+        if child is None:  # an optional section left empty (a saved config's `lora: null`)
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section")
         node = child

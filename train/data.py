@@ -23,6 +23,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -235,6 +236,65 @@ class TaskData:
         return math.nan
 
 
+@dataclass
+class ClassificationData:
+    """A classification task (Long Range Arena): each example is a padded token sequence and one class.
+
+    Batches are ``(inputs, mask, labels)``: inputs [B, T] int64 (pairs: [B, 2, T]), mask [B, T] bool (True on
+    real tokens), labels [B] int64. Each batch is cut to its longest sequence: right padding past every
+    example's end carries nothing, and a ListOps batch of 600-token expressions then costs 600 positions,
+    not 2000. Training walks a fresh permutation of the training set every epoch, fixed by (seed, epoch), so
+    a resumed run draws the same batches as an uninterrupted one.
+    """
+
+    train: Any  # seqzoo.eval.lra.loaders.Split (inputs, lengths, labels)
+    val: Any
+    test: Any
+    vocab_size: int
+    n_classes: int
+    pairs: bool = False
+    task = True
+    classify = True
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.inputs.shape[-1]
+
+    @property
+    def bytes_per_token(self) -> float:
+        return math.nan
+
+    @staticmethod
+    def _batch(split, idx: torch.Tensor):
+        lengths = split.lengths[idx]
+        t = max(1, int(lengths.max()))
+        inputs = split.inputs[idx][..., :t].long()
+        mask = torch.arange(t) < lengths[..., None]
+        return inputs, mask, split.labels[idx].long()
+
+    def train_batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world: int = 1):
+        n = self.train.labels.shape[0]
+        per_epoch = max(1, n // batch_size)
+        epoch, i = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+        if n < batch_size:  # fewer examples than a batch: draw with replacement
+            order = order[torch.randint(0, n, (batch_size,), generator=g)]
+        idx = order[i * batch_size : (i + 1) * batch_size][rank_slice(batch_size, rank, world)]
+        return self._batch(self.train, idx)
+
+    def batches(self, split, batch_size: int, limit: int | None = None):
+        n = split.labels.shape[0] if limit is None else min(split.labels.shape[0], limit)
+        for lo in range(0, n, batch_size):
+            yield self._batch(split, torch.arange(lo, min(lo + batch_size, n)))
+
+    def val_batches(self, n_batches: int, batch_size: int):
+        return self.batches(self.val, batch_size, n_batches * batch_size)
+
+    def unigram_entropy_bits(self) -> float:
+        return math.nan
+
+
 def unigram_entropy_bits(stream: torch.Tensor, vocab_size: int = 256) -> float:
     """Entropy of a token histogram, in bits per token: what a model that ignores context can reach."""
     counts = torch.bincount(stream.long().flatten(), minlength=vocab_size).double()
@@ -251,6 +311,11 @@ def build_data(section, tokenizer_factory, seed: int = 0):
         from seqzoo.eval.tasks import get_task
 
         return get_task(section.name)(**section.task_args, seed=seed), None
+    if section.source == "lra":
+        from seqzoo.eval.lra import load_task
+
+        d = load_task(section.name, section.data_dir, section.generate, **section.task_args)
+        return ClassificationData(d.train, d.val, d.test, d.vocab_size, d.n_classes, d.pairs), None
     train_texts, val_texts = split_documents(documents(section), section.val_fraction)
     tokenizer = tokenizer_factory(train_texts)
     train, val = pack(train_texts, tokenizer), pack(val_texts, tokenizer)

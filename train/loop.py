@@ -1,9 +1,11 @@
 """The one training recipe, readable top to bottom (in the spirit of nanoGPT's train.py).
 
-    config -> data + tokenizer -> CausalLM -> AdamW(param groups) -> warmup + schedule
+    config -> data + tokenizer -> CausalLM (or SequenceClassifier) -> AdamW(param groups) -> warmup + schedule
     for step: micro-batches (grad accumulation) -> autocast forward -> backward -> clip -> step
               every log.every: metrics.jsonl / TensorBoard;  every eval_every: validation
               every ckpt_every: atomic checkpoint;  at the end: model, loss curve, summary
+A classifier (Long Range Arena) also keeps the weights of its best validation accuracy (``model-best/``) and
+reports the test accuracy of those weights, as LRA results are reported.
 
 Under ``torchrun --nproc_per_node N`` the same code runs DDP (or FSDP with train.distributed=fsdp): every
 rank takes its own slice of the same global batch, so N processes compute what one process would.
@@ -26,12 +28,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from seqzoo import CausalLM, LMConfig
+from seqzoo.models.classifier import SequenceClassifier
+from seqzoo.models.config import BackboneConfig, ClassifierConfig
 from seqzoo.models.mixer_settings import resolve_mixers
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, dump_config
 from .cpu_memory import retain_freed_memory
 from .data import IGNORE_INDEX, build_data
+from .lora import merge_lora, plain_model, prepare_finetune
 from .metrics import MetricsLogger, plot_loss_curve
 from .tokenizers import build_tokenizer, load_run_tokenizer
 
@@ -130,6 +135,8 @@ def model_config(config: RunConfig, seq_len: int) -> dict:
     entry is written out with its paper's settings (``seqzoo.models.mixer_settings``), so the saved model's
     config.json names every keyword and loads the same model whatever the table says later."""
     model_cfg = config.model.model_dump()
+    for key in ("kind", "pooling", "bidirectional"):  # the recipe's, not LMConfig's (build_model reads them)
+        model_cfg.pop(key)
     if model_cfg.pop("mixer_settings") == "paper":
         model_cfg["mixer"] = resolve_mixers(model_cfg["mixer"], seq_len, model_cfg["mixer_kwargs"])
         model_cfg["mixer_kwargs"] = {}
@@ -139,8 +146,79 @@ def model_config(config: RunConfig, seq_len: int) -> dict:
 # -- evaluation ------------------------------------------------------------------------------------
 
 
+def supports_bidirectional(mixer) -> bool:
+    """Whether every mixer entry has a bidirectional mode as configured (an encoder can then see both
+    directions): the layer accepts ``bidirectional`` and the entry has no causal short convolution."""
+    import inspect
+
+    from seqzoo.registry import mixer_class
+
+    entries = [
+        e if isinstance(e, dict) else {"name": e} for e in (mixer if isinstance(mixer, list) else [mixer])
+    ]
+    return all(
+        "bidirectional" in inspect.signature(mixer_class(e["name"]).__init__).parameters
+        and not e.get("use_short_conv")
+        for e in entries
+    )
+
+
+def build_model(config: RunConfig, data) -> torch.nn.Module:
+    """The CausalLM, or for ``model.kind: classifier`` the SequenceClassifier, that ``config`` describes."""
+    model_cfg = model_config(config, data.seq_len)
+    if config.model.kind == "classifier":
+        bidirectional = config.model.bidirectional
+        if bidirectional == "auto":
+            bidirectional = supports_bidirectional(model_cfg["mixer"])
+        elif bidirectional and not supports_bidirectional(model_cfg["mixer"]):
+            raise ValueError(
+                f"model.bidirectional: not every mixer of {config.model.mixer!r} has a bidirectional mode as "
+                "configured (a short convolution is causal: use_short_conv=false); set model.bidirectional to "
+                "false or auto"
+            )
+        fields = {k: v for k, v in model_cfg.items() if k in BackboneConfig.model_fields}
+        return SequenceClassifier(
+            ClassifierConfig(
+                **fields,
+                n_classes=data.n_classes,
+                vocab_size=data.vocab_size,
+                pooling=config.model.pooling,
+                bidirectional=bidirectional,
+                pairs=data.pairs,
+            )
+        )
+    model_cfg["vocab_size"] = model_cfg["vocab_size"] or data.vocab_size
+    if model_cfg["vocab_size"] < data.vocab_size:
+        raise ValueError(
+            f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the data's ({data.vocab_size})"
+        )
+    return CausalLM(LMConfig(**model_cfg))
+
+
+@torch.no_grad()
+def evaluate_classifier(model, batches, device, autocast) -> dict:
+    """Loss and accuracy of a classifier over ``batches`` of (inputs, mask, labels)."""
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, mask, y in batches:
+        x, mask, y = x.to(device), mask.to(device), y.to(device)
+        with autocast():
+            logits = model(x, mask=mask)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += y.numel()
+    model.train()
+    loss = total_loss / max(1, count)
+    return {"loss": loss, "acc": correct / max(1, count), "n": count}
+
+
 @torch.no_grad()
 def evaluate(model, data, config: RunConfig, device, autocast) -> dict:
+    if getattr(data, "classify", False):
+        r = evaluate_classifier(
+            model, data.val_batches(config.train.eval_batches, config.train.batch_size), device, autocast
+        )
+        return {"val_loss": r["loss"], "val_acc": r["acc"]}
     model.eval()
     total_loss, total_tokens, correct = 0.0, 0, 0
     for x, y in data.val_batches(config.train.eval_batches, config.train.batch_size):
@@ -177,6 +255,22 @@ def score_with_harness(config: RunConfig, out_dir: Path, device) -> dict:
         task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
         for task, metrics in results["results"].items()
     }
+
+
+def test_classifier(model, data, out_dir: Path, config: RunConfig, device, autocast) -> dict:
+    """Accuracy on the whole test split of the final weights and of the best-validation ones (``test_acc``,
+    what LRA reports), and on the whole validation split."""
+    bs = config.train.batch_size
+    final = evaluate_classifier(model, data.batches(data.test, bs), device, autocast)
+    out = {"final_test_acc": final["acc"], "n_test": final["n"]}
+    best_dir = out_dir / "model-best"
+    if (best_dir / "model.safetensors").is_file():
+        best = SequenceClassifier.load(best_dir, device=device)
+        out["best_val_acc"] = evaluate_classifier(best, data.batches(data.val, bs), device, autocast)["acc"]
+        out["test_acc"] = evaluate_classifier(best, data.batches(data.test, bs), device, autocast)["acc"]
+    else:
+        out["test_acc"] = final["acc"]
+    return out
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -235,13 +329,9 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     if main_rank and tokenizer is not None:
         tokenizer.save(out_dir)
 
-    model_cfg = model_config(config, data.seq_len)
-    model_cfg["vocab_size"] = model_cfg["vocab_size"] or data.vocab_size
-    if model_cfg["vocab_size"] < data.vocab_size:
-        raise ValueError(
-            f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the data's ({data.vocab_size})"
-        )
-    model = CausalLM(LMConfig(**model_cfg)).to(device)
+    classify = getattr(data, "classify", False)
+    model = build_model(config, data).to(device)
+    prepare_finetune(model, config.finetune, load=not resume)  # init_from, LoRA, what trains
     raw_model = model
 
     groups = param_groups(model, config.optim.lr, config.optim.weight_decay, config.optim.weight_decay_on)
@@ -255,12 +345,14 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     start_step = 0
+    best_val_acc = -1.0  # a classifier keeps the weights of its best validation accuracy (model-best/)
     if resume:
         ckpt = latest_checkpoint(ckpt_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_checkpoint(ckpt, raw_model, optimizer, scheduler, scaler)
         start_step = state["step"]
+        best_val_acc = state.get("best_val_acc", best_val_acc)
         if main_rank:
             print(f"resumed from {ckpt} at step {start_step}")
 
@@ -284,10 +376,13 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     logger = MetricsLogger(
         out_dir, enabled=main_rank, tensorboard=config.log.tensorboard, resume_from=start_step
     )
-    n_params = raw_model.num_parameters()
+    n_params = sum(p.numel() for p in raw_model.parameters())
     if main_rank:
+        kind = ""
+        if classify:
+            kind = "bidirectional classifier, " if raw_model.config.bidirectional else "causal classifier, "
         print(
-            f"{config.name}: {n_params:,} parameters, mixer {config.model.mixer}, {world} process(es) on "
+            f"{config.name}: {kind}{n_params:,} parameters, mixer {config.model.mixer}, {world} process(es) on "
             f"{device.type}, {str(dtype).replace('torch.', '')}; {config.train.steps} steps x "
             f"{config.train.batch_size} x {data.seq_len} tokens"
         )
@@ -306,12 +401,14 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     stop_early = False
     step = start_step
     for step in range(start_step, config.train.steps):
-        x, y = data.train_batch(config.train.seed, step, config.train.batch_size, rank, world)
-        x, y = x.to(device), y.to(device)
-        n_labels = (y != IGNORE_INDEX).sum().clamp_min(1)
+        batch = data.train_batch(config.train.seed, step, config.train.batch_size, rank, world)
+        batch = tuple(t.to(device) for t in batch)
+        y = batch[-1]
+        n_labels = y.numel() if classify else (y != IGNORE_INDEX).sum().clamp_min(1)
         step_loss = torch.zeros((), device=device)
         for i in range(config.train.grad_accum):
-            xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+            part = tuple(t[i * micro : (i + 1) * micro] for t in batch)
+            xs, ys = part[0], part[-1]
             last = i == config.train.grad_accum - 1
             sync = (
                 contextlib.nullcontext()
@@ -319,6 +416,13 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
                 else model.no_sync()
             )
             with sync:
+                if classify:  # (inputs, mask, labels): one class per sequence
+                    with autocast():
+                        logits = model(xs, mask=part[1])
+                    loss = F.cross_entropy(logits.float(), ys, reduction="sum") / n_labels
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += loss.detach()
+                    continue
                 # A task scored at a few positions (MQAR) takes logits only there: the same loss, and the
                 # LM head and softmax over the vocabulary cost a fraction.
                 at = (ys != IGNORE_INDEX) if data.task else None
@@ -379,6 +483,10 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
                 config.train.early_stop_acc is not None
                 and last_eval["val_acc"] >= config.train.early_stop_acc
             )
+            if classify and last_eval["val_acc"] > best_val_acc:
+                best_val_acc = last_eval["val_acc"]
+                if main_rank:
+                    plain_model(raw_model).save(out_dir / "model-best")  # LoRA merged, in a copy
         if done % config.train.ckpt_every == 0 or done == config.train.steps or stop_early:
             if main_rank:
                 save_checkpoint(
@@ -388,7 +496,10 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
                     optimizer,
                     scheduler,
                     scaler,
-                    {"data_position": {"seed": config.train.seed, "next_step": done}},
+                    {
+                        "data_position": {"seed": config.train.seed, "next_step": done},
+                        "best_val_acc": best_val_acc,
+                    },
                     config.train.keep_last,
                 )
             if world > 1:
@@ -399,7 +510,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
 
     summary = {}
     if main_rank:
-        raw_model.save(out_dir / "model")
+        merge_lora(raw_model).save(out_dir / "model")  # LoRA folded in: a plain model
         summary = {
             "name": config.name,
             "parameters": n_params,
@@ -409,10 +520,13 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             "world_size": world,
             "device": device.type,
             "seq_len": data.seq_len,
-            "state_size": raw_model.state_size(data.seq_len),
             "stopped_early": stop_early,
             **last_eval,
         }
+        if classify:
+            summary.update(test_classifier(raw_model, data, out_dir, config, device, autocast))
+        else:
+            summary["state_size"] = raw_model.state_size(data.seq_len)
         if not data.task:
             entropy = data.unigram_entropy_bits()
             summary["unigram_entropy_bits_per_token"] = entropy

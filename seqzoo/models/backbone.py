@@ -1,6 +1,11 @@
-"""The stack of pre-norm blocks shared by the language model and the classifier.
+"""The stack of blocks shared by the language model and the classifier.
 
-    h = h + mixer(RMSNorm(h));   h = h + MLP(RMSNorm(h))      (the MLP is optional)
+    h = h + mixer(RMSNorm(h));   h = h + MLP(RMSNorm(h))      (prenorm, the default; the MLP is optional)
+    h = Norm(h + mixer(h));      h = Norm(h + MLP(h))         (postnorm: S4's Long Range Arena models)
+
+``norm`` picks the normalisation: RMSNorm (the default), LayerNorm, or BatchNorm over the batch and time
+positions (S4's LRA models; ``BatchNorm`` below). ``dropout`` drops each branch's output before the residual
+add (S4's residual dropout). A postnorm stack has no final norm (its last block ends with one).
 
 ``block="zoology"`` builds Zoology's block instead (Arora et al. 2023, ``zoology/model.py``), to reproduce its
 training: LayerNorms, and a second branch that is always there: the MLP, or with ``mlp="none"`` its "identity"
@@ -24,35 +29,72 @@ from ..registry import build_mixer
 from .config import BackboneConfig
 
 
-def build_norm(block: str, d_model: int, eps: float) -> nn.Module:
-    return nn.LayerNorm(d_model, eps=eps) if block == "zoology" else RMSNorm(d_model, eps)
+class BatchNorm(nn.BatchNorm1d):
+    """BatchNorm over every (batch, time) position of [B, T, D] (or [B, D] when decoding), per channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return super().forward(x)
+
+
+def build_norm(block: str, d_model: int, eps: float, norm: str = "auto") -> nn.Module:
+    if norm == "auto":
+        norm = "layer" if block == "zoology" else "rms"
+    if norm == "layer":
+        return nn.LayerNorm(d_model, eps=eps)
+    if norm == "batch":
+        return BatchNorm(d_model, eps=eps)
+    return RMSNorm(d_model, eps)
 
 
 class Block(nn.Module):
     def __init__(
-        self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float, eps: float, block: str = "prenorm"
+        self,
+        d_model: int,
+        mixer: nn.Module,
+        mlp: str,
+        mlp_ratio: float,
+        eps: float,
+        block: str = "prenorm",
+        norm: str = "auto",
+        dropout: float = 0.0,
     ):
         super().__init__()
-        self.mixer_norm = build_norm(block, d_model, eps)
+        self.postnorm = block == "postnorm"
+        self.mixer_norm = build_norm(block, d_model, eps, norm)
         self.mixer = mixer
         self.mlp = build_mlp(d_model, mlp, mlp_ratio)
         if self.mlp is None and block == "zoology":
             self.mlp = nn.Identity()  # Zoology's "identity" state mixer: the branch adds LayerNorm(h)
-        self.mlp_norm = build_norm(block, d_model, eps) if self.mlp is not None else None
+        self.mlp_norm = build_norm(block, d_model, eps, norm) if self.mlp is not None else None
+        # No module when there is no dropout, so the models (and checkpoints) of earlier versions are unchanged.
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def _mlp(self, h):
-        return h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
+        if self.mlp is None:
+            return h
+        if self.postnorm:
+            return self.mlp_norm(h + self.dropout(self.mlp(h)))
+        return h + self.dropout(self.mlp(self.mlp_norm(h)))
+
+    def _mix(self, h, y):  # the residual add after the mixer's output y
+        y = self.dropout(y)
+        return self._mlp(self.mixer_norm(h + y) if self.postnorm else h + y)
+
+    def _mixer_input(self, h):
+        return h if self.postnorm else self.mixer_norm(h)
 
     def forward(self, h):
-        return self._mlp(h + self.mixer(self.mixer_norm(h)))
+        return self._mix(h, self.mixer(self._mixer_input(h)))
 
     def prefill(self, h, state: State | None):
-        y, state = self.mixer.prefill(self.mixer_norm(h), state)
-        return self._mlp(h + y), state
+        y, state = self.mixer.prefill(self._mixer_input(h), state)
+        return self._mix(h, y), state
 
     def step(self, h_t, state: State):
-        y, state = self.mixer.step(self.mixer_norm(h_t), state)
-        return self._mlp(h_t + y), state
+        y, state = self.mixer.step(self._mixer_input(h_t), state)
+        return self._mix(h_t, y), state
 
 
 class Backbone(nn.Module):
@@ -62,9 +104,22 @@ class Backbone(nn.Module):
         for name, kwargs in config.layer_specs():
             mixer = build_mixer(name, config.d_model, **{**kwargs, **(extra_mixer_kwargs or {})})
             self.blocks.append(
-                Block(config.d_model, mixer, config.mlp, config.mlp_ratio, config.norm_eps, config.block)
+                Block(
+                    config.d_model,
+                    mixer,
+                    config.mlp,
+                    config.mlp_ratio,
+                    config.norm_eps,
+                    block=config.block,
+                    norm=config.norm,
+                    dropout=config.dropout,
+                )
             )
-        self.final_norm = build_norm(config.block, config.d_model, config.norm_eps)
+        self.final_norm = (
+            nn.Identity()  # every postnorm block already ends with a norm
+            if config.block == "postnorm"
+            else build_norm(config.block, config.d_model, config.norm_eps, config.norm)
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -5,6 +5,10 @@
 Pooling: ``mean`` over unmasked positions, ``last`` unmasked position, or a learned ``cls`` token
 prepended to the sequence (pair it with ``bidirectional=True``, or a causal mixer never lets it see
 the sequence). ``bidirectional=True`` builds every mixer with ``bidirectional=True``.
+
+``pairs=True`` is LRA's two-tower model (retrieval: does document 1 cite document 2?): inputs [B, 2, T]
+(mask [B, 2, T]); both documents go through the same backbone and pooling, to u and v [B, d], and an MLP
+classifies [u, v, u * v, u - v] (Tay et al. 2021's dual-encoder head: Linear(4d, d), ReLU, Linear(d, C)).
 """
 
 from __future__ import annotations
@@ -34,10 +38,29 @@ class SequenceClassifier(nn.Module):
         extra = {"bidirectional": True} if config.bidirectional else None
         self.backbone = Backbone(config, extra_mixer_kwargs=extra)
         self.cls_token = nn.Parameter(torch.zeros(config.d_model)) if config.pooling == "cls" else None
-        self.head = nn.Linear(config.d_model, config.n_classes)
+        if config.pairs:
+            d = config.d_model
+            self.head = nn.Sequential(nn.Linear(4 * d, d), nn.ReLU(), nn.Linear(d, config.n_classes))
+        else:
+            self.head = nn.Linear(config.d_model, config.n_classes)
         init_weights(self, rescale_output_layers=config.n_layers if config.block == "zoology" else None)
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.pairs:
+            if inputs.dim() < 2 or inputs.shape[1] != 2:
+                raise ValueError(
+                    f"inputs of a two-tower model must be [B, 2, T, ...], got {tuple(inputs.shape)}"
+                )
+            if mask is not None and mask.shape != inputs.shape[:3]:
+                raise ValueError(f"mask must have shape {tuple(inputs.shape[:3])}, got {tuple(mask.shape)}")
+            b = inputs.shape[0]
+            pooled = self._pool(inputs.flatten(0, 1), None if mask is None else mask.flatten(0, 1))
+            u, v = pooled.view(b, 2, -1).unbind(1)  # inputs[:, 0] and inputs[:, 1]
+            return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
+        return self.head(self._pool(inputs, mask))
+
+    def _pool(self, inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, d_model]: the backbone's output pooled over the (unmasked) positions."""
         if self.config.vocab_size is not None:
             if inputs.dim() != 2 or inputs.is_floating_point():
                 raise ValueError(f"inputs must be token ids [B, T], got {tuple(inputs.shape)} {inputs.dtype}")
@@ -69,7 +92,7 @@ class SequenceClassifier(nn.Module):
             else:
                 m = mask.to(h.dtype)[..., None]
                 pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
-        return self.head(pooled)
+        return pooled
 
     def save(self, directory: str | os.PathLike):
         return save_model_dir(self, self.config.model_dump(), directory, "sequence_classifier")

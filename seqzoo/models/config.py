@@ -30,11 +30,20 @@ class BackboneConfig(BaseModel):
     mlp: Literal["swiglu", "geglu", "gelu", "none"] = "swiglu"
     mlp_ratio: float = Field(4.0, gt=0)
     norm_eps: float = Field(1e-6, gt=0)
-    block: Literal["prenorm", "zoology"] = Field(
+    block: Literal["prenorm", "postnorm", "zoology"] = Field(
         "prenorm",
-        description="prenorm: h + mixer(RMSNorm h), h + MLP(RMSNorm h); zoology: Zoology's block (LayerNorms; "
+        description="prenorm: h + mixer(Norm h), h + MLP(Norm h); postnorm: Norm(h + mixer h), Norm(h + MLP h) "
+        "(S4's LRA models); zoology: Zoology's block (LayerNorms; "
         "with mlp none the second branch adds LayerNorm(h), its 'identity' state mixer; output projections "
         "initialised with std 0.02 / sqrt(2 n_layers))",
+    )
+    norm: Literal["auto", "rms", "layer", "batch"] = Field(
+        "auto",
+        description="auto: RMSNorm (LayerNorm for the zoology block); batch: BatchNorm over batch and time "
+        "(S4's LRA models)",
+    )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on each branch's output (S4: residual dropout)"
     )
 
     @field_validator("mixer")
@@ -83,6 +92,11 @@ class ClassifierConfig(BackboneConfig):
     d_input: int | None = Field(None, ge=1, description="feature size of continuous inputs [B, T, d_input]")
     pooling: Literal["mean", "last", "cls"] = "mean"
     bidirectional: bool = Field(False, description="build every mixer with bidirectional=True")
+    pairs: bool = Field(
+        False,
+        description="two towers (LRA retrieval): inputs [B, 2, T] encoded by the same backbone, pooled to u, v, "
+        "classified from [u, v, u*v, u-v] by an MLP",
+    )
 
     @model_validator(mode="after")
     def _one_input_kind(self):

@@ -1,0 +1,122 @@
+"""Long Range Arena (Tay et al. 2021): the six tasks, their data, and what the papers report.
+
+    data = load_task("listops", data_dir="data/lra/listops")            # reads the LRA release layout
+    data = load_task("listops", data_dir=d, generate={"num_train": 20000})  # generates it there first if empty
+
+The loaders (``loaders.py``) read the files people have: the LRA release (ListOps TSVs, the AAN pairs, the
+Pathfinder image folders), IMDB through ``datasets`` and CIFAR-10's Python batches. ListOps and Pathfinder are
+synthetic, and their generators are written here (``listops.py``, ``pathfinder.py``), so both tasks run with
+no download. ``seqzoo lra TASK --mixer NAME`` trains one through the recipe; ``seqzoo lra sweep`` a grid
+(``command.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    description: str
+    seq_len: int
+    n_classes: int
+    generator: str | None = None  # the task's generator, when it is synthetic
+
+
+TASKS: dict[str, TaskInfo] = {
+    "listops": TaskInfo("listops", "nested MAX/MIN/MED/SUM_MOD expressions over digits", 2000, 10, "listops"),
+    "text": TaskInfo("text", "IMDB sentiment, byte level", 4096, 2),
+    "retrieval": TaskInfo("retrieval", "AAN citation pairs, byte level, two towers", 4000, 2),
+    "image": TaskInfo("image", "CIFAR-10 grayscale, one pixel per token", 1024, 10),
+    "pathfinder": TaskInfo(
+        "pathfinder", "are the two dots joined by a path? 32 x 32 pixels", 1024, 2, "pathfinder"
+    ),
+    "pathx": TaskInfo("pathx", "Pathfinder at 128 x 128 pixels", 16384, 2, "pathfinder"),
+}
+TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
+
+# Test accuracy (%) as the papers report it, in TASK_ORDER; None where a model failed (chance) or was not run.
+PUBLISHED: dict[str, dict] = {
+    "s4": {
+        "source": "Gu et al. 2022 (S4), Table 4",
+        "acc": [59.60, 86.82, 90.90, 88.65, 94.20, 96.35],
+    },
+    "s4d": {
+        "source": "Gu et al. 2022 (S4D-LegS), Table 6",
+        "acc": [60.47, 86.18, 89.46, 88.19, 93.06, 91.95],
+    },
+    "attention": {
+        "source": "Tay et al. 2021 (Transformer), Table 1",
+        "acc": [36.37, 64.27, 57.46, 42.44, 71.40, None],
+    },
+    "flow": {
+        "source": "Wu et al. 2022 (Flowformer), Table 3",
+        "acc": [38.70, 64.29, 62.15, 43.20, 74.00, None],
+    },
+}
+
+
+def default_data_dir(name: str) -> Path:
+    return Path("data") / "lra" / name
+
+
+def check_task(name: str) -> TaskInfo:
+    if name not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown LRA task {name!r}{hint}; the tasks are {TASK_ORDER}")
+    return TASKS[name]
+
+
+def generate_task(name: str, data_dir: str | Path, **generator_args) -> Path:
+    """Write a synthetic task's data into ``data_dir`` in the LRA release layout; returns the folder."""
+    info = check_task(name)
+    data_dir = Path(data_dir)
+    if info.generator == "listops":
+        from .listops import write_listops_release
+
+        args = {"num_train": 96_000, "num_val": 2_000, "num_test": 2_000, **generator_args}
+        write_listops_release(data_dir, **args)
+    elif info.generator == "pathfinder":
+        from .pathfinder import write_pathfinder_release
+
+        args = {"resolution": 32 if name == "pathfinder" else 128, **generator_args}
+        write_pathfinder_release(data_dir, **args)
+    else:
+        raise ValueError(
+            f"LRA task {name!r} is not synthetic: there is no generator (only listops, pathfinder and pathx)"
+        )
+    return data_dir
+
+
+def has_data(name: str, data_dir: str | Path) -> bool:
+    data_dir = Path(data_dir)
+    return data_dir.is_dir() and any(data_dir.iterdir())
+
+
+def load_task(name: str, data_dir: str | Path | None = None, generate: dict | None = None, **loader_args):
+    """The task's splits (``loaders.LRAData``); with ``generate``, an empty ``data_dir`` is filled first."""
+    from .loaders import load_lra
+
+    info = check_task(name)
+    if data_dir is None and name != "text":
+        data_dir = default_data_dir(name)
+    if generate is not None:
+        if info.generator is None:
+            raise ValueError(
+                f"data.generate: LRA task {name!r} has no generator (only listops, pathfinder, pathx)"
+            )
+        if not has_data(name, data_dir):
+            generate_task(name, data_dir, **generate)
+        if info.generator == "pathfinder" and "difficulty" not in loader_args:
+            # The generator writes the difficulty folder it was given (or named after contour_length); the
+            # loader reads that one.
+            from .pathfinder import resolve_difficulty
+
+            given = generate.get("difficulty", generate.get("difficulty_name"))
+            loader_args["difficulty"] = resolve_difficulty(given, generate.get("contour_length"))[0]
+    return load_lra(name, data_dir, **loader_args)
