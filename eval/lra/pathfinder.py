@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .listops import _check, _check_int  # the same argument checks as the ListOps generator
+
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
 DIFFICULTY_ALIASES = {
     "easy": "curv_baseline",
@@ -90,18 +92,6 @@ GEOMETRY: dict[int, PathfinderGeometry] = {
 }
 
 _N_BINS = 360  # headings are rounded to whole degrees for the stencils
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def _check_int(name: str, value, low: int) -> None:
-    _check(
-        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low,
-        f"{name} must be an integer >= {low}, got {value!r}",
-    )
 
 
 def _round(v: float) -> int:

@@ -30,8 +30,16 @@ from torch import nn
 
 from .. import ops
 from ..registry import register_mixer
-from .base import Mixer, State
-from .hyena import ImplicitFilter, check_bool, check_float, check_int, continue_long_conv, short_conv
+from .base import State
+from .hyena import (
+    CachedConvMixer,
+    ImplicitFilter,
+    check_bool,
+    check_float,
+    check_int,
+    continue_long_conv,
+    short_conv,
+)
 from .linear_attention import ShortConvolution
 
 
@@ -40,7 +48,7 @@ from .linear_attention import ShortConvolution
     description="BaseConv: a linear projection gating a short plus an implicit long convolution (FFT)",
     paper="Arora et al. 2023, Zoology: Measuring and Improving Recall in Efficient Language Models",
 )
-class BaseConv(Mixer):
+class BaseConv(CachedConvMixer):
     def __init__(
         self,
         d_model: int,
@@ -133,21 +141,6 @@ class BaseConv(Mixer):
         if self.filter is not None:
             state["x"] = torch.zeros(batch_size, 0, self.d_model, device=device, dtype=dtype)
         return state
-
-    def _begin(self, x, state, ndim):
-        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
-        self.check_decodable()
-        if state is not None:
-            self.check_state(state, x.shape[0], self._keys())
-
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self._begin(x, state, 3)
-        return self._mix(x, state, True)
-
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        self._begin(x_t, state, 2)
-        y, state = self._mix(x_t[:, None], state, True)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         short = 0 if self.short is None else self.d_model * (self.short_width - 1)

@@ -211,12 +211,36 @@ def continue_long_conv(past: torch.Tensor, new: torch.Tensor, K: torch.Tensor, D
     return y, full
 
 
+class CachedConvMixer(Mixer):
+    """What the long-convolution mixers (hyena, base_conv, orchid) share to decode: ``prefill`` and ``step``
+    run the subclass's ``_mix(x, state, decoding=True)``, which continues each long convolution over the
+    cache of its inputs (``continue_long_conv``); ``_keys()`` names the state's tensors."""
+
+    def _keys(self) -> tuple[str, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _begin(self, x, state, ndim):
+        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
+        self.check_decodable()
+        if state is not None:
+            self.check_state(state, x.shape[0], self._keys())
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._begin(x, state, 3)
+        return self._mix(x, state, True)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self._begin(x_t, state, 2)
+        y, state = self._mix(x_t[:, None], state, True)
+        return y[:, 0], state
+
+
 @register_mixer(
     "hyena",
     description="Hyena operator: gates and implicitly parameterised long convolutions (FFT), short filters",
     paper="Poli et al. 2023, Hyena Hierarchy: Towards Larger Convolutional Language Models",
 )
-class Hyena(Mixer):
+class Hyena(CachedConvMixer):
     def __init__(
         self,
         d_model: int,
@@ -315,20 +339,8 @@ class Hyena(Mixer):
             "z": torch.zeros(batch_size, 0, (self.order - 1) * self.d_model, device=device, dtype=dtype),
         }
 
-    def _begin(self, x, state, ndim):
-        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
-        self.check_decodable()
-        if state is not None:
-            self.check_state(state, x.shape[0], ("conv", "z"))
-
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self._begin(x, state, 3)
-        return self._mix(x, state, True)
-
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        self._begin(x_t, state, 2)
-        y, state = self._mix(x_t[:, None], state, True)
-        return y[:, 0], state
+    def _keys(self):
+        return ("conv", "z")
 
     def state_size(self, seq_len: int) -> int:
         d = self.d_model

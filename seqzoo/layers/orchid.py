@@ -51,8 +51,16 @@ from torch import nn
 
 from .. import ops
 from ..registry import register_mixer
-from .base import Mixer, State
-from .hyena import ImplicitFilter, check_bool, check_float, check_int, continue_long_conv, short_conv
+from .base import State
+from .hyena import (
+    CachedConvMixer,
+    ImplicitFilter,
+    check_bool,
+    check_float,
+    check_int,
+    continue_long_conv,
+    short_conv,
+)
 from .linear_attention import ShortConvolution
 
 
@@ -61,7 +69,7 @@ from .linear_attention import ShortConvolution
     description="Orchid (causal): long convolution whose kernel a conditioning network makes from the input",
     paper="Karami and Ghodsi 2024, Orchid: Flexible and Data-Dependent Convolution for Sequence Modeling",
 )
-class Orchid(Mixer):
+class Orchid(CachedConvMixer):
     def __init__(
         self,
         d_model: int,
@@ -196,21 +204,6 @@ class Orchid(Mixer):
         if self.residual_conv:
             state["x"] = torch.zeros(batch_size, 0, d, device=device, dtype=dtype)
         return state
-
-    def _begin(self, x, state, ndim):
-        self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
-        self.check_decodable()
-        if state is not None:
-            self.check_state(state, x.shape[0], self._keys())
-
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self._begin(x, state, 3)
-        return self._mix(x, state, True)
-
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        self._begin(x_t, state, 2)
-        y, state = self._mix(x_t[:, None], state, True)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         d = self.d_model
