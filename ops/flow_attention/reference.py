@@ -24,9 +24,12 @@ Causal: every sum runs over j <= i and n_i = i + 1 positions have been seen:
     c_i = exp(Ô_i) / sum_{j<=i} exp(Ô_j) * n_i        competition among the sources seen at i
     o_i = A_i * (q_i / I_i) sum_{j<=i} k_j^T (v_j c_j)
 
-c_j inside the last sum is c as defined at position j, so the sum is a running state of size D x M. The
-authors' published causal code divides the value normalisation by the position count with a broadcasting
-slip; this is the equations above. Ô is clamped to [-1, 1], so exp(Ô) lies in [1/e, e] and needs no shift.
+c_j inside the last sum is c as defined at position j, so the sum is a running state of size D x M. These are
+the paper's equations (Wu et al. 2022, the causal variant of its flow-attention) and what the authors' causal
+code computes (thuml/Flowformer, ``Flow_Attention_Causal``: the position count n multiplies the reciprocal
+flows 1/I and 1/O and divides the conserved flows, broadcast over [B, H, T] as above), and seqzoo matches
+them. Ô is clamped to [-1, 1], as in the authors' language-model code (one of their copies clamps to
+[-10, 10], one not at all), so exp(Ô) lies in [1/e, e] and needs no shift.
 
 The causal reference materialises the prefix sums of k_j^T (v_j c_j): a [B, T, H, D, M] tensor. It is slow
 and memory hungry on purpose, the plainest statement of the equations; the non-causal one forms the
