@@ -13,10 +13,38 @@ errors for bad inputs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 State = dict[str, torch.Tensor]
+
+
+# -- argument checks shared by the layers (a ValueError naming the mixer and the argument) ------------------
+
+
+def check_int(mixer: str, name: str, value, low: int, high: int | None = None) -> int:
+    bad = not isinstance(value, int) or isinstance(value, bool) or value < low
+    if bad or (high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{mixer}: {name} must be an int {span}, got {value!r}")
+    return value
+
+
+def check_float(mixer: str, name: str, value, low: float, high: float | None = None, open_low=False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and (high is None or value < high)
+    if not ok:
+        span = f"{'>' if open_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        raise ValueError(f"{mixer}: {name} must be a number {span}, got {value!r}")
+    return float(value)
+
+
+def check_bool(mixer: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{mixer}: {name} must be a bool, got {value!r}")
+    return value
 
 
 class Mixer(nn.Module):

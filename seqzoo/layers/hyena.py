@@ -52,34 +52,8 @@ from torch import nn
 
 from .. import ops
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, check_bool, check_float, check_int  # noqa: F401 (base_conv, orchid)
 from .linear_attention import ShortConvolution
-
-# -- argument checks shared by base_conv, hyena and orchid ----------------------------------------------
-
-
-def check_int(mixer: str, name: str, value, low: int, high: int | None = None) -> int:
-    bad = not isinstance(value, int) or isinstance(value, bool) or value < low
-    if bad or (high is not None and value > high):
-        span = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{mixer}: {name} must be an int {span}, got {value!r}")
-    return value
-
-
-def check_float(mixer: str, name: str, value, low: float, high: float | None = None, open_low=False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and (high is None or value < high)
-    if not ok:
-        span = f"{'>' if open_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{mixer}: {name} must be a number {span}, got {value!r}")
-    return float(value)
-
-
-def check_bool(mixer: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{mixer}: {name} must be a bool, got {value!r}")
-    return value
-
 
 # -- the short filter -----------------------------------------------------------------------------------
 

@@ -40,13 +40,11 @@ from ..modules.rotary import apply_rotary
 from ..ops.gla import decoding_backend
 from ..registry import register_mixer
 from .attention import Attention
-from .base import Mixer, State
+from .base import Mixer, State, check_int
 
 
 def _check_positive_int(mixer: str, name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{mixer}: {name} must be a positive int, got {value!r}")
-    return value
+    return check_int(mixer, name, value, 1)
 
 
 def _check_real(mixer: str, name: str, value, positive: bool = False) -> float:

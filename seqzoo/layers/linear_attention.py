@@ -25,7 +25,7 @@ from .. import ops
 from ..modules.norm import RMSNorm
 from ..ops.gla import decoding_backend
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, check_int
 
 FEATURE_MAPS = ("identity", "elu+1", "relu", "silu")
 
@@ -43,9 +43,7 @@ def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _positive_int(mixer: str, name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{mixer}: {name} must be a positive int, got {value!r}")
-    return value
+    return check_int(mixer, name, value, 1)
 
 
 def head_split(mixer: str, what: str, total: int, n_heads: int) -> int:
@@ -134,8 +132,7 @@ class GatedLinearAttentionMixer(Mixer):
             raise ValueError(
                 f"{name}: the short convolution is causal; use use_short_conv=False with bidirectional=True"
             )
-        if not isinstance(conv_width, int) or isinstance(conv_width, bool) or not 2 <= conv_width <= 8:
-            raise ValueError(f"{name}: conv_width must be an int in 2..8, got {conv_width!r}")
+        check_int(name, "conv_width", conv_width, 2, 8)
         for conv_name, width in channels.items():
             self.convs[conv_name] = ShortConvolution(width, conv_width)
 

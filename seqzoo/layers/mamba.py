@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import ops
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, check_int
 
 
 @register_mixer(
@@ -52,17 +52,12 @@ class Mamba(Mixer):
         backend: str = "auto",
     ):
         super().__init__(d_model)
-        for name, v, lo, hi in (
-            ("d_state", d_state, 1, 256),
-            ("d_conv", d_conv, 2, 8),
-            ("expand", expand, 1, 16),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"mamba: {name} must be an int in {lo}..{hi}, got {v!r}")
+        check_int("mamba", "d_state", d_state, 1, 256)
+        check_int("mamba", "d_conv", d_conv, 2, 8)
+        check_int("mamba", "expand", expand, 1, 16)
         if dt_rank is None:
             dt_rank = math.ceil(d_model / 16)
-        if not isinstance(dt_rank, int) or dt_rank < 1:
-            raise ValueError(f"mamba: dt_rank must be a positive int or None, got {dt_rank!r}")
+        check_int("mamba", "dt_rank", dt_rank, 1)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank

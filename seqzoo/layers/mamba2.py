@@ -27,7 +27,7 @@ from .. import ops
 from ..modules.norm import GatedRMSNorm
 from ..ops.gla import decoding_backend
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, check_int
 from .ssm_init import a_log_init, dt_bias_init
 
 
@@ -95,15 +95,11 @@ class Mamba2(Mixer):
         backend: str = "auto",
     ):
         super().__init__(d_model)
-        for name, v, lo, hi in (
-            ("d_state", d_state, 1, 256),
-            ("d_conv", d_conv, 2, 8),
-            ("expand", expand, 1, 16),
-            ("headdim", headdim, 1, 256),
-            ("n_groups", n_groups, 1, 1024),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"mamba2: {name} must be an int in {lo}..{hi}, got {v!r}")
+        check_int("mamba2", "d_state", d_state, 1, 256)
+        check_int("mamba2", "d_conv", d_conv, 2, 8)
+        check_int("mamba2", "expand", expand, 1, 16)
+        check_int("mamba2", "headdim", headdim, 1, 256)
+        check_int("mamba2", "n_groups", n_groups, 1, 1024)
         e = self.d_inner = expand * d_model
         if e % headdim:
             raise ValueError(f"mamba2: headdim ({headdim}) must divide expand * d_model ({e})")
