@@ -280,7 +280,7 @@ def cases() -> list[Case]:
             "s4",
         )
     }
-    conv = importlib.import_module("seqzoo.ops.s4.triton_conv")
+    conv = importlib.import_module("seqzoo.ops.s4.triton_direct_conv")
     f32, bf16 = torch.float32, torch.bfloat16
     out: list[Case] = []
 

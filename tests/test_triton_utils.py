@@ -91,7 +91,7 @@ def _triton_calls():
     from seqzoo.ops.gla import triton as gla
     from seqzoo.ops.linear_scan import triton as ls
     from seqzoo.ops.s4 import triton as s4
-    from seqzoo.ops.s4 import triton_conv
+    from seqzoo.ops.s4 import triton_direct_conv as triton_conv
     from seqzoo.ops.selective_scan import triton as ss
 
     def r(*s, pos=False):

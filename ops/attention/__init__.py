@@ -54,11 +54,11 @@ attention.register("reference", _reference.attention, description="explicit soft
 attention.register("torch", _torch.attention, description="torch scaled_dot_product_attention")
 attention.register_lazy(
     "flash",
-    ".attention.flash",
+    ".attention.ext_flash_attn",
     "attention",
     devices=("cuda",),
     unavailable=lambda device: None if package_available("flash_attn") else "flash-attn is not installed",
-    unsupported=lambda *a, **k: __import__(__name__ + ".flash", fromlist=["x"]).unsupported(*a, **k),
+    unsupported=lambda *a, **k: __import__(__name__ + ".ext_flash_attn", fromlist=["x"]).unsupported(*a, **k),
     description="flash-attn (optional package)",
 )
 

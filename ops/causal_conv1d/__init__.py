@@ -59,7 +59,7 @@ causal_conv1d.register_lazy(
 )
 causal_conv1d.register_lazy(
     "causal_conv1d",
-    ".causal_conv1d.external",
+    ".causal_conv1d.ext_causal_conv1d",
     "causal_conv1d",
     devices=("cuda",),
     unavailable=lambda device: (

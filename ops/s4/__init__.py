@@ -146,7 +146,7 @@ fft_conv.register("reference", _reference.fft_conv, description="explicit O(T^2)
 fft_conv.register("torch", _torch.fft_conv, description="real FFTs of length 2T")
 fft_conv.register_lazy(
     "triton",
-    ".s4.triton_conv",
+    ".s4.triton_direct_conv",
     "fft_conv",
     unavailable=triton_unavailable_reason,
     unsupported=_no_float64,

@@ -18,7 +18,7 @@ import ctypes
 import torch
 
 from .._cuda_binding import check_launch, launcher, pointer, stream_handle
-from .around import run_kernel
+from .pre_post import run_kernel
 
 LIBRARY = "selective_scan"
 CHUNK = 64  # steps between the checkpoints the backward recomputes from

@@ -30,7 +30,7 @@ import torch
 
 from ..linear_scan.torch import blocked_scan
 from ..linear_scan.torch import linear_scan as _linear_scan
-from .around import finish
+from .pre_post import finish
 from .reference import discretize, per_channel, state_dtype
 from .torch_loop import LoopScan, use_loop
 

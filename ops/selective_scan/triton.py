@@ -31,7 +31,7 @@ import triton.language as tl
 
 from .._dispatch import triton_interpreting
 from .._triton_utils import device_guarded
-from .around import run_kernel
+from .pre_post import run_kernel
 
 
 @triton.jit
