@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .bench import mixer_op, register_bench
+from .bench_registry import mixer_op, register_bench
 
 
 def attention_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ class ShortConv(Mixer): ...
 
 mixer = build_mixer("short_conv", d_model=64, width=4)
 list_mixers()   # {"short_conv": MixerInfo(...), ...}
+
+The registry imports no layer: ``import seqzoo`` (which any ``seqzoo.*`` import runs first) imports
+``seqzoo.layers``, whose modules register the built-in mixers, so the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -45,19 +48,12 @@ def register_mixer(name: str, *, description: str, paper: str):
     return add
 
 
-def _ensure_builtin_mixers() -> None:
-    # Importing the layers package registers every built-in mixer.
-    from . import layers  # noqa: F401
-
-
 def list_mixers() -> dict[str, MixerInfo]:
     """Every registered mixer by name, with a one-line description and its paper."""
-    _ensure_builtin_mixers()
     return dict(sorted(_MIXERS.items()))
 
 
 def mixer_class(name: str) -> type:
-    _ensure_builtin_mixers()
     if not isinstance(name, str):
         raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
     if name not in _MIXERS:
