@@ -161,11 +161,7 @@ def cmd_list() -> int:
         print(f"  {name:<10} {entry.note}")
     print("\nPublished test accuracy (%): " + " / ".join(TASK_ORDER))
     for name, row in PUBLISHED.items():
-        print(
-            f"  {name:<10} "
-            + " / ".join("-" if a is None else f"{a:.1f}" for a in row["acc"])
-            + f"  ({row['source']})"
-        )
+        print(f"  {name:<10} " + " / ".join(_published_cell(a) for a in row["acc"]) + f"  ({row['source']})")
     return 0
 
 
@@ -240,6 +236,12 @@ def run_sweep(tasks, mixers, cpu: bool, out: Path, overrides=()) -> list[dict]:
     return rows
 
 
+def _published_cell(acc) -> str:
+    if acc is None:
+        return "-"  # not reported
+    return acc if isinstance(acc, str) else f"{acc:.1f}"
+
+
 def markdown_table(rows: list[dict], tasks) -> str:
     """Test accuracy (%) per mixer and task, ours first, then the published rows for the same tasks."""
     idx = {t: i for i, t in enumerate(TASK_ORDER)}
@@ -251,7 +253,7 @@ def markdown_table(rows: list[dict], tasks) -> str:
         config = next(r["config"] for r in rows if r["mixer"] == m)
         lines.append(f"| {m} (seqzoo, {config} config) | " + " | ".join(cells) + " |")
     for m, pub in PUBLISHED.items():
-        cells = ["fail" if pub["acc"][idx[t]] is None else f"{pub['acc'][idx[t]]:.1f}" for t in tasks]
+        cells = [_published_cell(pub["acc"][idx[t]]) for t in tasks]
         lines.append(f"| {m} (published: {pub['source']}) | " + " | ".join(cells) + " |")
     chance = [f"{100 / TASKS[t].n_classes:.1f}" for t in tasks]
     lines.append("| chance | " + " | ".join(chance) + " |")
