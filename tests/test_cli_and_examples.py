@@ -69,3 +69,23 @@ def test_example_runs(example):
         capture_output=True,
         timeout=600,
     )
+
+
+def test_demo_mqar_runs_one_mixer_per_family_or_all(monkeypatch, tmp_path):
+    """make demo's default is a mixer of each family from the mqar-cpu grid; --mixers all is the whole grid."""
+    from seqzoo.eval import demo, mqar
+
+    seen = {}
+
+    def fake_run_sweep(sweep, progress=True):
+        seen["mixers"] = [m if isinstance(m, str) else m["name"] for m in sweep.mixer_entries()]
+        return []
+
+    monkeypatch.setattr(mqar, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(mqar, "markdown_table", lambda rows: "")
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 0
+    assert seen["mixers"] == demo.DEMO_MQAR_MIXERS
+    grid = [m if isinstance(m, str) else m["name"] for m in mqar.load_sweep("mqar-cpu").mixer_entries()]
+    assert set(demo.DEMO_MQAR_MIXERS) < set(grid)
+    assert main(["demo", "--mixers", "all", "--out-dir", str(tmp_path)]) == 0
+    assert seen["mixers"] == grid
