@@ -115,7 +115,7 @@ def direct_mamba2(m, u):
     """Mamba-2 token by token: h [H, N, P] per sequence, h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T."""
     b, t_len, _ = u.shape
     e, h, p, n, g = m.d_inner, m.n_heads, m.headdim, m.d_state, m.n_groups
-    conv = DirectConv(m.conv_weight, m.conv_bias, b)
+    conv = DirectConv(m.conv.weight, m.conv.bias, b)
     state = u.new_zeros(b, h, n, p)
     A = -torch.exp(m.A_log)
     ys = []

@@ -26,7 +26,7 @@ def rglru_by_hand(m: RGLRUBlock, x: torch.Tensor) -> torch.Tensor:
     h = v.new_zeros(b, m.lru_width)
     ys = []
     for i in range(t):
-        u = sum(m.conv_weight[:, k] * vp[:, i + k] for k in range(width)) + m.conv_bias
+        u = sum(m.conv.weight[:, k] * vp[:, i + k] for k in range(width)) + m.conv.bias
         r = torch.sigmoid(u @ w_a + m.gate_a_bias.flatten())
         gi = torch.sigmoid(u @ w_x + m.gate_x_bias.flatten())
         a = torch.sigmoid(-m.a_param) ** (m.c * r)  # exp(-softplus(L)) = sigmoid(-L)
@@ -41,7 +41,7 @@ def test_block_follows_the_equations(n_heads):
     with torch.no_grad():  # non-zero biases, so a mix-up of the two gates would show
         m.gate_a_bias.normal_()
         m.gate_x_bias.normal_()
-        m.conv_bias.normal_()
+        m.conv.bias.normal_()
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     torch.testing.assert_close(m(x), rglru_by_hand(m, x), rtol=1e-10, atol=1e-10)
 

@@ -215,3 +215,23 @@ def test_zoology_block_with_learned_positions():
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="position_embeddings"):
         model(torch.randint(0, 40, (1, 17)))
+
+
+@pytest.mark.parametrize("mixer", ["short_conv", "mamba", "mamba2", "rglru"])
+def test_checkpoints_from_before_the_shared_short_convolution_still_load(mixer, tmp_path):
+    """short_conv, mamba, mamba2 and rglru held their convolution as conv_weight / conv_bias; it is now
+    seqzoo.modules.ShortConvolution (conv.weight / conv.bias). A model saved with the old names loads."""
+    from safetensors.torch import load_file, save_file
+
+    from seqzoo.models.io import WEIGHTS_NAME
+
+    torch.manual_seed(0)
+    lm = CausalLM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer=mixer))
+    lm.save(tmp_path)
+    saved = load_file(str(tmp_path / WEIGHTS_NAME))  # what save wrote (the tied head once)
+    old = {k.replace("mixer.conv.", "mixer.conv_"): v for k, v in saved.items()}  # conv.weight -> conv_weight
+    assert "backbone.blocks.0.mixer.conv_weight" in old and "backbone.blocks.0.mixer.conv.weight" not in old
+    save_file(old, str(tmp_path / WEIGHTS_NAME), metadata={"format": "pt", "seqzoo_model": "causal_lm"})
+    loaded = CausalLM.load(tmp_path)
+    ids = torch.randint(0, 20, (2, 7))
+    torch.testing.assert_close(loaded(ids), lm(ids))

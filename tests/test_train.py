@@ -153,13 +153,13 @@ def test_param_groups_exclude_norms_biases_and_marked_params():
     from seqzoo import CausalLM, LMConfig
 
     m = CausalLM(LMConfig(d_model=16, n_layers=1, mixer="short_conv"))
-    m.backbone.blocks[0].mixer.conv_weight._optim = {"lr": 1e-3, "weight_decay": 0.0}
+    m.backbone.blocks[0].mixer.conv.weight._optim = {"lr": 1e-3, "weight_decay": 0.0}
     groups = param_groups(m, lr=0.01, weight_decay=0.1)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["backbone.final_norm.weight"]["weight_decay"] == 0.0
-    assert by_name["backbone.blocks.0.mixer.conv_bias"]["weight_decay"] == 0.0
+    assert by_name["backbone.blocks.0.mixer.conv.bias"]["weight_decay"] == 0.0
     assert by_name["backbone.blocks.0.mixer.in_proj.weight"]["weight_decay"] == 0.1
-    assert by_name["backbone.blocks.0.mixer.conv_weight"]["lr"] == 1e-3
+    assert by_name["backbone.blocks.0.mixer.conv.weight"]["lr"] == 1e-3
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
 
 

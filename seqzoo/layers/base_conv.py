@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
 from .base import State
 from .hyena import (
@@ -38,9 +39,7 @@ from .hyena import (
     check_float,
     check_int,
     continue_long_conv,
-    short_conv,
 )
-from .linear_attention import ShortConvolution
 
 
 @register_mixer(
@@ -84,7 +83,11 @@ class BaseConv(CachedConvMixer):
         self.l_max, self.short_width, self.long_conv, self.use_act = l_max, short_width, long_conv, use_act
         self.bidirectional, self.backend = bidirectional, backend
         self.projection = nn.Linear(d_model, d_model)
-        self.short = None if short_width is None else ShortConvolution(d_model, short_width, backend=backend)
+        self.short = (  # Zoology's short filter: a plain depthwise convolution, no activation
+            None
+            if short_width is None
+            else ShortConvolution(d_model, short_width, backend=backend, activation=None)
+        )
         self.filter = None
         if long_conv:
             self.filter = ImplicitFilter(
@@ -107,7 +110,7 @@ class BaseConv(CachedConvMixer):
         new_state = {}
         c = 0
         if self.short is not None:
-            s, conv = short_conv(self.short, x, None if state is None else state["conv"], keep_state)
+            s, conv = self.short(x, None if state is None else state["conv"], keep_state)
             c = c + s
             new_state["conv"] = conv
         if self.filter is not None:

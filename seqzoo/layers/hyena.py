@@ -51,25 +51,11 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
 from .base import Mixer, State, check_bool, check_float, check_int  # noqa: F401 (base_conv, orchid)
-from .linear_attention import ShortConvolution
 
 # -- the short filter -----------------------------------------------------------------------------------
-
-
-def short_conv(conv: ShortConvolution, u: torch.Tensor, state=None, output_state=False):
-    """``conv``'s causal depthwise convolution without its SiLU: Hyena's, Zoology's and Orchid's short filter
-    is a plain depthwise Conv1d (no activation). Same parameters and state ([B, C, W-1]) as ``conv(u)``."""
-    return ops.causal_conv1d(
-        u,
-        conv.weight,
-        conv.bias,
-        activation=None,
-        initial_state=state,
-        output_final_state=output_state,
-        backend=conv.backend,
-    )
 
 
 # -- the implicit long filter ---------------------------------------------------------------------------
@@ -247,7 +233,8 @@ class Hyena(CachedConvMixer):
         self.l_max, self.order, self.short_width, self.backend = l_max, order, short_width, backend
         d = d_model
         self.in_proj = nn.Linear(d, (order + 1) * d)
-        self.short_filter = ShortConvolution((order + 1) * d, short_width, backend=backend)
+        # Hyena's short filter is a plain depthwise convolution: no activation.
+        self.short_filter = ShortConvolution((order + 1) * d, short_width, backend=backend, activation=None)
         # One filter bank for the N-1 long convolutions; channel c = v (N-1) + o, as safari lays it out.
         self.filter = ImplicitFilter(
             d * (order - 1),
@@ -280,7 +267,7 @@ class Hyena(CachedConvMixer):
     def _mix(self, x, state, keep_state):
         d, n = self.d_model, self.order - 1
         conv_state = None if state is None else state["conv"]
-        u, conv = short_conv(self.short_filter, self.in_proj(x), conv_state, keep_state)
+        u, conv = self.short_filter(self.in_proj(x), conv_state, keep_state)
         *gates, v = u.split(d, -1)
         past = None if state is None else state["z"]
         t0 = 0 if past is None else past.shape[1]

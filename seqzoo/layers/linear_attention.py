@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.norm import RMSNorm
+from ..modules.short_conv import ShortConvolution  # noqa: F401 (the family's; re-exported)
 from ..ops.gla import decoding_backend
 from ..registry import register_mixer
 from .base import Mixer, State, check_int
@@ -53,28 +54,6 @@ def head_split(mixer: str, what: str, total: int, n_heads: int) -> int:
             f"{mixer}: the {what} width ({total}) must be a positive multiple of n_heads ({n_heads})"
         )
     return total // n_heads
-
-
-class ShortConvolution(nn.Module):
-    """Causal depthwise convolution (``ops.causal_conv1d``) with SiLU; its state is the last W-1 inputs."""
-
-    def __init__(self, channels: int, width: int, backend: str = "auto"):
-        super().__init__()
-        bound = width**-0.5
-        self.weight = nn.Parameter(torch.empty(channels, width).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.channels, self.width, self.backend = channels, width, backend
-
-    def forward(self, u, state=None, output_state=False):
-        return ops.causal_conv1d(
-            u,
-            self.weight,
-            self.bias,
-            activation="silu",
-            initial_state=state,
-            output_final_state=output_state,
-            backend=self.backend,
-        )
 
 
 class GatedLinearAttentionMixer(Mixer):

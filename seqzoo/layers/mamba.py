@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
 from .base import Mixer, State, check_int
 
@@ -66,9 +67,10 @@ class Mamba(Mixer):
         e = self.d_inner = expand * d_model
         self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
         # Depthwise filter [E, W], uniform in +-1/sqrt(W) as nn.Conv1d(groups=E) initialises it.
-        bound = d_conv**-0.5
-        self.conv_weight = nn.Parameter(torch.empty(e, d_conv).uniform_(-bound, bound))
-        self.conv_bias = nn.Parameter(torch.empty(e).uniform_(-bound, bound)) if conv_bias else None
+        self.conv = ShortConvolution(e, d_conv, backend=backend, bias=conv_bias, bias_init="uniform")
+        rename_parameters_on_load(
+            self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}
+        )  # checkpoints from before the move
         self.x_proj = nn.Linear(e, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, e, bias=True)
         # S4D-Real: A_n = -(n + 1) in every channel, stored as a log so A stays negative under training.
@@ -107,15 +109,7 @@ class Mamba(Mixer):
     def _mix(self, x, state=None):
         xz = self.in_proj(x)
         u, z = xz.chunk(2, dim=-1)
-        u, conv = ops.causal_conv1d(
-            u,
-            self.conv_weight,
-            self.conv_bias,
-            activation="silu",
-            initial_state=None if state is None else state["conv"],
-            output_final_state=True,
-            backend=self.backend,
-        )
+        u, conv = self.conv(u, None if state is None else state["conv"], True)
         delta, B, C = self._ssm_inputs(u)
         y, ssm = ops.selective_scan(
             u,
@@ -156,15 +150,7 @@ class Mamba(Mixer):
         self.check_input(x_t, "x_t", ndim=2)
         self.check_state(state, x_t.shape[0], ("conv", "ssm"))
         u, z = self.in_proj(x_t).chunk(2, dim=-1)
-        u, conv = ops.causal_conv1d(
-            u[:, None],
-            self.conv_weight,
-            self.conv_bias,
-            activation="silu",
-            initial_state=state["conv"],
-            output_final_state=True,
-            backend=self.backend,
-        )
+        u, conv = self.conv(u[:, None], state["conv"], True)
         u = u[:, 0]
         delta, B, C = self._ssm_inputs(u)
         y, ssm = ops.selective_state_update(

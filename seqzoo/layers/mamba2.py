@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.norm import GatedRMSNorm
+from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..ops.gla import decoding_backend
 from ..registry import register_mixer
 from .base import Mixer, State, check_int
@@ -120,11 +121,13 @@ class Mamba2(Mixer):
         self.backend = backend
         self.conv_dim = e + 2 * n_groups * d_state
         self.in_proj = nn.Linear(d_model, e + self.conv_dim + self.n_heads, bias=bias)  # z, xBC, dt
-        bound = d_conv**-0.5  # as nn.Conv1d(groups=channels) initialises it
-        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv).uniform_(-bound, bound))
-        self.conv_bias = (
-            nn.Parameter(torch.empty(self.conv_dim).uniform_(-bound, bound)) if conv_bias else None
+        # As nn.Conv1d(groups=channels) initialises it, SiLU after it.
+        self.conv = ShortConvolution(
+            self.conv_dim, d_conv, backend=backend, bias=conv_bias, bias_init="uniform"
         )
+        rename_parameters_on_load(
+            self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}
+        )  # checkpoints from before the move
         try:
             self.A_log = nn.Parameter(a_log_init(self.n_heads, *a_init_range))
             self.dt_bias = nn.Parameter(dt_bias_init(self.n_heads, dt_min, dt_max, dt_init_floor))
@@ -153,15 +156,7 @@ class Mamba2(Mixer):
         b, t, _ = u.shape
         e, gn = self.d_inner, self.n_groups * self.d_state
         z, xbc, dt = self.in_proj(u).split([e, self.conv_dim, self.n_heads], dim=-1)
-        xbc, conv = ops.causal_conv1d(
-            xbc,
-            self.conv_weight,
-            self.conv_bias,
-            activation="silu",
-            initial_state=None if state is None else state["conv"],
-            output_final_state=keep_state,
-            backend=self.backend,
-        )
+        xbc, conv = self.conv(xbc, None if state is None else state["conv"], keep_state)
         x, B, C = xbc.split([e, gn, gn], dim=-1)
         ft = torch.promote_types(u.dtype, torch.float32)
         dt = F.softplus(dt.to(ft) + self.dt_bias.to(ft))

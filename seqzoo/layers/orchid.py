@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
 from .base import State
 from .hyena import (
@@ -59,9 +60,7 @@ from .hyena import (
     check_float,
     check_int,
     continue_long_conv,
-    short_conv,
 )
-from .linear_attention import ShortConvolution
 
 
 @register_mixer(
@@ -115,7 +114,7 @@ class Orchid(CachedConvMixer):
             weight_decay=0.0,
         )
         self.in_proj = nn.Linear(d, 3 * d)
-        self.short_filter = ShortConvolution(3 * d, short_width, backend=backend)
+        self.short_filter = ShortConvolution(3 * d, short_width, backend=backend, activation=None)
         # Conditioning network: M causal depthwise filters per channel (with ShortConvolution's SiLU), then
         # LayerNorm over the D*M coefficients of a position (as the authors normalise their conditioning).
         self.cond_conv = ShortConvolution(d * m, cond_width, backend=backend)
@@ -156,7 +155,7 @@ class Orchid(CachedConvMixer):
         a = u[..., 2 * d :]
         c, cond = self.cond_conv(a.repeat_interleave(m, -1), cond_state, keep_state)
         c = self.cond_norm(c).unflatten(-1, (d, m))
-        u, conv = short_conv(self.short_filter, u, conv_state, keep_state)
+        u, conv = self.short_filter(u, conv_state, keep_state)
         x0, x1, v = u.split(d, -1)
         z = x1 * v
         t0 = 0 if past_z is None else past_z.shape[1]

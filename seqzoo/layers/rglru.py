@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
 from .base import Mixer, State
 
@@ -95,9 +96,11 @@ class RGLRUBlock(Mixer):
 
         self.gate_proj = nn.Linear(d_model, lru_width, bias=False)
         self.in_proj = nn.Linear(d_model, lru_width, bias=False)
-        bound = conv_width**-0.5  # as nn.Conv1d initialises a depthwise filter
-        self.conv_weight = nn.Parameter(torch.empty(lru_width, conv_width).uniform_(-bound, bound))
-        self.conv_bias = nn.Parameter(torch.zeros(lru_width))
+        # Griffin's temporal convolution: no activation; the filter drawn as nn.Conv1d draws a depthwise one.
+        self.conv = ShortConvolution(lru_width, conv_width, backend=backend, activation=None)
+        rename_parameters_on_load(
+            self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}
+        )  # checkpoints from before the move
         # Block-diagonal gate weights [n_heads, block, block] (LeCun-normal per block) and biases.
         self.gate_a_weight = nn.Parameter(torch.randn(n_heads, block, block) * block**-0.5)
         self.gate_a_bias = nn.Parameter(torch.zeros(n_heads, block))
@@ -136,14 +139,7 @@ class RGLRUBlock(Mixer):
         return h.to(u.dtype), final
 
     def _conv(self, v: torch.Tensor, state: torch.Tensor | None):
-        return ops.causal_conv1d(
-            v,
-            self.conv_weight,
-            self.conv_bias,
-            initial_state=state,
-            output_final_state=True,
-            backend=self.backend,
-        )
+        return self.conv(v, state, True)
 
     def _mix(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         gate = F.gelu(self.gate_proj(x), approximate="tanh")

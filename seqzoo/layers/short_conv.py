@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
+from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
 from .base import Mixer, State
 
@@ -33,24 +33,17 @@ class ShortConv(Mixer):
         self.width, self.activation, self.backend = width, activation, backend
         self.in_proj = nn.Linear(d_model, d_model, bias=False)
         # Depthwise filter [D, W]; uniform in +-1/sqrt(W), as a Conv1d with groups=D initialises it.
-        bound = width**-0.5
-        self.conv_weight = nn.Parameter(torch.empty(d_model, width).uniform_(-bound, bound))
-        self.conv_bias = nn.Parameter(torch.zeros(d_model))
+        self.conv = ShortConvolution(d_model, width, backend=backend, activation=activation)
+        rename_parameters_on_load(
+            self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}
+        )  # checkpoints from before the move
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, width={self.width}, activation={self.activation}"
 
     def _conv(self, u, initial_state=None, output_final_state=False):
-        return ops.causal_conv1d(
-            u,
-            self.conv_weight,
-            self.conv_bias,
-            activation=self.activation,
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            backend=self.backend,
-        )
+        return self.conv(u, initial_state, output_final_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
