@@ -32,12 +32,19 @@ def check_int(mixer: str, name: str, value, low: int, high: int | None = None) -
     return value
 
 
-def check_float(mixer: str, name: str, value, low: float, high: float | None = None, open_low=False) -> float:
+def check_float(
+    mixer: str, name: str, value, low: float | None = None, high: float | None = None, open_low=False
+) -> float:
+    """A finite number in [low, high) ((low, high) with ``open_low``); ``low=None``: no lower bound."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and (high is None or value < high)
+    ok = (
+        ok and (low is None or (value > low if open_low else value >= low)) and (high is None or value < high)
+    )
     if not ok:
-        span = f"{'>' if open_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{mixer}: {name} must be a number {span}, got {value!r}")
+        parts = [] if low is None else [f"{'>' if open_low else '>='} {low}"]
+        parts += [] if high is None else [f"< {high}"]
+        span = (" " + " and ".join(parts)) if parts else ""
+        raise ValueError(f"{mixer}: {name} must be a finite number{span}, got {value!r}")
     return float(value)
 
 

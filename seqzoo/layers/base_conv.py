@@ -31,15 +31,8 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
-from .base import State
-from .hyena import (
-    CachedConvMixer,
-    ImplicitFilter,
-    check_bool,
-    check_float,
-    check_int,
-    continue_long_conv,
-)
+from .base import State, check_bool, check_int
+from .hyena import CachedConvMixer, ImplicitFilter, check_filter_args, continue_long_conv
 
 
 @register_mixer(
@@ -69,13 +62,7 @@ class BaseConv(CachedConvMixer):
         check_bool(name, "long_conv", long_conv)
         if short_width is None and not long_conv:
             raise ValueError(f"{name}: short_width=None and long_conv=False leave no convolution")
-        check_int(name, "l_max", l_max, 2)
-        check_int(name, "filter_order", filter_order, 1)
-        check_int(name, "emb_dim", emb_dim, 3)
-        if emb_dim % 2 == 0:
-            raise ValueError(f"{name}: emb_dim must be odd (time, then cosine and sine bands), got {emb_dim}")
-        check_int(name, "n_inner_mlps", n_inner_mlps, 0)
-        check_float(name, "sin_freq", sin_freq, 0.0, open_low=True)
+        check_filter_args(name, l_max, filter_order, emb_dim, n_inner_mlps, sin_freq)
         check_bool(name, "use_act", use_act)
         check_bool(name, "bidirectional", bidirectional)
         if bidirectional and not long_conv:

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from ..registry import register_mixer
-from .linear_attention import GatedLinearAttentionMixer, _positive_int, head_split
+from .base import check_int
+from .linear_attention import GatedLinearAttentionMixer, head_split
 
 
 def taylor_feature_map(u: torch.Tensor) -> torch.Tensor:
@@ -66,12 +67,12 @@ class Based(GatedLinearAttentionMixer):
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
-        _positive_int("based", "feature_dim", feature_dim)
+        check_int("based", "feature_dim", feature_dim, 1)
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
-        _positive_int("based", "n_heads", n_heads)
+        check_int("based", "n_heads", n_heads, 1)
         if head_dim is None:
             head_dim = head_split("based", "value", d_model, n_heads)
-        _positive_int("based", "head_dim", head_dim)
+        check_int("based", "head_dim", head_dim, 1)
         if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
             raise ValueError(f"based: eps must be a non-negative number, got {eps!r}")
         self.eps = float(eps)

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..modules.norm import RMSNorm
 from ..registry import register_mixer
-from .linear_attention import GatedLinearAttentionMixer, _positive_int
+from .base import check_int
+from .linear_attention import GatedLinearAttentionMixer
 
 
 @register_mixer(
@@ -44,7 +45,7 @@ class GLA(GatedLinearAttentionMixer):
     ):
         super().__init__(d_model, bidirectional, backend)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
-        _positive_int("gla", "gate_low_rank", gate_low_rank)
+        check_int("gla", "gate_low_rank", gate_low_rank, 1)
         if not gate_normalizer > 0:
             raise ValueError(f"gla: gate_normalizer must be positive, got {gate_normalizer!r}")
         self.gate_normalizer = float(gate_normalizer)

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..modules.norm import RMSNorm
 from ..registry import register_mixer
-from .linear_attention import GatedLinearAttentionMixer, _positive_int
+from .base import check_int
+from .linear_attention import GatedLinearAttentionMixer
 
 
 @register_mixer(
@@ -45,10 +46,10 @@ class HGRN2(GatedLinearAttentionMixer):
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
-        _positive_int("hgrn2", "expand_ratio", expand_ratio)
+        check_int("hgrn2", "expand_ratio", expand_ratio, 1)
         if n_heads is None:
             n_heads = max(1, d_model // expand_ratio)
-        _positive_int("hgrn2", "n_heads", n_heads)
+        check_int("hgrn2", "n_heads", n_heads, 1)
         self._set_heads(n_heads, n_heads * expand_ratio, d_model)
         if not (isinstance(lower_bound, (int, float)) and 0.0 <= lower_bound < 1.0):
             raise ValueError(f"hgrn2: lower_bound must be in [0, 1), got {lower_bound!r}")

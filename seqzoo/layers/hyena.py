@@ -53,12 +53,23 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
-from .base import Mixer, State, check_bool, check_float, check_int  # noqa: F401 (base_conv, orchid)
+from .base import Mixer, State, check_bool, check_float, check_int
 
 # -- the short filter -----------------------------------------------------------------------------------
 
 
 # -- the implicit long filter ---------------------------------------------------------------------------
+
+
+def check_filter_args(mixer: str, l_max, filter_order, emb_dim, n_inner_mlps, sin_freq) -> None:
+    """The implicit filter's arguments as a mixer takes them (hyena, base_conv, orchid): ValueError naming them."""
+    check_int(mixer, "l_max", l_max, 2)
+    check_int(mixer, "filter_order", filter_order, 1)
+    check_int(mixer, "emb_dim", emb_dim, 3)
+    if emb_dim % 2 == 0:
+        raise ValueError(f"{mixer}: emb_dim must be odd (time, then cosine and sine bands), got {emb_dim}")
+    check_int(mixer, "n_inner_mlps", n_inner_mlps, 0)
+    check_float(mixer, "sin_freq", sin_freq, 0.0, open_low=True)
 
 
 class ImplicitFilter(nn.Module):
@@ -218,14 +229,8 @@ class Hyena(CachedConvMixer):
     ):
         super().__init__(d_model)
         name = "hyena"
-        check_int(name, "l_max", l_max, 2)
+        check_filter_args(name, l_max, filter_order, emb_dim, n_inner_mlps, sin_freq)
         check_int(name, "order", order, 2)
-        check_int(name, "filter_order", filter_order, 1)
-        check_int(name, "emb_dim", emb_dim, 3)
-        if emb_dim % 2 == 0:
-            raise ValueError(f"{name}: emb_dim must be odd (time, then cosine and sine bands), got {emb_dim}")
-        check_int(name, "n_inner_mlps", n_inner_mlps, 0)
-        check_float(name, "sin_freq", sin_freq, 0.0, open_low=True)
         check_bool(name, "modulate", modulate)
         check_int(name, "short_width", short_width, 2, 8)
         check_float(name, "dropout", dropout, 0.0, 1.0)

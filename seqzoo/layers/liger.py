@@ -29,8 +29,6 @@ position counter, so memory is constant: H Dh^2 + 2 W Hk Dh numbers per sequence
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,19 +38,7 @@ from ..modules.rotary import apply_rotary
 from ..ops.gla import decoding_backend
 from ..registry import register_mixer
 from .attention import Attention
-from .base import Mixer, State, check_int
-
-
-def _check_positive_int(mixer: str, name: str, value) -> int:
-    return check_int(mixer, name, value, 1)
-
-
-def _check_real(mixer: str, name: str, value, positive: bool = False) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or value != value:
-        raise ValueError(f"{mixer}: {name} must be a real number, got {value!r}")
-    if positive and not value > 0:
-        raise ValueError(f"{mixer}: {name} must be positive, got {value!r}")
-    return float(value)
+from .base import Mixer, State, check_float, check_int
 
 
 class AttentionHybridMixer(Mixer):
@@ -78,9 +64,9 @@ class AttentionHybridMixer(Mixer):
         super().__init__(d_model)
         name = self.mixer_name
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
-        _check_positive_int(name, "n_heads", n_heads)
+        check_int(name, "n_heads", n_heads, 1)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        _check_positive_int(name, "n_kv_heads", n_kv_heads)
+        check_int(name, "n_kv_heads", n_kv_heads, 1)
         if n_heads % n_kv_heads:
             raise ValueError(f"{name}: n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if head_dim is None:
@@ -89,14 +75,14 @@ class AttentionHybridMixer(Mixer):
                     f"{name}: d_model ({d_model}) must be a multiple of n_heads ({n_heads}), or give head_dim"
                 )
             head_dim = d_model // n_heads
-        _check_positive_int(name, "head_dim", head_dim)
-        _check_positive_int(name, "window", window)
+        check_int(name, "head_dim", head_dim, 1)
+        check_int(name, "window", window, 1)
         for arg, value in (("rotary", rotary), ("bias", bias)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: {arg} must be a bool, got {value!r}")
         if rotary and head_dim % 2:
             raise ValueError(f"{name}: head_dim must be even for RoPE, got {head_dim} (or rotary=False)")
-        self.rope_base = _check_real(name, "rope_base", rope_base, positive=True)
+        self.rope_base = check_float(name, "rope_base", rope_base, 0.0, open_low=True)
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.window, self.rotary, self.backend = window, rotary, backend
         # The same names and shapes as Attention's, so that its weights load as they are.
@@ -284,9 +270,9 @@ class Liger(AttentionHybridMixer):
         attention_backend: str = "auto",
     ):
         super().__init__(d_model, n_heads, n_kv_heads, head_dim, window, rope_base, rotary, bias, backend)
-        self.gla_weight = _check_real("liger", "gla_weight", gla_weight)
-        self.swa_weight = _check_real("liger", "swa_weight", swa_weight)
-        self.gate_normalizer = _check_real("liger", "gate_normalizer", gate_normalizer, positive=True)
+        self.gla_weight = check_float("liger", "gla_weight", gla_weight)
+        self.swa_weight = check_float("liger", "swa_weight", swa_weight)
+        self.gate_normalizer = check_float("liger", "gate_normalizer", gate_normalizer, 0.0, open_low=True)
         self.attention_backend = attention_backend
         self.gla_k_dim = self.gla_v_dim = self.head_dim
 

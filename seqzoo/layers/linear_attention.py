@@ -43,10 +43,6 @@ def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"unknown feature map {name!r}; expected one of {FEATURE_MAPS}")
 
 
-def _positive_int(mixer: str, name: str, value) -> int:
-    return check_int(mixer, name, value, 1)
-
-
 def head_split(mixer: str, what: str, total: int, n_heads: int) -> int:
     """Per-head size of a width ``total`` split over ``n_heads``; a clear error when it does not divide."""
     if total < n_heads or total % n_heads:
@@ -73,8 +69,8 @@ class GatedLinearAttentionMixer(Mixer):
     def _set_heads(self, n_heads, key_dim: int, value_dim: int) -> None:
         """Split ``key_dim`` and ``value_dim`` over ``n_heads`` (default: one head per 64 of d_model)."""
         name = self.mixer_name
-        self.n_heads = _positive_int(
-            name, "n_heads", max(1, self.d_model // 64) if n_heads is None else n_heads
+        self.n_heads = check_int(
+            name, "n_heads", max(1, self.d_model // 64) if n_heads is None else n_heads, 1
         )
         self.key_dim, self.value_dim = key_dim, value_dim
         self.head_k_dim = head_split(name, "key", key_dim, self.n_heads)

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_mixer
-from .liger import AttentionHybridMixer, _check_positive_int, _check_real
+from .base import check_float, check_int
+from .liger import AttentionHybridMixer
 
 # Queries per block in window_attention_with_sinks: scores are [B, H, block, block + W - 1].
 _QUERY_BLOCK = 128
@@ -129,8 +130,8 @@ class Lizard(AttentionHybridMixer):
         if not isinstance(n_meta, int) or isinstance(n_meta, bool) or n_meta < 0:
             raise ValueError(f"lizard: n_meta must be a non-negative int, got {n_meta!r}")
         feature_dim = self.head_dim if feature_dim is None else feature_dim
-        _check_positive_int("lizard", "feature_dim", feature_dim)
-        self.gate_normalizer = _check_real("lizard", "gate_normalizer", gate_normalizer, positive=True)
+        check_int("lizard", "feature_dim", feature_dim, 1)
+        self.gate_normalizer = check_float("lizard", "gate_normalizer", gate_normalizer, 0.0, open_low=True)
         self.n_meta, self.feature_dim = n_meta, feature_dim
         h, hk, dh = self.n_heads, self.n_kv_heads, self.head_dim
         self.gla_k_dim, self.gla_v_dim = 2 * feature_dim, dh + 1
