@@ -276,12 +276,19 @@ class ClassificationData:
         n = self.train.labels.shape[0]
         per_epoch = max(1, n // batch_size)
         epoch, i = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g)
-        if n < batch_size:  # fewer examples than a batch: draw with replacement
-            order = order[torch.randint(0, n, (batch_size,), generator=g)]
-        idx = order[i * batch_size : (i + 1) * batch_size][rank_slice(batch_size, rank, world)]
-        return self._batch(self.train, idx)
+        idx = self._epoch_order(seed, epoch, n, batch_size)[i * batch_size : (i + 1) * batch_size]
+        return self._batch(self.train, idx[rank_slice(batch_size, rank, world)])
+
+    def _epoch_order(self, seed: int, epoch: int, n: int, batch_size: int) -> torch.Tensor:
+        """The epoch's permutation of the training set, drawn once per epoch (not once per step)."""
+        key = (seed, epoch, batch_size)
+        if getattr(self, "_order_key", None) != key:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=g)
+            if n < batch_size:  # fewer examples than a batch: draw with replacement
+                order = order[torch.randint(0, n, (batch_size,), generator=g)]
+            self._order_key, self._order = key, order
+        return self._order
 
     def batches(self, split, batch_size: int, limit: int | None = None):
         n = split.labels.shape[0] if limit is None else min(split.labels.shape[0], limit)
