@@ -20,75 +20,68 @@
 // Calling convention: csrc/README.md (extern "C" launchers, raw pointers, int64 sizes and strides, the
 // stream last, cudaError_t returned as int; nothing is synchronised).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "common.cuh"
 
 namespace {
 
 constexpr int kThreads = 128;
 constexpr int kUnroll = 8;
+constexpr int kMinBlocks = 8;  // resident blocks per SM the register budget must allow: <= 64 registers a thread
 constexpr int64_t kMaxGridY = 65535;
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using seqzoo::from_float;
+using seqzoo::to_float;
 
 struct Strides {
   int64_t b, t, d;
 };
 
+// Both kernels walk time kUnroll steps at a time through pointers that move by one step's stride (64-bit,
+// precomputed once): the addresses of a group are a chain of adds, not kUnroll 64-bit products t * stride kept
+// alive across the loop (that cost the backward 224-244 registers, 2 blocks per SM). The arithmetic, and so
+// every result, is unchanged; __launch_bounds__ holds the compiler to kMinBlocks blocks of kThreads per SM.
 template <typename T>
-__global__ void linear_scan_fwd_kernel(const T* __restrict__ a, const T* __restrict__ x,
-                                       const float* __restrict__ h0, T* __restrict__ h, float* __restrict__ hT,
-                                       int64_t batch, int64_t seqlen, int64_t dim, Strides sa, Strides sx,
-                                       int reverse) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    linear_scan_fwd_kernel(const T* __restrict__ a, const T* __restrict__ x, const float* __restrict__ h0,
+                           T* __restrict__ h, float* __restrict__ hT, int64_t batch, int64_t seqlen, int64_t dim,
+                           Strides sa, Strides sx, int reverse) {
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= dim) return;
+  const int64_t first = reverse ? seqlen - 1 : 0;
+  const int64_t dir = reverse ? -1 : 1;
+  // One processing step moves every pointer by these many elements.
+  const int64_t step_a = dir * sa.t, step_x = dir * sx.t, step_h = dir * dim;
   // h is written contiguous [B, T, D] (the binding allocates it).
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
-    const T* a_row = a + b * sa.b + d * sa.d;
-    const T* x_row = x + b * sx.b + d * sx.d;
-    T* h_row = h + b * seqlen * dim + d;
+    const T* pa = a + b * sa.b + d * sa.d + first * sa.t;
+    const T* px = x + b * sx.b + d * sx.d + first * sx.t;
+    T* ph = h + (b * seqlen + first) * dim + d;
     float state = h0 != nullptr ? h0[b * dim + d] : 0.0f;
-    const int64_t first = reverse ? seqlen - 1 : 0;
-    const int64_t dir = reverse ? -1 : 1;
     for (int64_t s0 = 0; s0 < seqlen; s0 += kUnroll) {
+      const int64_t left = seqlen - s0;
+      const int n = left < kUnroll ? static_cast<int>(left) : kUnroll;
       float av[kUnroll];
       float xv[kUnroll];
 #pragma unroll
       for (int k = 0; k < kUnroll; ++k) {
-        const int64_t s = s0 + k;
-        if (s < seqlen) {
-          const int64_t t = first + dir * s;
-          av[k] = to_float(a_row[t * sa.t]);
-          xv[k] = to_float(x_row[t * sx.t]);
+        if (k < n) {
+          av[k] = to_float(*pa);
+          xv[k] = to_float(*px);
         }
+        pa += step_a;
+        px += step_x;
       }
 #pragma unroll
       for (int k = 0; k < kUnroll; ++k) {
-        const int64_t s = s0 + k;
-        if (s < seqlen) {
-          const int64_t t = first + dir * s;
+        if (k < n) {
           state = fmaf(av[k], state, xv[k]);
-          h_row[t * dim] = from_float<T>(state);
+          *ph = from_float<T>(state);
         }
+        ph += step_h;
       }
     }
     if (hT != nullptr) hT[b * dim + d] = state;
@@ -96,50 +89,57 @@ __global__ void linear_scan_fwd_kernel(const T* __restrict__ a, const T* __restr
 }
 
 template <typename T>
-__global__ void linear_scan_bwd_kernel(const T* __restrict__ a, const T* __restrict__ h,
-                                       const float* __restrict__ h0, const T* __restrict__ dh,
-                                       const float* __restrict__ dhT, T* __restrict__ da, T* __restrict__ dx,
-                                       float* __restrict__ dh0, int64_t batch, int64_t seqlen, int64_t dim,
-                                       Strides sa, Strides sh, Strides sdh, int reverse) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    linear_scan_bwd_kernel(const T* __restrict__ a, const T* __restrict__ h, const float* __restrict__ h0,
+                           const T* __restrict__ dh, const float* __restrict__ dhT, T* __restrict__ da,
+                           T* __restrict__ dx, float* __restrict__ dh0, int64_t batch, int64_t seqlen, int64_t dim,
+                           Strides sa, Strides sh, Strides sdh, int reverse) {
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= dim) return;
+  const int64_t first = reverse ? seqlen - 1 : 0;
+  const int64_t dir = reverse ? -1 : 1;
+  const int64_t last = first + dir * (seqlen - 1);  // time index of the last forward step
+  // Walking the forward steps backwards moves every pointer by these many elements.
+  const int64_t back_a = -dir * sa.t, back_h = -dir * sh.t, back_dh = -dir * sdh.t, back_out = -dir * dim;
   // da and dx are written contiguous [B, T, D] (the binding allocates them).
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
-    const T* a_row = a + b * sa.b + d * sa.d;
-    const T* h_row = h + b * sh.b + d * sh.d;
-    const T* dh_row = dh + b * sdh.b + d * sdh.d;
-    T* da_row = da + b * seqlen * dim + d;
-    T* dx_row = dx + b * seqlen * dim + d;
+    const T* pa = a + b * sa.b + d * sa.d + last * sa.t;
+    const T* pdh = dh + b * sdh.b + d * sdh.d + last * sdh.t;
+    // h at the step before: only dereferenced while one exists (s > 0).
+    const T* ph = h + b * sh.b + d * sh.d + (last - dir) * sh.t;
+    const int64_t out = (b * seqlen + last) * dim + d;
+    T* pda = da + out;
+    T* pdx = dx + out;
     const float start = h0 != nullptr ? h0[b * dim + d] : 0.0f;
     float g = dhT != nullptr ? dhT[b * dim + d] : 0.0f;
     float a_next = 1.0f;  // coefficient of the forward step after the current one (none after the last)
-    const int64_t first = reverse ? seqlen - 1 : 0;
-    const int64_t dir = reverse ? -1 : 1;
     // Walk the forward processing steps s = T-1 .. 0, kUnroll at a time.
     for (int64_t s0 = seqlen - 1; s0 >= 0; s0 -= kUnroll) {
+      const int n = s0 + 1 < kUnroll ? static_cast<int>(s0 + 1) : kUnroll;  // steps s0 .. s0 - n + 1
       float av[kUnroll];
       float dhv[kUnroll];
       float hpv[kUnroll];
 #pragma unroll
       for (int k = 0; k < kUnroll; ++k) {
-        const int64_t s = s0 - k;
-        if (s >= 0) {
-          const int64_t t = first + dir * s;
-          av[k] = to_float(a_row[t * sa.t]);
-          dhv[k] = to_float(dh_row[t * sdh.t]);
-          hpv[k] = s > 0 ? to_float(h_row[(t - dir) * sh.t]) : start;
+        if (k < n) {
+          av[k] = to_float(*pa);
+          dhv[k] = to_float(*pdh);
+          hpv[k] = s0 - k > 0 ? to_float(*ph) : start;
         }
+        pa += back_a;
+        pdh += back_dh;
+        ph += back_h;
       }
 #pragma unroll
       for (int k = 0; k < kUnroll; ++k) {
-        const int64_t s = s0 - k;
-        if (s >= 0) {
-          const int64_t t = first + dir * s;
+        if (k < n) {
           g = fmaf(a_next, g, dhv[k]);
-          dx_row[t * dim] = from_float<T>(g);
-          da_row[t * dim] = from_float<T>(g * hpv[k]);
+          *pdx = from_float<T>(g);
+          *pda = from_float<T>(g * hpv[k]);
           a_next = av[k];
         }
+        pdx += back_out;
+        pda += back_out;
       }
     }
     // a_next is now a at the first forward step, g the gradient there.

@@ -35,6 +35,24 @@ def test_sources_are_found():
     assert "seqzoo_abi.cu" in [p.name for p in SOURCES]
 
 
+def test_local_includes_ship_with_the_sources():
+    # A `#include "x.cuh"` must name a file in csrc/ (nvcc gets -I csrc/) that an installed tree has too:
+    # setup.py's package data for seqzoo.csrc covers it. No nvcc needed.
+    import fnmatch
+    import re
+    from pathlib import Path
+
+    setup_py = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    patterns = re.search(r'"seqzoo\.csrc":\s*\[([^\]]*)\]', setup_py)
+    assert patterns, "setup.py ships csrc/ as the package data of seqzoo.csrc"
+    globs = re.findall(r'"([^"]+)"', patterns.group(1))
+    included = {name for p in SOURCES for name in re.findall(r'^#include "([^"]+)"', p.read_text(), re.M)}
+    assert "common.cuh" in included
+    for name in included:
+        assert (_csrc.csrc_dir() / name).is_file(), f"{name} is included but not in csrc/"
+        assert any(fnmatch.fnmatch(name, g) for g in globs), f"{name} is not in seqzoo.csrc's package data"
+
+
 @pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
 def test_source_compiles_for_sm90(source, nvcc):
     assert _csrc.compile_source(source, "sm_90", compile_only=True, nvcc=nvcc) is None

@@ -9,6 +9,10 @@ The kernel computes the scan proper (y_t = <h_t, C_t> and the final state) and i
 library is compiled by nvcc for the current GPU the first time this backend runs (``load_library``). Tensors
 are passed contiguous; B and C are cast to u's dtype (the kernels take one element type); the forward keeps
 only chunk-boundary states for the backward. Launch failures raise a RuntimeError with CUDA's message.
+
+The backward is deterministic: the kernel writes dB and dC as partial sums, one per channel block of a group
+([n_cblocks, B, T, G, N] fp32, no atomics), and they are summed here over the channel blocks in a fixed order;
+``channel_blocks`` picks n_cblocks from the shapes alone, so the same call gives bitwise the same gradients.
 """
 
 from __future__ import annotations
@@ -22,8 +26,29 @@ from .pre_post import run_kernel
 
 LIBRARY = "selective_scan"
 CHUNK = 64  # steps between the checkpoints the backward recomputes from
+BWD_WARPS = 4  # channels a backward block walks at once (csrc/selective_scan.cu kBwdWarps)
+# The backward's grid: enough blocks to fill a GPU (an H100 holds ~800 of them), and partials of dB and dC
+# within a budget (they take n_cblocks times the memory of dB and dC; a block walks more channels instead).
+TARGET_BLOCKS = 1024
+PARTIALS_BUDGET_BYTES = 256 * 2**20
 _FWD_ARGTYPES = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
-_BWD_ARGTYPES = [ctypes.c_void_p] * 15 + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
+_BWD_ARGTYPES = [ctypes.c_void_p] * 15 + [ctypes.c_int64] * 8 + [ctypes.c_void_p]
+
+
+def channel_blocks(batch: int, seqlen: int, groups: int, d_per_group: int, dstate: int) -> int:
+    """How many channel blocks the backward splits each group into (each writes its own dB, dC partials).
+
+    A function of the shapes only, never of the device or of free memory: the gradients' summation order, and
+    so their bits, must not change from run to run. No block is left without a channel."""
+    if d_per_group < 1:
+        return 1
+    most = max(1, -(-d_per_group // BWD_WARPS))  # one warp per channel, one round
+    want = max(1, -(-TARGET_BLOCKS // max(1, groups * batch)))
+    partial_bytes = 2 * 4 * batch * seqlen * groups * dstate  # dB and dC partials of one channel block
+    fits = max(1, PARTIALS_BUDGET_BYTES // max(1, partial_bytes))
+    n = min(most, want, fits)
+    per_block = -(-d_per_group // n)
+    return max(1, -(-d_per_group // per_block))
 
 
 def _function(kind: str, dtype: torch.dtype):
@@ -86,7 +111,10 @@ class _SelectiveScan(torch.autograd.Function):
         ws = torch.empty(b, d, CHUNK, n, **f32)
         du, ddt = torch.empty(b, t, d, **f32), torch.empty(b, t, d, **f32)
         dA = torch.empty(b, d, n, **f32)
-        dB, dC = torch.zeros(b, t, g, n, **f32), torch.zeros(b, t, g, n, **f32)
+        ncb = channel_blocks(b, t, g, d // g, n)
+        # Every entry is written by the kernel, except with no channel at all (D = 0: it launches nothing).
+        alloc = torch.empty if d > 0 else torch.zeros
+        dBp, dCp = alloc(ncb, b, t, g, n, **f32), alloc(ncb, b, t, g, n, **f32)
         dh0 = torch.empty(b, d, n, **f32) if has_h0 else None
         with torch.cuda.device(dev):
             status = _function("bwd", u.dtype)(
@@ -102,8 +130,8 @@ class _SelectiveScan(torch.autograd.Function):
                 pointer(du),
                 pointer(ddt),
                 pointer(dA),
-                pointer(dB),
-                pointer(dC),
+                pointer(dBp),
+                pointer(dCp),
                 pointer(dh0),
                 b,
                 t,
@@ -112,9 +140,12 @@ class _SelectiveScan(torch.autograd.Function):
                 n,
                 CHUNK,
                 nc,
+                ncb,
                 stream_handle(dev),
             )
         _check(status, "backward")
+        # The channel blocks' partials, summed in one fixed order (torch's reduction is deterministic).
+        dB, dC = (p[0] if ncb == 1 else p.sum(0) for p in (dBp, dCp))
         return (
             du.to(u.dtype),
             ddt,

@@ -20,7 +20,10 @@ g_t = a_{t+1} g_{t+1} + dy_t C_t is the same scan run backwards (tiles flipped a
     dB_t = sum_{d in group} g_t dt_t u_t,   dC_t = sum_{d in group} dy_t h_t,    dh0 = a_0 g_0
 
 No atomics: a program's channels lie in one group (BLOCK_D divides D / G), so it writes its own partial dB,
-dC [n_blocks, B, T, N] and dA [B, D, N]; torch sums the partials (deterministic gradients).
+dC [n_blocks, B, T, N] and dA [B, D, N]; torch sums the partials (deterministic gradients). The backward's
+tiles are smaller than the forward's (it holds several times as many alive; see ``_bwd_blocks``): a program
+also takes a block of the N states only, so du and ddt (sums over the states) are partials [n_state_blocks,
+B, T, D], summed in torch as well.
 """
 
 from __future__ import annotations
@@ -156,8 +159,9 @@ def _ss_bwd_kernel(
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1)
+    pid_n = tl.program_id(2)  # this program's BN states; du and ddt are its partial sums over them
     offs_d = pid_d * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, BN)
+    offs_n = pid_n * BN + tl.arange(0, BN)
     mask_d = offs_d < D
     mask_n = offs_n < N
     m_dn = mask_d[:, None] & mask_n[None, :]
@@ -205,16 +209,17 @@ def _ss_bwd_kernel(
         dlog = g * h_prev * a  # d loss / d(dt A)
         da_acc += tl.sum(dlog * dt[:, :, None], axis=0)
         gb = tl.sum(g * bt, axis=2)
-        tl.store(DU + row[:, None] * D + offs_d[None, :], dt * gb, mask=m2)
+        rowp = (pid_n.to(tl.int64) * B + b) * T + t  # du, ddt partials [n_blocks_n, B, T, D]: int64 first
+        tl.store(DU + rowp[:, None] * D + offs_d[None, :], dt * gb, mask=m2)
         tl.store(
-            DDT + row[:, None] * D + offs_d[None, :],
+            DDT + rowp[:, None] * D + offs_d[None, :],
             u * gb + tl.sum(dlog * a_mat[None, :, :], axis=2),
             mask=m2,
         )
         # Partial dB, dC of this program's channels (one group), summed over them.
         db = tl.sum(g * (dt * u)[:, :, None], axis=1)
         dc = tl.sum(dy[:, :, None] * hs, axis=1)
-        part = ((pid_d * B + b) * T + t).to(tl.int64)
+        part = (pid_d.to(tl.int64) * B + b) * T + t  # n_blocks * B * T may pass 2^31
         m_tn = valid[:, None] & mask_n[None, :]
         tl.store(DB + part[:, None] * N + offs_n[None, :], db, mask=m_tn)
         tl.store(DC + part[:, None] * N + offs_n[None, :], dc, mask=m_tn)
@@ -224,15 +229,52 @@ def _ss_bwd_kernel(
 
 
 def _blocks(d_per_group: int, n: int) -> tuple[int, int, int, int]:
-    """(CHUNK, BLOCK_D, BLOCK_N, num_warps): fixed, not autotuned (the interpreter cannot benchmark).
-    BLOCK_D divides D/G so a program's channels share one group, and a chunk tile stays ~4K elements."""
+    """(CHUNK, BLOCK_D, BLOCK_N, num_warps) of the forward: fixed, not autotuned (the interpreter cannot
+    benchmark). BLOCK_D divides D/G so a program's channels share one group, and a chunk tile stays ~4K elements."""
     bn = triton.next_power_of_2(n)
     chunk = 8 if triton_interpreting() else 16
     budget = 512 if triton_interpreting() else 4096
+    return chunk, _block_d(d_per_group, chunk, bn, budget), bn, 1 if triton_interpreting() else 4
+
+
+def _block_d(d_per_group: int, chunk: int, bn: int, budget: int) -> int:
+    """The largest power of two up to 16 that divides D/G and keeps a [chunk, BLOCK_D, BLOCK_N] tile in budget."""
     bd = 1
     while bd * 2 <= 16 and d_per_group % (bd * 2) == 0 and chunk * bd * 2 * bn <= budget:
         bd *= 2
-    return chunk, bd, bn, 1 if triton_interpreting() else 4
+    return bd
+
+
+# The backward holds many more chunk tiles alive than the forward (the decays and inputs at t, t - 1 and t + 1,
+# the recomputed states, the adjoint and its scans): with the forward's [CHUNK, BLOCK_D, BLOCK_N] tiles (~4K
+# elements) it needed all 255 registers a thread and spilled. Its tiles hold BWD_TILE elements,
+# BWD_ELEMS_PER_THREAD a thread. Both channels and states are split over programs: channel blocks write partial
+# dB, dC (summed over a group's blocks), state blocks partial du, ddt (summed over the blocks of N), so the
+# tile is split as evenly as it can be between the two, which keeps the partials' memory smallest.
+BWD_TILE = 1024
+BWD_ELEMS_PER_THREAD = 8
+
+
+def _bwd_blocks(d_per_group: int, chunk: int, bn: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps) of the backward; its CHUNK is the forward's (the checkpoints are per chunk).
+    BLOCK_D divides D/G (a program's channels share one group) and is at most 16; BLOCK_N at most N's."""
+    budget = 512 if triton_interpreting() else BWD_TILE
+    bd, bns = 1, 1
+
+    def fits(d, n):
+        return chunk * d * n <= budget
+
+    while True:
+        grow_d = bd * 2 <= 16 and d_per_group % (bd * 2) == 0 and fits(bd * 2, bns)
+        grow_n = bns * 2 <= bn and fits(bd, bns * 2)
+        if grow_d and (bd <= bns or not grow_n):
+            bd *= 2
+        elif grow_n:
+            bns *= 2
+        else:
+            break
+    warps = 1 if triton_interpreting() else max(1, chunk * bd * bns // (32 * BWD_ELEMS_PER_THREAD))
+    return bd, bns, warps
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -274,9 +316,7 @@ class _SelectiveScan(torch.autograd.Function):
         ctx.save_for_backward(u, dt, A, Bm, Cm, hc)
         ctx.meta = (
             chunk,
-            bd,
             bn,
-            warps,
             h0 is not None,
             None if h0 is None else h0.dtype,
             Bm.dtype,
@@ -288,21 +328,23 @@ class _SelectiveScan(torch.autograd.Function):
     @device_guarded
     def backward(ctx, dy, dhT):
         u, dt, A, Bm, Cm, hc = ctx.saved_tensors
-        chunk, bd, bn, warps, has_h0, h0_dtype, b_dtype, c_dtype = ctx.meta
+        chunk, bn, has_h0, h0_dtype, b_dtype, c_dtype = ctx.meta
         b, t, d = u.shape
         g, n = Bm.shape[2], Bm.shape[3]
+        bd, bn, warps = _bwd_blocks(d // g, chunk, bn)
         nc = hc.shape[1]
         dev = u.device
         dy = torch.zeros(b, t, d, device=dev) if dy is None else dy.float().contiguous()
         dhT = None if dhT is None else dhT.float().contiguous()
         nblk = triton.cdiv(d, bd)
-        du = torch.empty(b, t, d, device=dev, dtype=torch.float32)
-        ddt = torch.empty(b, t, d, device=dev, dtype=torch.float32)
+        nblk_n = triton.cdiv(n, bn)
+        du = torch.empty(nblk_n, b, t, d, device=dev, dtype=torch.float32)
+        ddt = torch.empty(nblk_n, b, t, d, device=dev, dtype=torch.float32)
         da = torch.empty(b, d, n, device=dev, dtype=torch.float32)
         db = torch.empty(nblk, b, t, n, device=dev, dtype=torch.float32)
         dc = torch.empty(nblk, b, t, n, device=dev, dtype=torch.float32)
         dh0 = torch.empty(b, d, n, device=dev, dtype=torch.float32)
-        _ss_bwd_kernel[(nblk, b)](
+        _ss_bwd_kernel[(nblk, b, nblk_n)](
             u,
             dt,
             A,
@@ -335,6 +377,8 @@ class _SelectiveScan(torch.autograd.Function):
         def per_group(p):
             return p.view(g, nblk // g, b, t, n).sum(1).permute(1, 2, 0, 3)
 
+        # The state blocks' partials of du and ddt, summed likewise.
+        du, ddt = (p[0] if nblk_n == 1 else p.sum(0) for p in (du, ddt))
         return (
             du.to(u.dtype),
             ddt,
