@@ -23,18 +23,11 @@ Benchmarks measure; tests assert. Nothing here decides whether a test passes (do
 from __future__ import annotations
 
 import argparse
-import ctypes
-import datetime as _dt
-import gc
 import importlib
 import importlib.metadata
 import itertools
 import json
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -44,7 +37,17 @@ from typing import Any
 
 import torch
 
+from .bench_measure import peak_extra_bytes, time_ms
 from .bench_registry import _BENCHES, Bench, MakeInputs, mixer_op, register_bench  # noqa: F401 (re-exported)
+from .bench_report import (  # noqa: F401 (add_speedups, format_table: the harness's API, as before)
+    RESULTS_SCHEMA,
+    add_speedups,
+    default_output,
+    device_name,
+    format_table,
+    run_metadata,
+    shape_str,
+)
 
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {
@@ -59,97 +62,12 @@ DTYPES = {
 DEFAULT_MAX_REF_T = 2048
 DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 3
-RESULTS_SCHEMA = 1
 
 
 def list_benches() -> dict[str, Bench]:
     """Every registered bench by label (the built-in ones in :mod:`seqzoo.eval.benches` included)."""
     importlib.import_module(".benches", __package__)  # registers the built-in benches
     return dict(_BENCHES)
-
-
-# -- timing and memory -------------------------------------------------------------------------------------
-
-
-def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    # The garbage collector would charge one call for garbage made by others (as timeit does, it is off).
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            for _ in range(repeats):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
-
-
-def peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
-    """Peak memory one call of ``fn`` needs beyond what is allocated before it (None if unmeasurable)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return max(0, torch.cuda.max_memory_allocated(device) - before)
-    if device.type == "cpu":
-        return _cpu_peak_rss_growth(fn)
-    return None
-
-
-def _cpu_peak_rss_growth(fn: Callable[[], Any]) -> int | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    # Freed memory that malloc keeps for reuse stays resident, and a call served from it would show no
-    # growth at all; hand it back to the kernel first so the peak counts what this call touches.
-    _malloc_trim()
-    try:
-        # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0).
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _proc_status_kib("VmHWM")
-        fn()
-        after = _proc_status_kib("VmHWM")
-    except OSError:
-        return None
-    if before is None or after is None:
-        return None
-    return max(0, after - before) * 1024
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: the measure is then a lower bound
-
-
-def _proc_status_kib(field_name: str) -> int | None:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return None
 
 
 # -- one case ----------------------------------------------------------------------------------------------
@@ -200,10 +118,6 @@ class Case:
     shape: dict
     mode: str
     skip: str | None = None
-
-
-def shape_str(shape: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in shape.items())
 
 
 def _row(
@@ -424,132 +338,6 @@ def run_cases(
     bar.close()
     add_speedups(rows)
     return rows
-
-
-def add_speedups(rows: list[dict]) -> None:
-    """Fill ``speedup_vs_reference`` (reference ms / ms) where the reference ran on the same case."""
-    ref = {
-        (r["bench"], json.dumps(r["shape"]), r["mode"]): r["ms"]
-        for r in rows
-        if r["backend"] == "reference" and r["status"] == "ok"
-    }
-    for r in rows:
-        ref_ms = ref.get((r["bench"], json.dumps(r["shape"]), r["mode"]))
-        if r["status"] == "ok" and ref_ms and r["ms"]:
-            r["speedup_vs_reference"] = ref_ms / r["ms"]
-
-
-# -- describing the run ------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> dict[str, Any]:
-    """The commit of the source tree (and whether it had local changes), when it is a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    # No optional locks: `git status` must not take the index lock from someone committing at the same time.
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, env=env
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def run_metadata(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "schema": RESULTS_SCHEMA,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": {"type": device.type, "name": device_name(device)},
-        "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "seqzoo": _version("seqzoo"),
-    }
-    if device.type == "cuda":
-        meta["device"]["capability"] = "sm_{}{}".format(*torch.cuda.get_device_capability(device))
-        meta["device"]["memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
-        meta["cuda"] = torch.version.cuda
-    else:
-        meta["device"]["threads"] = torch.get_num_threads()
-        meta["device"]["cpus"] = os.cpu_count()
-        if hasattr(os, "getloadavg"):
-            # CPU timings are only as good as the machine was idle; this says how busy it was (1/5/15 min).
-            meta["device"]["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    meta.update(git_commit())
-    return meta
-
-
-def default_output(device_name: str) -> Path:
-    """``bench_results/<device-name>-<date>.json`` under the current folder."""
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "device"
-    now = _dt.datetime.now()
-    path = Path("bench_results") / f"{slug}-{now:%Y-%m-%d}.json"
-    # A second run on the same day keeps the first one's file.
-    return path if not path.exists() else path.with_name(f"{slug}-{now:%Y-%m-%d-%H%M%S}.json")
-
-
-def format_table(rows: list[dict]) -> str:
-    """The measured rows as an aligned text table, then one line per distinct reason something was skipped."""
-    header = ("op", "backend", "shape", "mode", "ms", "vs ref", "peak MiB")
-    lines = []
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        speed = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
-        peak = f"{r['peak_extra_mib']:.1f}" if r["peak_extra_mib"] is not None else "-"
-        lines.append(
-            (r["bench"], r["backend"], shape_str(r["shape"]), r["mode"], f"{r['ms']:.3f}", speed, peak)
-        )
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    right = {4, 5, 6}
-
-    def fmt(cells):
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
-    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
-    not_run: dict[tuple[str, str, str, str], int] = {}
-    for r in rows:
-        if r["status"] != "ok":
-            key = (r["status"], r["bench"], r["backend"], r["reason"])
-            not_run[key] = not_run.get(key, 0) + 1
-    if not_run:
-        out.append("")
-        for (status, bench, backend, reason), n in not_run.items():
-            out.append(f"{status}: {bench}/{backend} ({n} case{'s' if n > 1 else ''}): {reason}")
-    return "\n".join(out)
 
 
 # -- command line ------------------------------------------------------------------------------------------

@@ -33,20 +33,12 @@ from pathlib import Path
 
 import torch
 
+from .bench_measure import time_ms
+
 
 def _time_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of ``fn`` on the current GPU (CUDA events), as ``seqzoo bench`` times."""
+    return statistics.median(time_ms(fn, torch.device("cuda", torch.cuda.current_device()), repeats, warmup))
 
 
 def _first(out):

@@ -219,7 +219,7 @@ def test_lra_command_list_generate_and_bad_names(tmp_path, capsys):
 def test_every_lra_mixer_builds_into_every_task_config(mixer):
     from seqzoo.eval.lra import TASK_ORDER, TASKS
     from seqzoo.eval.lra.command import build_config
-    from seqzoo.train.loop import build_model
+    from seqzoo.train.build import build_model
 
     for task in TASK_ORDER:
         cfg = build_config(task, mixer)

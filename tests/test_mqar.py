@@ -206,8 +206,8 @@ def test_each_mixer_runs_with_the_settings_table():
     from seqzoo import CausalLM, LMConfig
     from seqzoo.eval.mqar import load_sweep, plan_runs
     from seqzoo.models.mixer_settings import MIXER_SETTINGS
+    from seqzoo.train.build import model_config
     from seqzoo.train.config import load_config
-    from seqzoo.train.loop import model_config
 
     sweep = load_sweep("mqar-cpu")
     runs = plan_runs(sweep)

@@ -61,7 +61,7 @@ def test_every_shipped_config_validates():
 @pytest.mark.parametrize("name", available_configs())
 def test_every_shipped_config_builds_its_model(name):
     from seqzoo import CausalLM, LMConfig
-    from seqzoo.train.loop import model_config
+    from seqzoo.train.build import model_config
 
     cfg = load_config(name)
     model = model_config(cfg, cfg.data.task_args.get("seq_len", cfg.data.seq_len))
@@ -76,7 +76,7 @@ def test_every_shipped_config_builds_its_model(name):
         from types import SimpleNamespace
 
         from seqzoo.eval.lra import TASKS
-        from seqzoo.train.loop import build_model
+        from seqzoo.train.build import build_model
 
         info = TASKS[cfg.data.name]
         pairs = cfg.data.name == "retrieval"
@@ -438,8 +438,8 @@ def test_runs_from_before_the_settings_table_keep_their_bare_layers(tmp_path):
     model is rebuilt that way (resume, generate from a checkpoint); newer runs record the key."""
     import yaml
 
+    from seqzoo.train.build import model_config, predates_mixer_settings
     from seqzoo.train.config import dump_config, load_config
-    from seqzoo.train.loop import model_config, predates_mixer_settings
 
     cfg = load_config("tiny-gla")
     new = tmp_path / "new.yaml"

@@ -16,13 +16,24 @@ validates. Unknown keys, wrong types and impossible values raise :class:`ConfigE
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from seqzoo.models.config import LMConfig
+from seqzoo.registry import check_mixer_kwargs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -31,13 +42,57 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what is allowed."""
 
 
+def _scalar_kinds(annotation) -> set[type] | None:
+    """{int}, {int, NoneType}, {bool, Literal}... for a field annotated with scalars; None for anything else."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds = set()
+        for arg in typing.get_args(annotation):
+            sub = _scalar_kinds(arg)
+            if sub is None:
+                return None
+            kinds |= sub
+        return kinds
+    if origin is Literal:
+        return {Literal}
+    if annotation in (int, float, bool, str, type(None)):
+        return {annotation}
+    return None
+
+
+def _check_scalar_type(cls, value, info: ValidationInfo):
+    """Before pydantic's lax coercion: a bool is not a number (``steps: true`` is not 1), an int field takes no
+    string or float ("3", 2.5), and a bool field takes only true/false (not 1 or "yes"). Numbers written as
+    strings stay allowed for float fields (YAML 1.1 reads ``3e-3`` as a string)."""
+    field = cls.model_fields.get(info.field_name)
+    kinds = _scalar_kinds(field.annotation) if field is not None else None
+    if kinds is None or value is None:
+        return value
+    if bool in kinds:
+        if not isinstance(value, bool) and not (
+            isinstance(value, str) and (str in kinds or Literal in kinds)
+        ):
+            raise ValueError(f"must be true or false, got {value!r}")
+    elif isinstance(value, bool) and (int in kinds or float in kinds):
+        raise ValueError(f"must be a number, not a boolean, got {value!r}")
+    elif int in kinds and float not in kinds and str not in kinds and not isinstance(value, int):
+        raise ValueError(f"must be an integer, got {value!r}")
+    return value
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite learning rate or eps is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _scalar_types = field_validator("*", mode="before")(_check_scalar_type)
 
 
 class ModelSection(LMConfig):
     """The LMConfig fields (the vocabulary may be left to the tokenizer), and where mixer kwargs come from;
     ``kind: classifier`` builds a SequenceClassifier from the same backbone fields instead."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+    _scalar_types = field_validator("*", mode="before")(_check_scalar_type)
 
     kind: Literal["lm", "classifier"] = Field(
         "lm", description="lm: CausalLM; classifier: SequenceClassifier (data.source lra)"
@@ -56,6 +111,17 @@ class ModelSection(LMConfig):
         description="paper: fill each mixer's kwargs from seqzoo.models.mixer_settings (its paper's settings) "
         "before the entry's own; none: the layers' own defaults",
     )
+
+    @model_validator(mode="after")
+    def _mixer_kwargs(self):
+        """Each layer's keywords: known to its mixer and of the right type (the values' ranges are checked when
+        the model is built)."""
+        for name, kwargs in self.layer_specs():
+            try:
+                check_mixer_kwargs(name, kwargs)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"model.mixer_kwargs / model.mixer: {e}") from None
+        return self
 
 
 class TokenizerSection(Section):
@@ -267,7 +333,12 @@ def apply_override(raw: dict, override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"override {override!r}: the value of {key.strip()} is not valid YAML ({e})"
+        ) from None
 
 
 def _explain(error: ValidationError) -> str:
@@ -279,6 +350,8 @@ def _explain(error: ValidationError) -> str:
             msg = "unknown key"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"  {key}: {msg}")
     return "invalid config:\n" + "\n".join(lines)
 
@@ -297,7 +370,10 @@ def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[st
         raw = dict(name_or_path)
     else:
         path = resolve_config_path(name_or_path)
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
         raw.setdefault("name", path.stem)

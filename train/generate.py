@@ -36,7 +36,7 @@ def load_run_model(run_dir: Path, device="cpu"):
     from .config import load_config
 
     config = load_config(run_dir / "config.yaml")
-    from .loop import model_config, predates_mixer_settings
+    from .build import model_config, predates_mixer_settings
     from .tokenizers import load_run_tokenizer
 
     if predates_mixer_settings(run_dir / "config.yaml"):

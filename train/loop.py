@@ -7,8 +7,9 @@
 A classifier (Long Range Arena) also keeps the weights of its best validation accuracy (``model-best/``) and
 reports the test accuracy of those weights, as LRA results are reported.
 
-Under ``torchrun --nproc_per_node N`` the same code runs DDP (or FSDP with train.distributed=fsdp): every
-rank takes its own slice of the same global batch, so N processes compute what one process would.
+Under ``torchrun --nproc_per_node N`` the same code runs DDP, or FSDP2 with train.distributed=fsdp
+(``train/distributed.py``): every rank takes its own slice of the same global batch, so N processes compute
+what one process would.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -27,30 +27,27 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from seqzoo import CausalLM, LMConfig
 from seqzoo.models.classifier import SequenceClassifier
-from seqzoo.models.config import BackboneConfig, ClassifierConfig
-from seqzoo.models.mixer_settings import resolve_mixers
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .build import build_model, predates_mixer_settings
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import RunConfig, dump_config
 from .cpu_memory import retain_freed_memory
 from .data import IGNORE_INDEX, build_data
+from .distributed import (
+    check_strategy,
+    grad_sync,
+    init_distributed,
+    is_sharded,
+    optimizer_groups,
+    unsharded_copy,
+    wrap_model,
+)
 from .lora import merge_lora, plain_model, prepare_finetune
 from .metrics import MetricsLogger, plot_loss_curve
 from .tokenizers import build_tokenizer, load_run_tokenizer
 
-# -- distributed -------------------------------------------------------------------------------------
-
-
-def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts a process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+# -- devices ---------------------------------------------------------------------------------------
 
 
 def resolve_device(config: RunConfig, local_rank: int) -> torch.device:
@@ -119,80 +116,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def predates_mixer_settings(saved_config) -> bool:
-    """True for a run folder's config.yaml written before ``model.mixer_settings`` existed: its models were
-    built from the layers' bare defaults, and must be rebuilt that way to load its checkpoints."""
-    import yaml
-
-    if not saved_config.is_file():
-        return False
-    raw = yaml.safe_load(saved_config.read_text()) or {}
-    return "mixer_settings" not in (raw.get("model") or {})
-
-
-def model_config(config: RunConfig, seq_len: int) -> dict:
-    """The LMConfig fields of ``config.model``. With ``mixer_settings: paper`` (the default) every mixer
-    entry is written out with its paper's settings (``seqzoo.models.mixer_settings``), so the saved model's
-    config.json names every keyword and loads the same model whatever the table says later."""
-    model_cfg = config.model.model_dump()
-    for key in ("kind", "pooling", "bidirectional"):  # the recipe's, not LMConfig's (build_model reads them)
-        model_cfg.pop(key)
-    if model_cfg.pop("mixer_settings") == "paper":
-        model_cfg["mixer"] = resolve_mixers(model_cfg["mixer"], seq_len, model_cfg["mixer_kwargs"])
-        model_cfg["mixer_kwargs"] = {}
-    return model_cfg
-
-
 # -- evaluation ------------------------------------------------------------------------------------
-
-
-def supports_bidirectional(mixer) -> bool:
-    """Whether every mixer entry has a bidirectional mode as configured (an encoder can then see both
-    directions): the layer accepts ``bidirectional`` and the entry has no causal short convolution."""
-    import inspect
-
-    from seqzoo.registry import mixer_class
-
-    entries = [
-        e if isinstance(e, dict) else {"name": e} for e in (mixer if isinstance(mixer, list) else [mixer])
-    ]
-    return all(
-        "bidirectional" in inspect.signature(mixer_class(e["name"]).__init__).parameters
-        and not e.get("use_short_conv")
-        for e in entries
-    )
-
-
-def build_model(config: RunConfig, data) -> torch.nn.Module:
-    """The CausalLM, or for ``model.kind: classifier`` the SequenceClassifier, that ``config`` describes."""
-    model_cfg = model_config(config, data.seq_len)
-    if config.model.kind == "classifier":
-        bidirectional = config.model.bidirectional
-        if bidirectional == "auto":
-            bidirectional = supports_bidirectional(model_cfg["mixer"])
-        elif bidirectional and not supports_bidirectional(model_cfg["mixer"]):
-            raise ValueError(
-                f"model.bidirectional: not every mixer of {config.model.mixer!r} has a bidirectional mode as "
-                "configured (a short convolution is causal: use_short_conv=false); set model.bidirectional to "
-                "false or auto"
-            )
-        fields = {k: v for k, v in model_cfg.items() if k in BackboneConfig.model_fields}
-        return SequenceClassifier(
-            ClassifierConfig(
-                **fields,
-                n_classes=data.n_classes,
-                vocab_size=data.vocab_size,
-                pooling=config.model.pooling,
-                bidirectional=bidirectional,
-                pairs=data.pairs,
-            )
-        )
-    model_cfg["vocab_size"] = model_cfg["vocab_size"] or data.vocab_size
-    if model_cfg["vocab_size"] < data.vocab_size:
-        raise ValueError(
-            f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the data's ({data.vocab_size})"
-        )
-    return CausalLM(LMConfig(**model_cfg))
 
 
 @torch.no_grad()
@@ -276,8 +200,200 @@ def test_classifier(model, data, out_dir: Path, config: RunConfig, device, autoc
 # -- the run ---------------------------------------------------------------------------------------
 
 
+def tokenizer_factory(config: RunConfig, out_dir: Path, resume: bool, world: int, main_rank: bool):
+    """The ``make_tokenizer(train_texts)`` that ``build_data`` calls: the run's saved tokenizer on a resume;
+    otherwise a new one, where a BPE is trained once (rank 0), saved, and read back by the other ranks."""
+
+    def make_tokenizer(train_texts):
+        if resume and any(out_dir.glob("tokenizer.*")):
+            return load_run_tokenizer(out_dir)
+        if world > 1 and config.data.tokenizer.kind == "bpe":
+            if main_rank:
+                tok = build_tokenizer(config.data.tokenizer, train_texts)
+                tok.save(out_dir)
+            dist.barrier()
+            return load_run_tokenizer(out_dir)
+        return build_tokenizer(config.data.tokenizer, train_texts)
+
+    return make_tokenizer
+
+
+class LossWindow:
+    """The training losses of the steps since the last log line. A step adds its loss as a tensor (no device
+    sync); ``flush`` averages the pending ones over ranks and reads them in one sync, raising on the first
+    that is not finite. ``mean`` is the mean over the window of the per-step global-batch losses, summed in
+    order in double precision as Python floats (what the loop has always logged)."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.pending: list[torch.Tensor] = []
+        self.first_pending = 0  # the step number of pending[0]
+        self.values: list[float] = []
+        self.start = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        if not self.pending:
+            self.first_pending = step
+        self.pending.append(loss)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack(self.pending)
+        if self.world > 1:  # the loss reported is the global batch's
+            dist.all_reduce(losses)
+            losses /= self.world
+        values = losses.tolist()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"step {self.first_pending + i}: the loss is {v}; lower optim.lr or check the data"
+                )
+        self.values += values
+        self.pending = []
+
+    def close(self) -> tuple[float, int, float]:
+        """(mean loss, steps, seconds) of the window; starts the next one."""
+        self.flush()
+        total = 0.0
+        for v in self.values:  # in order, as Python floats (sum() of floats compensates from Python 3.12)
+            total += v
+        out = (total / len(self.values), len(self.values), time.perf_counter() - self.start)
+        self.values, self.start = [], time.perf_counter()
+        return out
+
+
+def run_summary(
+    config: RunConfig,
+    model,
+    data,
+    out_dir: Path,
+    device,
+    autocast,
+    *,
+    steps,
+    n_params,
+    world,
+    t_start,
+    stop_early,
+    last_eval,
+    tokens_per_step,
+) -> dict:
+    """Rank 0's end of a run: save the final ``model/`` (LoRA merged in, a plain model), score it (a
+    classifier's test accuracy, or its state size; the harness tasks of ``eval.tasks``), write
+    ``summary.json`` and the loss curve, print the summary; returns it. ``model`` is unsharded."""
+    merge_lora(model).save(out_dir / "model")  # LoRA folded in: a plain model
+    summary = {
+        "name": config.name,
+        "parameters": n_params,
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "wall_time_s": round(time.perf_counter() - t_start, 2),
+        "world_size": world,
+        "device": device.type,
+        "seq_len": data.seq_len,
+        "stopped_early": stop_early,
+        **last_eval,
+    }
+    if getattr(data, "classify", False):
+        summary.update(test_classifier(model, data, out_dir, config, device, autocast))
+    else:
+        summary["state_size"] = model.state_size(data.seq_len)
+    if not data.task:
+        entropy = data.unigram_entropy_bits()
+        summary["unigram_entropy_bits_per_token"] = entropy
+        summary["unigram_entropy_bpb"] = entropy / data.bytes_per_token
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if config.log.plot:
+        plot_loss_curve(out_dir)
+    if config.eval.tasks:
+        summary["lm_eval"] = score_with_harness(config, out_dir, device)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(
+        "summary: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+    )
+    return summary
+
+
+def forward_backward(model, batch, data, config: RunConfig, world: int, autocast, scaler) -> torch.Tensor:
+    """Forward and backward of one optimizer step's share of the global ``batch`` on this rank, in
+    ``train.grad_accum`` micro-batches (gradients reduced across ranks on the last one); returns this rank's
+    loss of the step, a tensor (no device sync): each micro-batch's summed loss over the labels of the whole
+    batch, so that the sum is the mean over the batch."""
+    classify = getattr(data, "classify", False)
+    micro = config.train.batch_size // world // config.train.grad_accum
+    y = batch[-1]
+    n_labels = y.numel() if classify else (y != IGNORE_INDEX).sum().clamp_min(1)
+    step_loss = torch.zeros((), device=y.device)
+    for i in range(config.train.grad_accum):
+        part = tuple(t[i * micro : (i + 1) * micro] for t in batch)
+        xs, ys = part[0], part[-1]
+        with grad_sync(model, enabled=i == config.train.grad_accum - 1 or world == 1):
+            if classify:  # (inputs, mask, labels): one class per sequence
+                with autocast():
+                    logits = model(xs, mask=part[1])
+                loss = F.cross_entropy(logits.float(), ys, reduction="sum") / n_labels
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.detach()
+                continue
+            # A task scored at a few positions (MQAR) takes logits only there: the same loss, and the
+            # LM head and softmax over the vocabulary cost a fraction.
+            at = (ys != IGNORE_INDEX) if data.task else None
+            with autocast():
+                logits = model(xs, logits_at=at)
+            # Sum over this micro-batch / labels in the whole batch: the mean over the batch.
+            targets = ys[at] if data.task else ys.flatten()
+            loss = (
+                F.cross_entropy(
+                    logits.float().flatten(0, -2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+                / n_labels
+            )
+            (scaler.scale(loss) if scaler else loss).backward()
+        step_loss += loss.detach()
+    return step_loss
+
+
+def save_run_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    trainer_state: dict,
+    config: RunConfig,
+    rebuild,
+    rank: int,
+    world: int,
+) -> None:
+    """The checkpoint of ``step`` on every rank's call: sharded (``checkpoint.save_sharded_checkpoint``, every
+    rank writing) for an FSDP ``model``, else the plain one written by rank 0 while the others wait."""
+    if is_sharded(model):
+        save_sharded_checkpoint(
+            ckpt_dir,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            trainer_state,
+            config.train.keep_last,
+            export=lambda: unsharded_copy(model, rebuild),
+        )
+        return
+    if rank == 0:
+        save_checkpoint(
+            ckpt_dir, step, model, optimizer, scheduler, scaler, trainer_state, config.train.keep_last
+        )
+    if world > 1:
+        dist.barrier()
+
+
 def train(config: RunConfig, resume: bool = False, stop_after: int | None = None) -> dict:
-    """Train as ``config`` says; returns the summary. ``stop_after`` ends early at that step (tests)."""
+    """Train as ``config`` says; returns the summary (rank 0; {} on the other ranks). ``stop_after`` ends
+    early at that step (tests)."""
     t_start = time.perf_counter()
     if config.eval.tasks:
         import importlib.util
@@ -292,6 +408,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     rank, world, local_rank = init_distributed(device_type)
     device = resolve_device(config, local_rank)
     dtype = resolve_precision(config, device)
+    check_strategy(config.train.distributed, world, dtype)
     main_rank = rank == 0
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -313,30 +430,27 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(config))
 
-    # Data and tokenizer. A BPE is trained once (rank 0) and read back by the other ranks.
-    def make_tokenizer(train_texts):
-        if resume and any(out_dir.glob("tokenizer.*")):
-            return load_run_tokenizer(out_dir)
-        if world > 1 and config.data.tokenizer.kind == "bpe":
-            if main_rank:
-                tok = build_tokenizer(config.data.tokenizer, train_texts)
-                tok.save(out_dir)
-            dist.barrier()
-            return load_run_tokenizer(out_dir)
-        return build_tokenizer(config.data.tokenizer, train_texts)
-
+    make_tokenizer = tokenizer_factory(config, out_dir, resume, world, main_rank)
     data, tokenizer = build_data(config.data, make_tokenizer, seed=config.train.seed)
     if main_rank and tokenizer is not None:
         tokenizer.save(out_dir)
 
     classify = getattr(data, "classify", False)
-    model = build_model(config, data).to(device)
-    prepare_finetune(model, config.finetune, load=not resume)  # init_from, LoRA, what trains
-    raw_model = model
+    raw_model = build_model(config, data).to(device)
+    prepare_finetune(raw_model, config.finetune, load=not resume)  # init_from, LoRA, what trains
+    n_params = sum(p.numel() for p in raw_model.parameters())
 
-    groups = param_groups(model, config.optim.lr, config.optim.weight_decay, config.optim.weight_decay_on)
+    def rebuild():  # an empty copy of raw_model's modules (LoRA included), to gather sharded weights into
+        model = build_model(config, data)
+        prepare_finetune(model, config.finetune, load=False)
+        return model
+
+    # Param groups are decided on the plain model: FSDP replaces the parameters (and their attributes).
+    groups = param_groups(raw_model, config.optim.lr, config.optim.weight_decay, config.optim.weight_decay_on)
+    model = wrap_model(raw_model, config.train.distributed, device, world)  # DDP wraps; FSDP shards in place
+    sharded = is_sharded(raw_model)
     optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "names"} for g in groups],
+        optimizer_groups(groups, raw_model),
         betas=config.optim.betas,
         eps=config.optim.eps,
         fused=device.type == "cuda",
@@ -350,21 +464,11 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         ckpt = latest_checkpoint(ckpt_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        state = load_checkpoint(ckpt, raw_model, optimizer, scheduler, scaler)
+        state = load_checkpoint(ckpt, raw_model, optimizer, scheduler, scaler, sharded=sharded)
         start_step = state["step"]
         best_val_acc = state.get("best_val_acc", best_val_acc)
         if main_rank:
             print(f"resumed from {ckpt} at step {start_step}")
-
-    if world > 1:
-        if config.train.distributed == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            model = FSDP(model, device_id=device if device.type == "cuda" else None, use_orig_params=True)
-        else:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[local_rank] if device.type == "cuda" else None
-            )
     if config.train.compile:
         model = torch.compile(model)
 
@@ -376,18 +480,17 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     logger = MetricsLogger(
         out_dir, enabled=main_rank, tensorboard=config.log.tensorboard, resume_from=start_step
     )
-    n_params = sum(p.numel() for p in raw_model.parameters())
     if main_rank:
         kind = ""
         if classify:
             kind = "bidirectional classifier, " if raw_model.config.bidirectional else "causal classifier, "
+        strategy = f" ({config.train.distributed})" if world > 1 else ""
         print(
-            f"{config.name}: {kind}{n_params:,} parameters, mixer {config.model.mixer}, {world} process(es) on "
-            f"{device.type}, {str(dtype).replace('torch.', '')}; {config.train.steps} steps x "
+            f"{config.name}: {kind}{n_params:,} parameters, mixer {config.model.mixer}, {world} process(es)"
+            f"{strategy} on {device.type}, {str(dtype).replace('torch.', '')}; {config.train.steps} steps x "
             f"{config.train.batch_size} x {data.seq_len} tokens"
         )
 
-    micro = config.train.batch_size // world // config.train.grad_accum
     tokens_per_step = config.train.batch_size * data.seq_len
     bar = tqdm(
         total=config.train.steps,
@@ -396,48 +499,14 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         desc=config.name,
         dynamic_ncols=True,
     )
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window = LossWindow(world)
     last_eval: dict = {}
     stop_early = False
     step = start_step
     for step in range(start_step, config.train.steps):
         batch = data.train_batch(config.train.seed, step, config.train.batch_size, rank, world)
         batch = tuple(t.to(device) for t in batch)
-        y = batch[-1]
-        n_labels = y.numel() if classify else (y != IGNORE_INDEX).sum().clamp_min(1)
-        step_loss = torch.zeros((), device=device)
-        for i in range(config.train.grad_accum):
-            part = tuple(t[i * micro : (i + 1) * micro] for t in batch)
-            xs, ys = part[0], part[-1]
-            last = i == config.train.grad_accum - 1
-            sync = (
-                contextlib.nullcontext()
-                if (last or world == 1 or not hasattr(model, "no_sync"))
-                else model.no_sync()
-            )
-            with sync:
-                if classify:  # (inputs, mask, labels): one class per sequence
-                    with autocast():
-                        logits = model(xs, mask=part[1])
-                    loss = F.cross_entropy(logits.float(), ys, reduction="sum") / n_labels
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    step_loss += loss.detach()
-                    continue
-                # A task scored at a few positions (MQAR) takes logits only there: the same loss, and the
-                # LM head and softmax over the vocabulary cost a fraction.
-                at = (ys != IGNORE_INDEX) if data.task else None
-                with autocast():
-                    logits = model(xs, logits_at=at)
-                # Sum over this micro-batch / labels in the whole batch: the mean over the batch.
-                targets = ys[at] if data.task else ys.flatten()
-                loss = (
-                    F.cross_entropy(
-                        logits.float().flatten(0, -2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
-                    )
-                    / n_labels
-                )
-                (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss.detach()
+        step_loss = forward_backward(model, batch, data, config, world, autocast, scaler)
         if scaler:
             scaler.unscale_(optimizer)
         if config.optim.grad_clip:
@@ -450,31 +519,25 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
 
-        if world > 1:  # the loss reported is the global batch's
-            dist.all_reduce(step_loss)
-            step_loss /= world
-        loss_value = step_loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"step {step + 1}: the loss is {loss_value}; lower optim.lr or check the data"
-            )
-        window_loss += loss_value
-        window_steps += 1
         done = step + 1
+        window.add(done, step_loss)  # read (one sync) only on the steps below that log, evaluate or save
         bar.update(1)
-        if done % config.log.every == 0 or done == config.train.steps:
-            elapsed = time.perf_counter() - window_start
+        log_now = done % config.log.every == 0 or done == config.train.steps
+        eval_now = done % config.train.eval_every == 0 or done == config.train.steps
+        if log_now or eval_now or done % config.train.ckpt_every == 0:
+            window.flush()  # a loss that is not finite stops the run here, before it is evaluated or saved
+        if log_now:
+            mean_loss, steps_in_window, elapsed = window.close()
             record = {
                 "step": done,
-                "loss": window_loss / window_steps,
+                "loss": mean_loss,
                 "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
+                "tokens_per_s": steps_in_window * tokens_per_step / max(elapsed, 1e-9),
                 "tokens": done * tokens_per_step,
             }
             logger.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        if done % config.train.eval_every == 0 or done == config.train.steps:
+        if eval_now:
             last_eval = evaluate(model, data, config, device, autocast)
             logger.log({"step": done, **last_eval})
             if main_rank:
@@ -485,61 +548,49 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             )
             if classify and last_eval["val_acc"] > best_val_acc:
                 best_val_acc = last_eval["val_acc"]
+                best = unsharded_copy(raw_model, rebuild)  # collective when sharded; None off rank 0
                 if main_rank:
-                    plain_model(raw_model).save(out_dir / "model-best")  # LoRA merged, in a copy
+                    plain_model(best).save(out_dir / "model-best")  # LoRA merged, in a copy
         if done % config.train.ckpt_every == 0 or done == config.train.steps or stop_early:
-            if main_rank:
-                save_checkpoint(
-                    ckpt_dir,
-                    done,
-                    raw_model,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    {
-                        "data_position": {"seed": config.train.seed, "next_step": done},
-                        "best_val_acc": best_val_acc,
-                    },
-                    config.train.keep_last,
-                )
-            if world > 1:
-                dist.barrier()
+            window.flush()
+            trainer_state = {
+                "data_position": {"seed": config.train.seed, "next_step": done},
+                "best_val_acc": best_val_acc,
+            }
+            save_run_checkpoint(
+                ckpt_dir,
+                done,
+                raw_model,
+                optimizer,
+                scheduler,
+                scaler,
+                trainer_state,
+                config,
+                rebuild,
+                rank,
+                world,
+            )
         if stop_early or (stop_after is not None and done >= stop_after):
             break
     bar.close()
 
+    final = unsharded_copy(raw_model, rebuild)  # the whole model on rank 0 (collective when sharded)
     summary = {}
     if main_rank:
-        merge_lora(raw_model).save(out_dir / "model")  # LoRA folded in: a plain model
-        summary = {
-            "name": config.name,
-            "parameters": n_params,
-            "steps": step + 1,
-            "tokens": (step + 1) * tokens_per_step,
-            "wall_time_s": round(time.perf_counter() - t_start, 2),
-            "world_size": world,
-            "device": device.type,
-            "seq_len": data.seq_len,
-            "stopped_early": stop_early,
-            **last_eval,
-        }
-        if classify:
-            summary.update(test_classifier(raw_model, data, out_dir, config, device, autocast))
-        else:
-            summary["state_size"] = raw_model.state_size(data.seq_len)
-        if not data.task:
-            entropy = data.unigram_entropy_bits()
-            summary["unigram_entropy_bits_per_token"] = entropy
-            summary["unigram_entropy_bpb"] = entropy / data.bytes_per_token
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if config.log.plot:
-            plot_loss_curve(out_dir)
-        if config.eval.tasks:
-            summary["lm_eval"] = score_with_harness(config, out_dir, device)
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(
-            "summary: "
-            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+        summary = run_summary(
+            config,
+            final.to(device),
+            data,
+            out_dir,
+            device,
+            autocast,
+            steps=step + 1,
+            n_params=n_params,
+            world=world,
+            t_start=t_start,
+            stop_early=stop_early,
+            last_eval=last_eval,
+            tokens_per_step=tokens_per_step,
         )
     logger.close()
     if world > 1:

@@ -37,7 +37,7 @@ def _register_synthetic() -> None:
     """Wrap each generator of :mod:`.synthetic` as a task: a train and a test set from disjoint seeds."""
     import inspect
 
-    from seqzoo.train.data import TaskData
+    from seqzoo.train.batches import TaskData
 
     from . import synthetic
 
