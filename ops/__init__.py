@@ -11,9 +11,9 @@ See docs/design.md ("The ops contract") for every signature; ``list_ops()`` list
 from ._dispatch import Op, list_ops
 from .attention import attention
 from .causal_conv1d import causal_conv1d
-from .delta_rule import delta_rule
-from .flow_attention import flow_attention
-from .gla import gla
+from .delta_rule import delta_rule, delta_rule_step
+from .flow_attention import flow_attention, flow_attention_prefill, flow_attention_step
+from .gla import gla, gla_step
 from .linear_scan import linear_scan
 from .s4 import fft_conv, s4_kernel, s4d_kernel
 from .selective_scan import selective_scan, selective_state_update
@@ -32,3 +32,5 @@ __all__ = [
     "fft_conv",
 ]
 __all__ += ["selective_scan", "selective_state_update"]
+# Step ops for decoding: advance a state by new tokens, each with its own ``backend=``.
+__all__ += ["gla_step", "delta_rule_step", "flow_attention_prefill", "flow_attention_step"]

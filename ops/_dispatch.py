@@ -3,7 +3,8 @@
 Each mechanism (``ops/<mech>/``) exposes one public function built as an :class:`Op`. Backends register
 under fixed names:
 
-- ``reference``: the sequential definition in fp32 (slow; the ground truth every test compares to);
+- ``reference``: the sequential definition, computed in fp64 where fp32 would lose accuracy (slow; the ground
+  truth every test compares to);
 - ``torch``: chunked / parallel PyTorch, the CPU default and the fallback anywhere;
 - ``triton``: Triton kernels, the GPU default; on a CPU they run only under ``TRITON_INTERPRET=1``;
 - ``cuda``: the ``csrc/`` kernels loaded through :mod:`seqzoo.ops._csrc`;
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ._checks import no_float64
 
 log = logging.getLogger("seqzoo.ops")
 
@@ -66,34 +69,40 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 def triton_linear_attention_reason(q: torch.Tensor, v: torch.Tensor, max_head_dim: int = 256) -> str | None:
     """Why the linear-attention Triton kernels (gla, delta_rule) cannot take q [.., K] / v [.., V]; None if they can."""
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"the Triton kernels take float32/float16/bfloat16, got {q.dtype}"
+    reason = no_float64(q, v)
+    if reason is not None:
+        return reason
     if max(q.shape[-1], v.shape[-1]) > max_head_dim:
         dims = f"K={q.shape[-1]}, V={v.shape[-1]}"
         return f"the Triton kernels take head dims up to {max_head_dim}, got {dims}"
     return None
 
 
-# Below this many new tokens, mixers on a GPU decode with an op's fused recurrent kernel.
+# Up to this many new tokens, ``auto`` of a step op (``ops.gla_step``, ``ops.delta_rule_step``) on a GPU takes the
+# fused recurrent kernel (one launch, no chunk padding); a longer segment (a prompt) takes the chunked kernels.
 RECURRENT_MAX_T = 16
 
 
-def recurrent_decoding_backend(backend: str, x: torch.Tensor, n_tokens: int) -> str:
-    """The backend a mixer should use for ``n_tokens`` new tokens of an op with a ``triton_recurrent`` backend
-    (``ops.gla``, ``ops.delta_rule``).
+def beyond_recurrent_max_t(*args, **kwargs) -> str | None:
+    """``auto_skip`` of a fused recurrent backend: why ``auto`` passes it over for these q [B, T, ...] (None when
+    T <= RECURRENT_MAX_T). An explicit ``backend=`` still runs it at any T."""
+    q = kwargs["q"] if "q" in kwargs else args[0]
+    t = q.shape[1]
+    if t > RECURRENT_MAX_T:
+        return f"T = {t} > RECURRENT_MAX_T = {RECURRENT_MAX_T}: the chunked kernels are faster"
+    return None
 
-    On a GPU, ``auto`` decodes a few tokens with the fused recurrent kernel (one launch, no chunk padding);
-    anything else is left as asked.
-    """
-    if (
-        backend == "auto"
-        and n_tokens <= RECURRENT_MAX_T
-        and x.device.type == "cuda"
-        and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        and triton_unavailable_reason(x.device) is None
-    ):
-        return "triton_recurrent"
-    return backend
+
+def returning_state(fn: Callable | tuple[str, str], package: str | None = None) -> Callable:
+    """A step op's backend from its op's: ``fn(*args, **kwargs, output_final_state=True)``, so decoding always
+    gets the new state. ``fn`` may be ``(module, attr)``, imported on the first call (Triton modules load
+    lazily, as ``register_lazy`` does; ``package`` anchors a relative module)."""
+
+    def step(*args, **kwargs):
+        target = fn if callable(fn) else getattr(importlib.import_module(fn[0], package=package), fn[1])
+        return target(*args, **kwargs, output_final_state=True)
+
+    return step
 
 
 @dataclass
@@ -106,6 +115,9 @@ class Backend:
     # Why it cannot take these particular arguments (dtype, window, head size...); None when it can.
     unsupported: Callable[..., str | None] = lambda *args, **kwargs: None
     description: str = ""
+    # Why ``auto`` passes it over for these arguments although it could run them (a kernel that is slower
+    # there); an explicit ``backend=`` still runs it. None: ``auto`` may take it.
+    auto_skip: Callable[..., str | None] = lambda *args, **kwargs: None
 
 
 @dataclass
@@ -131,6 +143,7 @@ class Op:
         unavailable: Callable[[torch.device], str | None] | None = None,
         unsupported: Callable[..., str | None] | None = None,
         description: str = "",
+        auto_skip: Callable[..., str | None] | None = None,
     ):
         """Register ``fn`` as backend ``name``. Usable as a decorator when ``fn`` is omitted."""
 
@@ -142,6 +155,7 @@ class Op:
                 unavailable or (lambda device: None),
                 unsupported or (lambda *a, **k: None),
                 description,
+                auto_skip or (lambda *a, **k: None),
             )
             return f
 
@@ -192,7 +206,11 @@ class Op:
                 b = self._backends.get(name)
                 if b is None:
                     continue
-                reason = self._device_reason(b, device) or b.unsupported(*args, **kwargs)
+                reason = (
+                    self._device_reason(b, device)
+                    or b.unsupported(*args, **kwargs)
+                    or b.auto_skip(*args, **kwargs)
+                )
                 if reason is None:
                     return b
                 tried.append(f"{name}: {reason}")

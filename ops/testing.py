@@ -10,8 +10,9 @@ Complex tensors (complex A in selective_scan, complex a/x in linear_scan) are co
 difference; a complex output gets a complex cotangent, so the loss, sum Re(conj(cot) * out), stays real and
 the gradients follow PyTorch's complex convention in both runs.
 
-The reference always computes in fp32: for a bf16/fp16 test it sees the same low-precision values, upcast,
-so the error measured is the backend's own. Errors are measured relative to the reference's largest
+The reference is given the test's inputs upcast to fp32 (fp64 stays fp64): for a bf16/fp16 test it sees the
+same low-precision values, so the error measured is the backend's own. Most references then compute in fp64
+inside (where fp32 loses accuracy on long or weakly decaying inputs; see each ``reference.py``). Errors are measured relative to the reference's largest
 magnitude, ``max|x - ref| / max(max|ref|, floor)``, with a tolerance per input dtype; any NaN or inf where
 the reference is finite fails outright.
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
 
 # name -> (module, help); modules are imported only when their command runs.
@@ -35,10 +37,19 @@ COMMANDS = {
 
 
 def cmd_list(args) -> int:
+    import torch
+
     import seqzoo
     from seqzoo import ops
 
-    device = args.device
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, TypeError):
+        print(
+            f"seqzoo list: error: argument --device: not a device: {args.device!r} (cpu, cuda, cuda:1...)",
+            file=sys.stderr,
+        )
+        return 2
     print("Mixers (seqzoo.build_mixer(name, d_model, **kwargs)):")
     for name, info in seqzoo.list_mixers().items():
         print(f"  {name:<16} {info.description}")
@@ -78,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("version", help="versions of seqzoo, torch and triton")
     p.set_defaults(func=cmd_version)
+    parser.commands = {"list": sub.choices["list"], "version": p}
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
+        parser.commands[name] = p
         p.set_defaults(module=module)
         try:
             importlib.import_module(module).configure_parser(p)
@@ -94,18 +107,65 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# Numeric options that several commands share, and the values they take (checked before a command runs, so
+# that `--steps -1` is a usage error, not a crash minutes later). name -> (test, what it must be).
+NUMERIC_OPTIONS = {
+    **{
+        name: (lambda v: v >= 1, "a positive int")
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "d_model",
+            "n_layers",
+            "eval_batches",
+            "max_new_tokens",
+            "num_samples",
+            "rank",
+            "top_k",
+            "repeats",
+        )
+    },
+    **{name: (lambda v: v >= 0, "an int >= 0") for name in ("warmup", "max_ref_T")},
+    **{
+        name: (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+        for name in ("lr", "alpha", "limit")
+    },
+    "temperature": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+}
+
+
+def check_numeric_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2, the option named) for a shared numeric option out of its range."""
+    for name, (ok, what) in NUMERIC_OPTIONS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            parser.error(f"argument --{name.replace('_', '-')}: must be {what}, got {value!r}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    check_numeric_options(parser.commands.get(args.command, parser), args)
     if hasattr(args, "func"):
         return args.func(args)
     if getattr(args, "import_error", None) is not None:
         print(f"seqzoo {args.command}: a needed package is missing: {args.import_error}", file=sys.stderr)
         return 2
-    return importlib.import_module(args.module).main(args)
+    try:
+        return importlib.import_module(args.module).main(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # A bad argument that reached the command (a config value, a mixer keyword, a missing file): the
+        # message names it; SEQZOO_DEBUG=1 shows the traceback.
+        if os.environ.get("SEQZOO_DEBUG"):
+            raise
+        print(f"seqzoo {args.command}: error: {e}", file=sys.stderr)
+        print("(SEQZOO_DEBUG=1 shows where it was raised)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

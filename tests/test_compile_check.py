@@ -56,7 +56,6 @@ def test_representative_kernels_compile_and_fit_on_h100_and_a100(tmp_path):
     assert ops == {
         "gla",
         "delta_rule",
-        "flow_attention",
         "causal_conv1d",
         "linear_scan",
         "selective_scan",

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo import ops
-from seqzoo.ops.delta_rule import decoding_backend
 from seqzoo.ops.delta_rule import torch as delta_torch
 from seqzoo.ops.delta_rule import triton as delta_triton
 from seqzoo.ops.testing import assert_matches_reference
@@ -358,12 +357,23 @@ def test_triton_refuses_what_it_cannot_do():
         x = make(b=1, t=4, h=1, dk=16, dv=300, dtype=torch.float32)
         with pytest.raises(ValueError, match="256"):
             ops.delta_rule(**x, backend=backend)
-    # auto on a CPU is the torch backend; decoding stays on it too.
+    # auto on a CPU is the torch backend; decoding (delta_rule_step) stays on it too.
     ops.delta_rule(**make(b=1, t=4, dtype=torch.float32))
     assert ops.delta_rule.last_backend == "torch"
-    assert decoding_backend("auto", x["q"], 1) == "auto"
-    assert decoding_backend("torch", x["q"], 1) == "torch"
+    ops.delta_rule_step(**make(b=1, t=1, dtype=torch.float32))
+    assert ops.delta_rule_step.last_backend == "torch"
     assert {"triton", "triton_recurrent"} <= set(ops.delta_rule.backends("cpu"))
+    assert set(ops.delta_rule_step.backends("cpu")) == set(ops.delta_rule.backends("cpu"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton_recurrent"])
+def test_step_matches_reference(backend):
+    # delta_rule_step: delta_rule from a state, always returning the new one (a few tokens, Gated DeltaNet).
+    # (Its triton backend is chunk_delta_rule with output_final_state, tested above: 10 s interpreted.)
+    x = make(b=2, t=3, h=2, dk=16, dv=8, gate="gated", dtype=torch.float32)
+    assert_matches_reference(ops.delta_rule_step, backend, x)
+    with pytest.raises(ValueError, match="delta_rule_step.*beta"):
+        ops.delta_rule_step(**{**x, "beta": x["beta"][:, :2]})
 
 
 # -- argument checks -----------------------------------------------------------------------------------------
@@ -436,4 +446,6 @@ def test_gpu_head_dims(dk, dv):
     }
     assert_matches_reference(ops.delta_rule, "triton", x, output_final_state=True)
     assert_matches_reference(ops.delta_rule, "triton_recurrent", x, output_final_state=True)
-    assert decoding_backend("auto", x["q"], 1) == "triton_recurrent"
+    few = {n: v[:, :1] for n, v in x.items() if n != "initial_state"}
+    ops.delta_rule_step(**few, initial_state=x["initial_state"])
+    assert ops.delta_rule_step.last_backend == "triton_recurrent"

@@ -1,6 +1,7 @@
 """ops.flow_attention: every backend against the reference (outputs and the gradients of q, k, v), the
-reference against a literal transcription of the equations, the decoding recurrence, and the memory bound
-of the chunked backends."""
+reference against a literal transcription of the equations, the decoding ops (flow_attention_prefill and
+flow_attention_step, every backend), and the memory bound of the chunked backends (the linear attention runs
+on ops.gla, whose own tests cover chunk boundaries and its kernels)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from seqzoo import ops
 from seqzoo.ops._dispatch import Op
 from seqzoo.ops.flow_attention import recurrent
 from seqzoo.ops.flow_attention import reference as flow_reference
-from seqzoo.ops.flow_attention import torch as flow_torch
+from seqzoo.ops.gla import torch as gla_torch
 from seqzoo.ops.testing import assert_matches_reference, relative_error
 
 EPS = flow_reference.EPS
@@ -120,21 +121,6 @@ def test_torch_matches_reference(shape, causal, dtype):
     assert_matches_reference(ops.flow_attention, "torch", make(**shape, dtype=dtype), causal=causal)
 
 
-def _op_with_chunk(chunk: int) -> Op:
-    # A private Op (not in the registry) running the torch backend with a small chunk: many chunks at small T.
-    op = Op(f"flow_attention[chunk={chunk}]", "")
-    op.register("reference", flow_reference.flow_attention)
-    op.register(
-        "torch", lambda q, k, v, causal=True: flow_torch.flow_attention(q, k, v, causal, chunk_size=chunk)
-    )
-    return op
-
-
-@pytest.mark.parametrize("chunk", [1, 5, 16])
-def test_torch_any_chunk_size(chunk):
-    assert_matches_reference(_op_with_chunk(chunk), "torch", make(t=37, d=6, m=7), causal=True)
-
-
 def test_torch_fp64_exact():
     # The comparison helper runs the reference in fp32; in fp64 both sides are exact to rounding, which holds
     # the hand-written chunked backward to ~1e-12 rather than to fp32 noise.
@@ -150,30 +136,28 @@ def test_torch_fp64_exact():
         assert relative_error(x[n].grad, xr[n].grad) < 1e-11, n
 
 
-def test_chunked_linear_attention_gradcheck():
-    # Three chunks of 3 with a remainder of 1; the value size differs from the key size.
-    q, k = (torch.randn(1, 1, 7, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(1, 1, 7, 3, dtype=torch.float64, requires_grad=True)
-    fn = lambda q, k, v: flow_torch.ChunkedCausalLinearAttention.apply(q, k, v, 3)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (q, k, v))
-
-
-TRITON_SHAPES = [dict(t=1, d=8, m=8), dict(t=150, d=20, m=33)]
+# gla's kernels interpreted: small (gla's own tests cover them at length); t=70 crosses a chunk boundary.
+TRITON_SHAPES = [dict(t=1, d=8, m=8), dict(t=70, d=20, m=33)]
 
 
 @pytest.mark.parametrize("shape", TRITON_SHAPES, ids=str)
-@pytest.mark.parametrize("causal", [True, False])
-def test_triton_matches_reference(shape, causal):
-    # Under TRITON_INTERPRET=1 on a CPU (conftest), for real on a GPU.
-    assert_matches_reference(ops.flow_attention, "triton", make(b=1, h=2, **shape), causal=causal)
+def test_triton_matches_reference(shape):
+    # Under TRITON_INTERPRET=1 on a CPU (conftest), for real on a GPU: gla's chunked kernels.
+    assert_matches_reference(ops.flow_attention, "triton", make(b=1, h=2, **shape), causal=True)
+    assert ops.gla.last_backend == "triton"
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_triton_tiled_fp16(causal):
-    # D, M > 64: several feature tiles per head in every kernel; fp16 takes the low-precision dot path.
+def test_triton_tiled_fp16():
+    # D, M > 64: several feature tiles per head in gla's kernels; fp16 takes the low-precision dot path.
     # (bf16 is left to the GPU tests: the interpreter does not support tl.dot on bf16.)
-    x = make(b=1, t=70, h=1, d=72, m=68, dtype=torch.float16)
-    assert_matches_reference(ops.flow_attention, "triton", x, causal=causal)
+    x = make(b=1, t=20, h=1, d=72, m=68, dtype=torch.float16)
+    assert_matches_reference(ops.flow_attention, "triton", x, causal=True)
+
+
+def test_triton_is_causal_only():
+    # Non-causal flow-attention is two matmuls (the torch backend, on the GPU's BLAS there): triton says so.
+    with pytest.raises(ValueError, match="causal only"):
+        ops.flow_attention(**make(t=3), causal=False, backend="triton")
 
 
 # -- the memory bound --------------------------------------------------------------------------------------
@@ -220,15 +204,17 @@ def test_chunked_backends_never_allocate_tdm(causal):
     assert max(ref) > bound
     fwd, bwd = largest_tensors(lambda **a: ops.flow_attention(**a, causal=causal, backend="torch"), x)
     assert fwd < bound and bwd < bound
-    # ... and nothing is larger than an input, a chunk's score block or the state.
-    chunk = flow_torch.DEFAULT_CHUNK
-    assert max(fwd, bwd) <= max(b * t * h * max(d, m), b * h * chunk * chunk, b * h * d * m)
+    # ... and nothing is larger than an input, or ops.gla's score blocks or chunk-start states of every chunk
+    # ([B, H, T_pad, C] and [B, H, T_pad / C, D, M]: linear in T).
+    chunk = gla_torch.CHUNK
+    t_pad = -(-t // chunk) * chunk
+    assert max(fwd, bwd) <= max(b * t * h * max(d, m), b * h * t_pad * chunk, b * h * t_pad // chunk * d * m)
 
 
 def test_prefill_never_allocates_tdm():
     b, t, h, d, m = 1, 256, 2, 16, 16
     x = make(b=b, t=t, h=h, d=d, m=m)
-    fwd, bwd = largest_tensors(lambda **a: recurrent.flow_attention_prefill(**a)[0], x)
+    fwd, bwd = largest_tensors(lambda **a: ops.flow_attention_prefill(**a)[0], x)
     assert max(fwd, bwd) < t * d * m
 
 
@@ -239,7 +225,8 @@ def _grads(o, cot, leaves):
     return torch.autograd.grad((o * cot).sum(), list(leaves.values()))
 
 
-def test_prefill_in_pieces_and_steps_match_reference():
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_prefill_in_pieces_and_steps_match_reference(backend):
     x = {n: v.double() for n, v in make(t=150, d=6, m=5).items()}
     leaves = {n: v.clone().requires_grad_() for n, v in x.items()}
     o_ref = ops.flow_attention(**leaves, causal=True, backend="reference")
@@ -249,7 +236,8 @@ def test_prefill_in_pieces_and_steps_match_reference():
     # Prefill in three pieces (the middle one spans chunk boundaries), carrying the state.
     state, outs = None, []
     for a, e in ((0, 1), (1, 100), (100, 150)):
-        o, state = recurrent.flow_attention_prefill(*(leaves[n][:, a:e] for n in "qkv"), state)
+        o, state = ops.flow_attention_prefill(*(leaves[n][:, a:e] for n in "qkv"), state, backend=backend)
+        assert ops.flow_attention_prefill.last_backend == backend
         outs.append(o)
     o_pre = torch.cat(outs, 1)
     assert relative_error(o_pre, o_ref) < 1e-11
@@ -260,7 +248,9 @@ def test_prefill_in_pieces_and_steps_match_reference():
     step_state = recurrent.init_state(2, 3, 6, 5, dtype=torch.float64)
     outs = []
     for i in range(150):
-        o, step_state = recurrent.flow_attention_step(*(leaves[n][:, i] for n in "qkv"), step_state)
+        o, step_state = ops.flow_attention_step(
+            *(leaves[n][:, i] for n in "qkv"), step_state, backend=backend
+        )
         outs.append(o)
     o_step = torch.stack(outs, 1)
     assert relative_error(o_step, o_ref) < 1e-11
@@ -277,12 +267,10 @@ def test_prefill_in_pieces_and_steps_match_reference():
 def test_state_positions_are_per_sequence():
     # Two sequences at different positions in one batch: each continues its own sum.
     x = {n: v.double() for n, v in make(b=2, t=9, d=4).items()}
-    _, s0 = recurrent.flow_attention_prefill(*(x[n][:1, :5] for n in "qkv"))
-    _, s1 = recurrent.flow_attention_prefill(*(x[n][1:, :2] for n in "qkv"))
+    _, s0 = ops.flow_attention_prefill(*(x[n][:1, :5] for n in "qkv"))
+    _, s1 = ops.flow_attention_prefill(*(x[n][1:, :2] for n in "qkv"))
     state = {key: torch.cat([s0[key], s1[key]]) for key in s0}
-    o, _ = recurrent.flow_attention_prefill(
-        *(torch.stack([x[n][0, 5:9], x[n][1, 2:6]]) for n in "qkv"), state
-    )
+    o, _ = ops.flow_attention_prefill(*(torch.stack([x[n][0, 5:9], x[n][1, 2:6]]) for n in "qkv"), state)
     ref = ops.flow_attention(**x, backend="reference")
     torch.testing.assert_close(o[0], ref[0, 5:9], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(o[1], ref[1, 2:6], rtol=1e-10, atol=1e-10)
@@ -291,14 +279,61 @@ def test_state_positions_are_per_sequence():
 def test_state_errors():
     x = make(t=4, d=4)
     with pytest.raises(ValueError, match="state lacks"):
-        recurrent.flow_attention_prefill(**x, state={"kv": torch.zeros(2, 3, 4, 4)})
+        ops.flow_attention_prefill(**x, state={"kv": torch.zeros(2, 3, 4, 4)})
     state = recurrent.init_state(2, 3, 4, 5)
     with pytest.raises(ValueError, match="kv"):
-        recurrent.flow_attention_prefill(**x, state=state)
+        ops.flow_attention_prefill(**x, state=state)
     with pytest.raises(ValueError, match="shapes"):
-        recurrent.flow_attention_step(
+        ops.flow_attention_step(
             x["q"][:, 0], x["k"][:, 0, :2], x["v"][:, 0], recurrent.init_state(2, 3, 4, 4)
         )
+
+
+def _flat(op) -> Op:
+    """``op`` (prefill or step) with the state's sums as tensor arguments and outputs, so that
+    assert_matches_reference compares the new state and the gradients of the old one too."""
+    keys = [key for key in recurrent.STATE_KEYS if key != "count"]
+    flat = Op(f"{op.name}[flat]", "")
+
+    def runner(name):
+        def run(q, k, v, count, **sums):
+            o, new = op(q, k, v, {**sums, "count": count}, backend=name)
+            return (o, *(new[key] for key in keys))
+
+        return run
+
+    for name in op.backend_names():
+        flat.register(name, runner(name))
+    return flat
+
+
+@pytest.mark.parametrize("t", [5, 20])
+def test_triton_prefill_and_step_match_reference(t):
+    # The triton backends on gla's kernels (interpreted here): a segment of a few tokens (the fused recurrent
+    # kernel) or a longer one (chunked) after a state, then one step; outputs, new state, every gradient.
+    x = make(b=1, t=t + 3, h=1, d=8, m=5)
+    _, state = ops.flow_attention_prefill(*(x[n][:, :3] for n in "qkv"), backend="torch")
+    sums = {key: val.detach() for key, val in state.items() if key != "count"}
+    seg = {n: x[n][:, 3:] for n in "qkv"}
+    assert_matches_reference(
+        _flat(ops.flow_attention_prefill), "triton", {**seg, **sums}, count=state["count"]
+    )
+    assert ops.gla_step.last_backend == ("triton_recurrent" if t <= 16 else "triton")
+    one = {n: x[n][:, -1] for n in "qkv"}
+    assert_matches_reference(_flat(ops.flow_attention_step), "triton", {**one, **sums}, count=state["count"])
+    assert ops.gla_step.last_backend == "triton_recurrent"
+
+
+def test_decoding_backends_listed_and_auto():
+    x = make(t=3)
+    ops.flow_attention_prefill(**x)
+    assert ops.flow_attention_prefill.last_backend == "torch"
+    _, state = ops.flow_attention_prefill(**x, backend="reference")
+    ops.flow_attention_step(*(x[n][:, 0] for n in "qkv"), state)
+    assert ops.flow_attention_step.last_backend == "torch"
+    assert set(ops.flow_attention_step.backends("cpu")) == {"reference", "torch", "triton"}
+    with pytest.raises(ValueError, match="float64"):
+        ops.flow_attention_prefill(**make(t=3, dtype=torch.float64), backend="triton")
 
 
 # -- arguments ---------------------------------------------------------------------------------------------
@@ -340,7 +375,7 @@ def test_backends_listed_and_auto(monkeypatch):
 
 
 def test_triton_refuses_fp64_with_reason():
-    with pytest.raises(ValueError, match="fp32/fp16/bf16"):
+    with pytest.raises(ValueError, match="float64"):
         ops.flow_attention(**make(t=3, dtype=torch.float64), backend="triton")
 
 
@@ -378,6 +413,8 @@ def test_mixer_rejects_bad_heads():
 @pytest.mark.parametrize("causal", [True, False])
 def test_gpu_backends(backend, dtype, causal):
     x = make(b=2, t=1000, h=4, d=64, m=64, dtype=dtype, device="cuda")
+    if backend == "triton" and not causal:
+        pytest.skip("triton is causal only (gla's kernels); non-causal runs on torch")
     assert_matches_reference(ops.flow_attention, backend, x, causal=causal)
 
 
@@ -385,7 +422,7 @@ def test_gpu_backends(backend, dtype, causal):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_prefill_with_triton_matches_reference():
     x = make(b=2, t=300, h=2, d=32, m=32, device="cuda")
-    _, state = recurrent.flow_attention_prefill(*(x[n][:, :100] for n in "qkv"), use_triton=True)
-    o, _ = recurrent.flow_attention_prefill(*(x[n][:, 100:] for n in "qkv"), state, use_triton=True)
+    _, state = ops.flow_attention_prefill(*(x[n][:, :100] for n in "qkv"), backend="triton")
+    o, _ = ops.flow_attention_prefill(*(x[n][:, 100:] for n in "qkv"), state, backend="triton")
     ref = ops.flow_attention(**x, backend="reference")
     assert relative_error(o, ref[:, 100:]) < 2e-4

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 import seqzoo
 from seqzoo import ops
-from seqzoo.ops.gla import decoding_backend
 from seqzoo.ops.gla import torch as gla_torch
 from seqzoo.ops.testing import assert_matches_reference
 
@@ -43,6 +42,20 @@ def make(b=2, t=37, h=2, dk=16, dv=24, decay="vector", dtype=torch.float32, init
 @pytest.mark.parametrize("t", [1, 37, 64, 131])
 def test_torch_matches_reference(decay, t):
     assert_matches_reference(ops.gla, "torch", make(t=t, decay=decay), output_final_state=True)
+
+
+@pytest.mark.parametrize("t", [1, 37, 131])
+def test_torch_no_decay_inference_path(t):
+    # Without decay and without autograd, the torch backend walks the chunks one by one (the inference path):
+    # outputs and final state against the reference, the given state left as it was.
+    x = make(t=t, decay="none")
+    s0 = x["initial_state"].clone()
+    with torch.no_grad():
+        o, S = ops.gla(**x, scale=0.5, output_final_state=True, backend="torch")
+        o_ref, S_ref = ops.gla(**x, scale=0.5, output_final_state=True, backend="reference")
+    torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(S, S_ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(x["initial_state"], s0)
 
 
 @pytest.mark.parametrize("decay", ["vector", "strong"])
@@ -176,10 +189,54 @@ def test_triton_refuses_what_it_cannot_do():
     x64 = {n: v.double() for n, v in x.items()}
     with pytest.raises(ValueError, match="float64"):
         ops.gla(**x64, backend="triton_recurrent")
-    # auto on a CPU is the torch backend; decoding stays on it too.
+    # auto on a CPU is the torch backend; decoding (gla_step) stays on it too.
     ops.gla(**x)
     assert ops.gla.last_backend == "torch"
-    assert decoding_backend("auto", x["q"], 1) == "auto"
+    ops.gla_step(**{n: v[:, :1] for n, v in x.items()})
+    assert ops.gla_step.last_backend == "torch"
+
+
+# -- gla_step: the decoding op -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "backend, t, decay",
+    [("torch", 3, "vector"), ("torch", 70, "head"), ("triton", 3, "head"), ("triton_recurrent", 3, "vector")],
+)
+def test_step_matches_reference(backend, t, decay):
+    # A few tokens from a state (decoding) or a segment longer than a chunk (prefill). The Triton backends are
+    # gla's kernels, tested above at length: here only their wiring (interpreted, so small).
+    x = make(b=1, t=t, h=1, dk=16, dv=8, decay=decay)
+    assert_matches_reference(ops.gla_step, backend, x, scale=0.7)
+
+
+def test_step_is_gla_with_state():
+    x = make(b=1, t=5, h=2, dk=8, dv=8, initial_state=False)
+    o, S = ops.gla_step(**x, backend="reference")
+    o_gla, S_gla = ops.gla(**x, output_final_state=True, backend="reference")
+    assert torch.equal(o, o_gla) and torch.equal(S, S_gla)
+    with pytest.raises(ValueError, match="gla_step.*initial_state"):
+        ops.gla_step(**x, initial_state=torch.zeros(1, 2, 8, 7))
+    with pytest.raises(TypeError):
+        ops.gla_step(**x, output_final_state=True)  # always returns the state
+
+
+def test_step_auto_takes_the_recurrent_kernel_for_a_few_tokens(monkeypatch):
+    # What auto picks on a GPU, checked on a CPU by resolving for a cuda device (nothing runs).
+    from seqzoo.ops import _dispatch as dispatch
+
+    for op in (ops.gla_step, ops.delta_rule_step):
+        for name in ("triton", "triton_recurrent"):
+            monkeypatch.setattr(op._backends[name], "unavailable", lambda device: None)
+    cuda = torch.device("cuda")
+    few, many = make(t=dispatch.RECURRENT_MAX_T), make(t=dispatch.RECURRENT_MAX_T + 1)
+    assert ops.gla_step.resolve("auto", cuda, (), few).name == "triton_recurrent"
+    assert ops.gla_step.resolve("auto", cuda, (), many).name == "triton"
+    assert ops.gla_step.resolve("triton_recurrent", cuda, (), many).name == "triton_recurrent"
+    assert ops.gla_step.resolve("auto", torch.device("cpu"), (), few).name == "torch"
+    beta = {"beta": torch.rand(2, dispatch.RECURRENT_MAX_T, 2)}
+    few_dr = {n: few[n] for n in ("q", "k", "v")} | beta
+    assert ops.delta_rule_step.resolve("auto", cuda, (), few_dr).name == "triton_recurrent"
 
 
 # Compiling every kernel for sm_90 and sm_80, with the tiles the wrapper picks: tests/test_compile_check.py.

@@ -46,6 +46,30 @@ def _inputs(op: str, dtype):
         )
     if op == "flow_attention":
         return dict(q=r(2, 77, 2, 32, pos=True), k=r(2, 77, 2, 32, pos=True), v=r(2, 77, 2, 48))
+    # The step ops (decoding): a few tokens after a state.
+    if op == "gla_step":
+        return dict(
+            q=r(2, 5, 2, 64),
+            k=r(2, 5, 2, 64),
+            v=r(2, 5, 2, 64),
+            g=-r(2, 5, 2, 64, pos=True, dt=torch.float32) / 8,
+            initial_state=r(2, 2, 64, 64, dt=torch.float32),
+        )
+    if op == "delta_rule_step":
+        return dict(
+            q=torch.nn.functional.normalize(r(2, 5, 2, 64, dt=torch.float32), dim=-1).to(dtype),
+            k=torch.nn.functional.normalize(r(2, 5, 2, 64, dt=torch.float32), dim=-1).to(dtype),
+            v=r(2, 5, 2, 64),
+            beta=r(2, 5, 2, pos=True),
+            g=-r(2, 5, 2, pos=True, dt=torch.float32) / 8,
+            initial_state=r(2, 2, 64, 64, dt=torch.float32),
+        )
+    if op in ("flow_attention_prefill", "flow_attention_step"):
+        q, k, v = r(2, 12, 2, 32, pos=True), r(2, 12, 2, 32, pos=True), r(2, 12, 2, 48)
+        _, state = ops.flow_attention_prefill(q[:, :7], k[:, :7], v[:, :7], backend="torch")
+        if op == "flow_attention_prefill":
+            return dict(q=q[:, 7:], k=k[:, 7:], v=v[:, 7:], state=state)
+        return dict(q=q[:, 7], k=k[:, 7], v=v[:, 7], state=state)
     if op == "linear_scan":
         return dict(
             a=r(2, 77, 96, pos=True),
@@ -112,6 +136,15 @@ GPU_CASES = [
     )
     for backend in ("triton", "cuda")
 ]
+# The step ops (decoding), with the fused recurrent kernels that their auto takes for a few tokens on a GPU.
+GPU_CASES += [
+    ("gla_step", "triton"),
+    ("gla_step", "triton_recurrent"),
+    ("delta_rule_step", "triton"),
+    ("delta_rule_step", "triton_recurrent"),
+    ("flow_attention_prefill", "triton"),
+    ("flow_attention_step", "triton"),
+]
 
 
 def _outputs(out):
@@ -150,6 +183,50 @@ def test_gpu_backend_matches_reference(op_name, backend, dtype):
     for k in ref_grad:
         scale = max(1.0, ref_grad[k].abs().max().item())
         torch.testing.assert_close(grad[k], ref_grad[k], rtol=rtol, atol=atol * scale, msg=f"grad of {k}")
+
+
+# channel_blocks: None is the binding's own choice; (2, 2) makes each backward block walk 10 channels of a
+# group in rounds of 4, 4 and 2 warps; (4, 6) leaves the last channel block of each group without a channel.
+@pytest.mark.parametrize("groups, channel_blocks", [(1, None), (2, 2), (4, 6)])
+def test_cuda_selective_scan_backward_is_deterministic(groups, channel_blocks, monkeypatch):
+    """csrc/selective_scan.cu sums dB and dC over a group's channels without atomics (per-block partials, then
+    a fixed-order sum): two backward passes give bitwise the same gradients, and they match the reference."""
+    from seqzoo.ops.selective_scan import cuda as binding
+    from seqzoo.ops.testing import assert_matches_reference
+
+    reason = ops.selective_scan.backends(DEV)["cuda"]
+    if reason != "available":
+        pytest.skip(f"selective_scan/cuda: {reason}")
+    if channel_blocks is not None:
+        monkeypatch.setattr(binding, "channel_blocks", lambda *shape: channel_blocks)
+    g = torch.Generator(device=DEV).manual_seed(0)
+    b, t, d, n = 2, 300, 40, 16  # T: several checkpoint chunks, not a multiple of one
+    x = dict(
+        u=torch.randn(b, t, d, generator=g, device=DEV),
+        delta=torch.randn(b, t, d, generator=g, device=DEV) - 1.0,
+        A=-torch.exp(torch.randn(d, n, generator=g, device=DEV)),
+        B=torch.randn(b, t, groups, n, generator=g, device=DEV),
+        C=torch.randn(b, t, groups, n, generator=g, device=DEV),
+        D=torch.randn(d, generator=g, device=DEV),
+        z=torch.randn(b, t, d, generator=g, device=DEV),
+        delta_bias=torch.randn(d, generator=g, device=DEV) * 0.5,
+        initial_state=torch.randn(b, d, n, generator=g, device=DEV),
+    )
+    cotangents = (
+        torch.randn(b, t, d, generator=g, device=DEV),
+        torch.randn(b, d, n, generator=g, device=DEV),
+    )
+
+    def gradients():
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+        y, h = ops.selective_scan(**leaves, delta_softplus=True, output_final_state=True, backend="cuda")
+        torch.autograd.backward([y, h], list(cotangents))
+        return {k: v.grad for k, v in leaves.items()}
+
+    first, second = gradients(), gradients()
+    for k in x:
+        assert torch.equal(first[k], second[k]), f"the gradient of {k} differs between two identical runs"
+    assert_matches_reference(ops.selective_scan, "cuda", x, delta_softplus=True, output_final_state=True)
 
 
 @pytest.mark.parametrize("name", sorted(seqzoo.list_mixers()))

@@ -235,3 +235,39 @@ def test_checkpoints_from_before_the_shared_short_convolution_still_load(mixer, 
     loaded = CausalLM.load(tmp_path)
     ids = torch.randint(0, 20, (2, 7))
     torch.testing.assert_close(loaded(ids), lm(ids))
+
+
+def test_hawk_old_spellings_resolve_as_before():
+    """Issue 14: ``hawk`` names a model (the preset); the block is the mixer ``rglru``. The mixer name ``hawk``
+    still builds the same block (parameters, init) for old configs, with a FutureWarning that says so."""
+    import warnings
+
+    from seqzoo.layers.rglru import Hawk, RGLRUBlock
+    from seqzoo.models.presets import preset
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current names warn about nothing
+        block = seqzoo.build_mixer("rglru", 16, n_heads=2)
+        model_config = preset("hawk", d_model=16, n_layers=2, vocab_size=50)
+    torch.manual_seed(0)
+    with pytest.warns(
+        FutureWarning, match=r"'hawk' is a deprecated alias of the mixer 'rglru'.*preset\('hawk'\)"
+    ):
+        alias = seqzoo.build_mixer("hawk", 16, n_heads=2)
+    assert type(alias) is Hawk and isinstance(alias, RGLRUBlock) and alias.mixer_name == "hawk"
+    assert alias.state_dict().keys() == block.state_dict().keys()
+    assert all(torch.equal(v, block.state_dict()[k]) for k, v in alias.state_dict().items())
+    with pytest.raises(TypeError, match="accepts"):  # still checked against rglru's arguments
+        seqzoo.build_mixer("hawk", 16, bogus=1)
+    assert "deprecated alias of rglru" in seqzoo.list_mixers()["hawk"].description
+    # The preset: RG-LRU blocks with gated-GeLU MLPs, as before.
+    assert isinstance(model_config, LMConfig) and model_config.mlp == "geglu"
+    assert {name for name, _ in model_config.layer_specs()} == {"rglru"}
+    # A model config that names the mixer ``hawk`` still builds and runs.
+    with pytest.warns(FutureWarning):
+        model = CausalLM(
+            LMConfig(vocab_size=50, d_model=16, n_layers=1, mixer={"name": "hawk", "n_heads": 2})
+        )
+    assert type(model.backbone.blocks[0].mixer) is Hawk
+    assert model(torch.randint(0, 50, (1, 5))).shape == (1, 5, 50)

@@ -378,3 +378,69 @@ def test_s4_decoding_cache_follows_the_parameters():
         m.log_dt.add_(0.5)  # an optimiser step: the cached system must not be reused
         m.B_re.mul_(1.5)
         torch.testing.assert_close(step_through(m, x), m(x), rtol=1e-9, atol=1e-9)
+
+
+# -- parameter set-up (issue 14: one _init_ssm for S4 and S4D) -----------------------------------------------
+
+
+def _setup_before_issue_14(kind, d_model, d_state, output, bidirectional, dt_min, dt_max, init):
+    """The parameters as S4 / S4D built them before their set-up was shared, written out step by step in the
+    same order (names, values and random draws): the shared set-up must give these bit for bit."""
+    from torch import nn
+
+    h, m = d_model * (2 if bidirectional else 1), d_state // 2
+    out = {"D": torch.randn(d_model)}
+    proj = nn.Linear(d_model, d_model * (2 if output == "glu" else 1))
+    out["out_proj.weight"], out["out_proj.bias"] = proj.weight, proj.bias
+    if kind == "s4d":
+        A, B = s4d_init(init, d_state)
+        out["log_dt"] = log_dt_init(h, dt_min, dt_max).float()
+        out["log_A_real"] = torch.log(-A.real).expand(h, m).float()
+        out["A_imag"] = torch.zeros(h, m) if init == "real" else A.imag.expand(h, m).float()
+    else:
+        A, P, B = nplr_legs(d_state)
+        out["log_dt"] = log_dt_init(h, dt_min, dt_max).float()
+        out["log_Lambda_real"] = torch.log(-A.real).expand(h, m).float()
+        out["Lambda_imag"] = A.imag.expand(h, m).float()
+        out["P_re"], out["P_im"] = P.real.expand(h, m).float(), P.imag.expand(h, m).float()
+    out["B_re"], out["B_im"] = B.real.expand(h, m).float(), B.imag.expand(h, m).float()
+    out["C_re"] = torch.randn(h, m) * 0.5**0.5
+    out["C_im"] = torch.randn(h, m) * 0.5**0.5
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs",
+    [
+        ("s4d", {"d_model": 6, "d_state": 8}),
+        ("s4d", {"d_model": 5, "d_state": 4, "init": "lin", "bidirectional": True, "output": "linear"}),
+        ("s4d", {"d_model": 3, "d_state": 6, "init": "real", "discretization": "bilinear"}),
+        ("s4d", {"d_model": 3, "d_state": 6, "init": "inv", "dt_min": 1e-2, "dt_max": 0.5}),
+        ("s4", {"d_model": 6, "d_state": 8, "l_max": 16}),
+        ("s4", {"d_model": 5, "d_state": 4, "l_max": 7, "bidirectional": True, "output": "linear"}),
+    ],
+)
+def test_seeded_parameters_are_unchanged_by_the_shared_setup(kind, kwargs):
+    full = {"output": "glu", "bidirectional": False, "dt_min": 1e-3, "dt_max": 1e-1, "init": "legs", **kwargs}
+    setup = {
+        k: full[k] for k in ("d_model", "d_state", "output", "bidirectional", "dt_min", "dt_max", "init")
+    }
+    torch.manual_seed(1234)
+    layer = seqzoo.build_mixer(kind, **kwargs)
+    after_layer = torch.rand(3)
+    torch.manual_seed(1234)
+    expected = _setup_before_issue_14(kind, **setup)
+    after_expected = torch.rand(3)
+    state = layer.state_dict()
+    assert sorted(state) == sorted(expected)
+    for name, value in expected.items():
+        assert state[name].dtype == torch.float32 and torch.equal(state[name], value), name
+    assert torch.equal(after_layer, after_expected)  # the same random draws, no more, no fewer
+    # The parameters' order (the optimiser's state follows it): the layer's own in the order made, then out_proj.
+    buffers = {"A_imag"} if kind == "s4d" and full["init"] == "real" else set()
+    own = [n for n in expected if not n.startswith("out_proj.") and n not in buffers]
+    assert [n for n, _ in layer.named_parameters()] == own + ["out_proj.weight", "out_proj.bias"]
+    assert [n for n, _ in layer.named_buffers()] == sorted(buffers)
+    ssm = {"log_dt", "log_A_real", "A_imag", "log_Lambda_real", "Lambda_imag", "P_re", "P_im", "B_re", "B_im"}
+    for n, p in layer.named_parameters():
+        assert getattr(p, "_optim", None) == ({"lr": 1e-3, "weight_decay": 0.0} if n in ssm else None), n

@@ -110,13 +110,10 @@ def loop_path(monkeypatch):
 @pytest.mark.parametrize("groups", [None, 1, 3])
 @pytest.mark.parametrize("full", [False, True])
 def test_torch_loop_path_matches_reference(loop_path, t, groups, full):
-    assert_matches_reference(
-        selective_scan,
-        "torch",
-        make(t=t, groups=groups, full=full),
-        delta_softplus=full,
-        output_final_state=True,
-    )
+    x = make(t=t, groups=groups, full=full)
+    if not full:  # no softplus: dt = delta, kept > 0 (a stable scan; negative dt overflows fp32 by t = 37)
+        x["delta"] = x["delta"].abs()
+    assert_matches_reference(selective_scan, "torch", x, delta_softplus=full, output_final_state=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
@@ -332,6 +329,16 @@ def test_triton_bf16():
     check("triton", t=9, groups=2, dtype=torch.bfloat16)
 
 
+@triton_here
+def test_triton_backward_split_over_states(monkeypatch):
+    # The backward splits the N states over programs (du and ddt summed over the state blocks), here 3 blocks
+    # of 2 for N = 5, the last one part-masked.
+    from seqzoo.ops.selective_scan import triton as K
+
+    monkeypatch.setattr(K, "_bwd_blocks", lambda d_per_group, chunk, bn: (1, 2, 1))
+    check("triton", t=9, n=5, groups=2)
+
+
 # -- the CUDA source and the GPU backends ----------------------------------------------------------------------
 
 
@@ -366,14 +373,19 @@ def test_cuda_launchers_follow_the_abi(built_library, kind, suffix):
     n_ptr = 9 if kind == "fwd" else 15
     dummy = ctypes.c_void_p(0x1000)  # never dereferenced
 
-    def call(ptrs, b, t, d, g, n, chunk=64):
-        return fn(*ptrs, b, t, d, g, n, chunk, -(-t // chunk), None)
+    def call(ptrs, b, t, d, g, n, chunk=64, n_cblocks=1):
+        extra = () if kind == "fwd" else (n_cblocks,)  # the backward's channel blocks per group
+        return fn(*ptrs, b, t, d, g, n, chunk, -(-t // chunk), *extra, None)
 
     assert call([dummy] * n_ptr, 0, 5, 4, 1, 16) == 0
     assert call([dummy] * n_ptr, 2, 5, 0, 1, 16) == 0
     assert call([dummy] * n_ptr, 2, 5, 4, 1, 257) == 1  # d_state above 256
     assert call([dummy] * n_ptr, 2, 5, 6, 4, 16) == 1  # groups must divide D
     assert call([None] * n_ptr, 2, 5, 4, 1, 16) == 1
+    if kind == "bwd":
+        assert call([dummy] * n_ptr, 0, 5, 4, 1, 16, n_cblocks=3) == 0
+        assert call([dummy] * n_ptr, 2, 5, 4, 1, 16, n_cblocks=0) == 1  # at least one channel block
+        assert call([dummy] * n_ptr, 2, 5, 4, 2, 16, n_cblocks=2**31) == 1  # grid.x over 2^31 - 1
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

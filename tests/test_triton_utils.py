@@ -45,7 +45,7 @@ def test_row_offset_passes_int32():
     assert not torch.equal(wrapped, expected)
 
 
-@pytest.mark.parametrize("path", ["gla/triton.py", "flow_attention/triton.py", "delta_rule/triton.py"])
+@pytest.mark.parametrize("path", ["gla/triton_chunk.py", "gla/triton_recurrent.py", "delta_rule/triton.py"])
 def test_time_offsets_go_through_row_offset(path):
     """No kernel multiplies a time index by a row stride in int32: every `rows[:, None] * stride` tile and
     every `t * (H * K)` scalar is inside row_offset (the reviewed wrap at ~1M tokens)."""
@@ -87,8 +87,8 @@ def test_launch_fitting_takes_the_first_candidate_that_fits(monkeypatch):
 def _triton_calls():
     """One small call of every Triton wrapper, forward and backward (interpreter shapes)."""
     from seqzoo.ops.causal_conv1d import triton as conv
-    from seqzoo.ops.flow_attention import triton as flow
-    from seqzoo.ops.gla import triton as gla
+    from seqzoo.ops.gla import triton_chunk as gla_chunk
+    from seqzoo.ops.gla import triton_recurrent as gla_recurrent
     from seqzoo.ops.linear_scan import triton as ls
     from seqzoo.ops.s4 import triton as s4
     from seqzoo.ops.s4 import triton_direct_conv as triton_conv
@@ -103,10 +103,9 @@ def _triton_calls():
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
     return {
-        "gla chunk": lambda: bwd(gla.chunk_gla(r(1, 8, 1, 16), r(1, 8, 1, 16), r(1, 8, 1, 16))[0]),
-        "gla recurrent": lambda: bwd(gla.recurrent_gla(r(1, 4, 1, 16), r(1, 4, 1, 16), r(1, 4, 1, 16))[0]),
-        "flow": lambda: bwd(
-            flow.flow_attention(r(1, 8, 1, 16, pos=True), r(1, 8, 1, 16, pos=True), r(1, 8, 1, 16))
+        "gla chunk": lambda: bwd(gla_chunk.chunk_gla(r(1, 8, 1, 16), r(1, 8, 1, 16), r(1, 8, 1, 16))[0]),
+        "gla recurrent": lambda: bwd(
+            gla_recurrent.recurrent_gla(r(1, 4, 1, 16), r(1, 4, 1, 16), r(1, 4, 1, 16))[0]
         ),
         "causal_conv1d": lambda: bwd(conv.causal_conv1d(r(1, 8, 16), r(16, 4))[0]),
         "linear_scan": lambda: bwd(ls.linear_scan(r(1, 8, 16, pos=True), r(1, 8, 16))[0]),

@@ -13,7 +13,7 @@ CUDA fp16/bf16). ``auto`` takes flash on a GPU when it can, else SDPA.
 
 from __future__ import annotations
 
-from .._checks import check_same_device, check_tensor
+from .._checks import check_bool, check_same_device, check_tensor
 from .._dispatch import define_op, package_available
 from . import reference as _reference
 from . import torch as _torch
@@ -22,6 +22,9 @@ from . import torch as _torch
 def _validate(q, k, v, causal=True, window=None, scale=None):
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor("attention", name, x, 4)
+    check_bool("attention", "causal", causal)
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
+        raise TypeError(f"attention: scale must be a number or None, got {scale!r}")
     check_same_device("attention", q=q, k=k, v=v)
     b, tq, h, d = q.shape
     if k.shape[0] != b or k.shape[3] != d:
@@ -40,7 +43,7 @@ def _validate(q, k, v, causal=True, window=None, scale=None):
         raise ValueError(
             f"attention: causal attention needs Tq <= Tk (queries are the last positions), got {tq} > {k.shape[1]}"
         )
-    if window is not None and (not isinstance(window, int) or window < 1):
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
         raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
 
 
@@ -50,7 +53,7 @@ attention = define_op(
     validate=_validate,
     auto_order={"cuda": ("flash", "torch"), "cpu": ("torch",)},
 )
-attention.register("reference", _reference.attention, description="explicit softmax in fp32")
+attention.register("reference", _reference.attention, description="explicit softmax, fp64 inside")
 attention.register("torch", _torch.attention, description="torch scaled_dot_product_attention")
 attention.register_lazy(
     "flash",

@@ -1,4 +1,4 @@
-"""Softmax attention, the definition: scores, mask, softmax, weighted sum, all in fp32.
+"""Softmax attention, the definition: scores, mask, softmax, weighted sum, computed in fp64.
 
     o_i = sum_j softmax_j(scale * q_i . k_j + mask_ij) v_j
 
@@ -35,7 +35,11 @@ def attention(q, k, v, causal=True, window=None, scale=None):
     tk, hk = k.shape[1], k.shape[2]
     scale = d**-0.5 if scale is None else scale
     group = h // hk
-    qf, kf, vf = q.float(), k.float(), v.float()
+    # fp64 whatever the inputs, o returned in q's dtype: in fp32 the scores' rounding (|score| * 6e-8) moves
+    # large logits (|score| ~ 1e2) by 2e-5 relative, and the softmax backward, dp - sum_j p_j dp_j, cancels
+    # when the values share a large offset (1e-4 relative in dk); the kernels under test keep ~1e-6.
+    acc = torch.float64
+    qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
     kf = kf.repeat_interleave(group, dim=2)
     vf = vf.repeat_interleave(group, dim=2)
     scores = torch.einsum("bihd,bjhd->bhij", qf, kf) * scale

@@ -16,7 +16,7 @@ installed, widths 2 to 4).
 
 from __future__ import annotations
 
-from .._checks import check_same_device, check_shape, check_tensor
+from .._checks import check_bool, check_same_device, check_shape, check_tensor
 from .._dispatch import define_op, package_available, triton_unavailable_reason
 from . import reference as _reference
 from . import torch as _torch
@@ -44,6 +44,7 @@ def _validate(x, weight, bias=None, activation=None, initial_state=None, output_
     if initial_state is not None:
         check_tensor("causal_conv1d", "initial_state", initial_state, 3)
         check_shape("causal_conv1d", "initial_state", initial_state, (b, d, width - 1), "[B, D, W-1]")
+    check_bool("causal_conv1d", "output_final_state", output_final_state)
     check_same_device("causal_conv1d", x=x, weight=weight, bias=bias, initial_state=initial_state)
 
 

@@ -20,8 +20,11 @@ beta in (0, 2); other keys are taken as they are).
 
 Backends: ``reference`` (the sequential recurrence, fp32), ``torch`` (chunkwise-parallel with the WY / UT
 representation, every exponent <= 0: the CPU default), ``triton`` (the same chunked form in Triton kernels,
-forward and backward: the GPU default), ``triton_recurrent`` (a fused token-by-token kernel with its backward,
-for decoding: see :func:`decoding_backend`). The Triton backends take fp32/fp16/bf16 and head dims up to 256.
+forward and backward: the GPU default), ``triton_recurrent`` (a fused token-by-token kernel with its backward:
+what :data:`delta_rule_step` takes for a few tokens on a GPU). The Triton backends take fp32/fp16/bf16 and head
+dims up to 256.
+
+Decoding: :data:`delta_rule_step` (below) carries the state from one segment to the next.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from __future__ import annotations
 import inspect
 import numbers
 
-from .._checks import check_same_device, check_shape, check_tensor
+from .._checks import check_bool, check_nonempty, check_same_device, check_shape, check_tensor
 from .._dispatch import (
+    RECURRENT_MAX_T,
+    beyond_recurrent_max_t,
     define_op,
-    recurrent_decoding_backend,
+    returning_state,
     triton_linear_attention_reason,
     triton_unavailable_reason,
 )
@@ -43,27 +48,39 @@ MAX_TRITON_HEAD_DIM = 256
 _SIGNATURE = inspect.signature(_reference.delta_rule)
 
 
-def _validate(q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False):
+def _check_args(op, q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False):
     for name, x in (("q", q), ("k", k), ("v", v)):
-        check_tensor("delta_rule", name, x, 4)
+        check_tensor(op, name, x, 4)
     b, t, h, dk = q.shape
-    check_shape("delta_rule", "k", k, (b, t, h, dk), "like q, [B, T, H, K]")
-    check_shape("delta_rule", "v", v, (b, t, h, None), "[B, T, H, V]")
+    check_shape(op, "k", k, (b, t, h, dk), "like q, [B, T, H, K]")
+    check_shape(op, "v", v, (b, t, h, None), "[B, T, H, V]")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"delta_rule: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if t < 1:
-        raise ValueError(f"delta_rule: the sequence length (q.shape[1]) must be >= 1, got {t}")
-    check_tensor("delta_rule", "beta", beta, 3)
-    check_shape("delta_rule", "beta", beta, (b, t, h), "[B, T, H], one write strength per head")
+        raise ValueError(f"{op}: the sequence length (q.shape[1]) must be >= 1, got {t}")
+    # A head size of 0 (K or V) has no state to carry, and scale = K ** -0.5 would divide by zero.
+    check_nonempty(op, "q", q, "[B, T, H, K]")
+    check_nonempty(op, "v", v, "[B, T, H, V]")
+    check_bool(op, "output_final_state", output_final_state)
+    check_tensor(op, "beta", beta, 3)
+    check_shape(op, "beta", beta, (b, t, h), "[B, T, H], one write strength per head")
     if g is not None:
-        check_tensor("delta_rule", "g", g, 3)
-        check_shape("delta_rule", "g", g, (b, t, h), "[B, T, H], one log decay per head")
+        check_tensor(op, "g", g, 3)
+        check_shape(op, "g", g, (b, t, h), "[B, T, H], one log decay per head")
     if scale is not None and (not isinstance(scale, numbers.Real) or isinstance(scale, bool)):
-        raise TypeError(f"delta_rule: scale must be a number or None, got {type(scale).__name__}")
+        raise TypeError(f"{op}: scale must be a number or None, got {type(scale).__name__}")
     if initial_state is not None:
-        check_tensor("delta_rule", "initial_state", initial_state, 4)
-        check_shape("delta_rule", "initial_state", initial_state, (b, h, dk, v.shape[-1]), "[B, H, K, V]")
-    check_same_device("delta_rule", q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
+        check_tensor(op, "initial_state", initial_state, 4)
+        check_shape(op, "initial_state", initial_state, (b, h, dk, v.shape[-1]), "[B, H, K, V]")
+    check_same_device(op, q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
+
+
+def _validate(*args, **kwargs):
+    _check_args("delta_rule", *args, **kwargs)
+
+
+def _validate_step(q, k, v, beta, g=None, scale=None, initial_state=None):
+    _check_args("delta_rule_step", q, k, v, beta, g, scale, initial_state, True)
 
 
 def _triton_unsupported(*args, **kwargs) -> str | None:
@@ -97,8 +114,46 @@ delta_rule.register_lazy(
 )
 
 
-# decoding_backend(backend, x, n_tokens): the fused recurrent kernel for a few tokens on a GPU.
-decoding_backend = recurrent_decoding_backend
+DELTA_RULE_STEP_DOC = f"""``ops.delta_rule_step``: advance a (Gated) DeltaNet decoding state by T new tokens (T = 1 per
+generated token, a prompt in prefill).
+
+    o, final_state = delta_rule_step(q, k, v, beta, g=None, scale=None, initial_state=None, backend="auto")
+
+:data:`delta_rule` from ``initial_state`` (None: zeros) that always returns the state after the last token: the
+same shapes, equation and dtypes, every input differentiable. Its backends are delta_rule's, the same
+functions; ``auto`` takes on a GPU the fused recurrent kernel (``triton_recurrent``) for up to
+RECURRENT_MAX_T = {RECURRENT_MAX_T} tokens and the chunked kernels (``triton``) for a longer segment, and
+``torch`` on a CPU. Layers decode through it with their own ``backend``.
+"""
 
 
-__all__ = ["delta_rule", "decoding_backend"]
+delta_rule_step = define_op(
+    "delta_rule_step",
+    DELTA_RULE_STEP_DOC,
+    validate=_validate_step,
+    auto_order={"cuda": ("triton_recurrent", "triton", "torch"), "cpu": ("torch",)},
+)
+delta_rule_step.register(
+    "reference", returning_state(_reference.delta_rule), description="the sequential recurrence"
+)
+delta_rule_step.register(
+    "torch", returning_state(_torch.delta_rule), description="delta_rule's chunked PyTorch"
+)
+delta_rule_step.register(
+    "triton",
+    returning_state((".triton", "chunk_delta_rule"), __package__),
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_unsupported,
+    description="delta_rule's Triton chunked kernels",
+)
+delta_rule_step.register(
+    "triton_recurrent",
+    returning_state((".triton", "recurrent_delta_rule"), __package__),
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_unsupported,
+    auto_skip=beyond_recurrent_max_t,
+    description=f"delta_rule's Triton fused recurrent kernel (auto: up to {RECURRENT_MAX_T} tokens)",
+)
+
+
+__all__ = ["delta_rule", "delta_rule_step"]

@@ -1,4 +1,4 @@
-"""The delta rule (DeltaNet, Gated DeltaNet), the definition: a sequential recurrence in fp32 (fp64 stays fp64).
+"""The delta rule (DeltaNet, Gated DeltaNet), the definition: a sequential recurrence, computed in fp64.
 
 With the state stored as S [K, V] per (batch, head) (the transpose of the [V, K] map from keys to values):
 
@@ -11,7 +11,11 @@ written below: decay the state, read the value it stores for k_t, move that valu
     S <- a_t S;   u_t = beta_t (v_t - S^T k_t);   S <- S + k_t u_t^T;   o_t = S^T (scale q_t)
 
 Shapes: q, k [B, T, H, K]; v [B, T, H, V]; beta [B, T, H]; g [B, T, H] or None; initial_state / final state
-[B, H, K, V].
+[B, H, K, V] in fp32 (fp64 for fp64 inputs); o in q's dtype.
+
+The recurrence runs in fp64 whatever the inputs: in fp32 a weak decay exp(g) (g near -1e-4) is rounded the
+same way at every step and the rounding compounds over the sequence (8e-5 relative error at T = 4096), where
+the kernels under test keep ~1e-6. The reference is the ground truth, so it is the exact one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 
 def delta_rule(q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False):
-    dt = torch.promote_types(q.dtype, torch.float32)
+    dt = torch.float64  # the arithmetic, whatever the inputs (see the module docstring)
     b, t_len, h, dk = q.shape
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
@@ -38,4 +42,5 @@ def delta_rule(q, k, v, beta, g=None, scale=None, initial_state=None, output_fin
         state = state + kt[..., :, None] * u[..., None, :]
         out.append(torch.einsum("bhk,bhkv->bhv", qf[:, t] * scale, state))
     o = torch.stack(out, dim=1)
-    return o.to(q.dtype), (state if output_final_state else None)
+    final = state.to(torch.promote_types(q.dtype, torch.float32)) if output_final_state else None
+    return o.to(q.dtype), final

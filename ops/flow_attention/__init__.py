@@ -10,25 +10,36 @@ decay mixes them (equations in :mod:`.reference`):
     o_i = sigmoid(Î_i) (q_i / I_i) sum_{j<=i} k_j^T (v_j c_j)          (all j when causal=False)
 
 Backends: ``reference`` (the definition, materialising the [B, T, H, D, M] prefix sums causally and the
-[B, H, T, T] flow matrix otherwise), ``torch`` (normalisers by prefix sums, chunked causal linear attention
-with a hand-written backward; O(T D + D M) memory, the CPU default) and ``triton`` (the same normalisers in
-torch, the linear-attention part as Triton kernels forward and backward; the GPU default).
+[B, H, T, T] flow matrix otherwise), ``torch`` (normalisers by prefix sums, then the linear attention without
+decay as ``ops.gla(q', k, v', g=None, scale=1, causal=...)`` on gla's torch backend; the CPU default) and
+``triton`` (the same normalisers in torch, the linear attention on gla's chunked Triton kernels; causal only,
+the GPU default: non-causal it is two matmuls, which ``torch`` runs on the GPU's BLAS). See :mod:`.torch`.
 
-Decoding with a constant-size state (running sums) lives in :mod:`.recurrent`:
-``flow_attention_prefill`` and ``flow_attention_step``.
+Decoding with a constant-size state (running sums, :mod:`.recurrent`):
+
+    o, state = flow_attention_prefill(q, k, v, state=None, backend="auto")    # q, k [B, T, H, D], v [B, T, H, M]
+    o_t, state = flow_attention_step(q_t, k_t, v_t, state, backend="auto")     # q_t, k_t [B, H, D], v_t [B, H, M]
+
+``flow_attention_prefill`` is causal flow-attention over a segment that follows ``state`` (None: the sequence
+starts here); backends ``reference`` (the recurrence token by token), ``torch`` (prefix sums and
+``ops.gla_step`` on gla's torch backend: the CPU default) and ``triton`` (the same on gla's Triton kernels:
+the fused recurrent one for up to 16 tokens, the chunked ones beyond; the GPU default).
+``flow_attention_step`` advances one token through the recurrence: backends ``reference`` and ``torch`` (the
+recurrence in PyTorch, the default on every device: one token has no faster form) and ``triton`` (one token
+through the ``triton`` prefill, gla's fused recurrent kernel). Both return the new state (a dict of running
+sums, batch first, see :func:`.recurrent.init_state`) and leave the given one unmodified.
 """
 
 from __future__ import annotations
 
-# Not `import torch`: that name would shadow this package's own `torch` backend module.
-from torch import bfloat16, float16, float32
+import functools
 
 from .._checks import check_same_device, check_tensor
-from .._dispatch import define_op, triton_unavailable_reason
+from .._dispatch import define_op, triton_linear_attention_reason, triton_unavailable_reason
+from ..gla import MAX_TRITON_HEAD_DIM as MAX_HEAD_DIM  # the Triton backends run gla's kernels
+from . import recurrent as _recurrent
 from . import reference as _reference
 from . import torch as _torch
-
-MAX_HEAD_DIM = 256
 
 
 def _validate(q, k, v, causal=True):
@@ -53,13 +64,11 @@ def _validate(q, k, v, causal=True):
 
 
 def _triton_unsupported(q, k, v, causal=True):
-    if q.dtype not in (float32, float16, bfloat16):
-        return f"the Triton kernels take fp32/fp16/bf16, got {q.dtype}"
-    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+    if not causal:
         return (
-            f"the Triton kernels take head sizes up to {MAX_HEAD_DIM}, got D={q.shape[-1]}, M={v.shape[-1]}"
+            "gla's Triton kernels are causal only (non-causal flow-attention is two matmuls: backend='torch')"
         )
-    return None
+    return triton_linear_attention_reason(q, v, MAX_HEAD_DIM)
 
 
 flow_attention = define_op(
@@ -74,15 +83,75 @@ flow_attention.register(
 flow_attention.register(
     "torch",
     _torch.flow_attention,
-    description="prefix-sum normalisers, chunked linear attention, O(T D) memory",
+    description="prefix-sum normalisers, linear attention by ops.gla (backend torch)",
 )
-flow_attention.register_lazy(
+flow_attention.register(
     "triton",
-    ".flow_attention.triton",
-    "flow_attention",
+    functools.partial(_torch.flow_attention, gla_backend="triton"),
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
-    description="torch normalisers, Triton chunked linear attention forward and backward",
+    description="torch normalisers, linear attention by ops.gla (backend triton, causal)",
 )
 
-__all__ = ["flow_attention"]
+
+# -- decoding ------------------------------------------------------------------------------------------------
+
+
+def _validate_prefill(q, k, v, state=None):
+    _recurrent._check_inputs("flow_attention_prefill", q, k, v, 4)
+    if q.shape[1] < 1:
+        raise ValueError(
+            f"flow_attention_prefill: q, k, v need at least one position (T >= 1), got T = {q.shape[1]}"
+        )
+    if state is not None:
+        b, _, h, d = q.shape
+        _recurrent._check_state("flow_attention_prefill", state, b, h, d, v.shape[-1])
+
+
+def _validate_step(q, k, v, state):
+    _recurrent._check_inputs("flow_attention_step", q, k, v, 3)
+    b, h, d = q.shape
+    _recurrent._check_state("flow_attention_step", state, b, h, d, v.shape[-1])
+
+
+def _triton_prefill_unsupported(q, k, v, state=None):
+    return triton_linear_attention_reason(q, v, MAX_HEAD_DIM)
+
+
+flow_attention_prefill = define_op(
+    "flow_attention_prefill",
+    __doc__,
+    validate=_validate_prefill,
+    auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
+)
+flow_attention_prefill.register(
+    "reference", _recurrent.prefill_by_steps, description="the recurrence, token by token"
+)
+flow_attention_prefill.register(
+    "torch", _recurrent.prefill, description="prefix-sum normalisers, ops.gla_step (backend torch)"
+)
+flow_attention_prefill.register(
+    "triton",
+    functools.partial(_recurrent.prefill, gla_backend="triton"),
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_prefill_unsupported,
+    description="prefix-sum normalisers, ops.gla_step on gla's Triton kernels",
+)
+
+flow_attention_step = define_op(
+    "flow_attention_step",
+    __doc__,
+    validate=_validate_step,
+    auto_order={"cuda": ("torch",), "cpu": ("torch",)},
+)
+flow_attention_step.register("reference", _recurrent.step, description="the recurrence (one token)")
+flow_attention_step.register("torch", _recurrent.step, description="the recurrence (one token)")
+flow_attention_step.register(
+    "triton",
+    _recurrent.step_on_gla_triton,
+    unavailable=triton_unavailable_reason,
+    unsupported=lambda q, k, v, state: triton_linear_attention_reason(q, v, MAX_HEAD_DIM),
+    description="one token through the triton prefill (gla's fused recurrent kernel)",
+)
+
+__all__ = ["flow_attention", "flow_attention_prefill", "flow_attention_step"]

@@ -9,9 +9,9 @@ sums themselves are the state. Per sequence and head:
     count   = positions seen (n)     (per sequence)
 
 A state is a dict of these, batch first: [B, H, D], [B, H], [B, H, D, M] and count [B] (long); the sums are
-fp32 (fp64 for fp64 inputs). ``flow_attention_prefill`` processes a whole segment (the normalisers by
-prefix sums, the linear attention chunked, like the ``torch`` backend; the ``triton`` kernels on a GPU)
-and ``flow_attention_step`` advances one token through the recurrence itself:
+fp32 (fp64 for fp64 inputs). ``ops.flow_attention_prefill`` processes a whole segment (:func:`prefill`: the
+normalisers by prefix sums, the linear attention by ``ops.gla_step`` from the state's kv, gla's torch or Triton
+backend) and ``ops.flow_attention_step`` advances one token through the recurrence itself (:func:`step`):
 
     n = count + 1
     k_sum += k;  q_sum += q;  I = (q + eps) . (k_sum + eps);  O = (k + eps) . (q_sum + eps)
@@ -21,7 +21,8 @@ and ``flow_attention_step`` advances one token through the recurrence itself:
     o = sigmoid(Î) (q / I) kv
 
 Shapes: prefill q, k [B, T, H, D], v [B, T, H, M] -> o [B, T, H, M]; step q, k [B, H, D], v [B, H, M] ->
-o [B, H, M]. Outputs come back in the input dtype.
+o [B, H, M]. Outputs come back in the input dtype. The ops (``backend=``, validation) are defined in
+:mod:`seqzoo.ops.flow_attention`; this module holds their backends.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_same_device, check_tensor
-from .torch import EPS, SUM_KEYS, causal_linear_attention, flow_weights
+from .._dispatch import beyond_recurrent_max_t
+from ..gla import gla_step
+from .torch import EPS, SUM_KEYS, flow_weights
 
 STATE_KEYS = (*SUM_KEYS, "kv", "count")
 
@@ -69,6 +72,8 @@ def _check_inputs(fn: str, q, k, v, ndim: int) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor(fn, name, x, ndim)
     check_same_device(fn, q=q, k=k, v=v)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{fn}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
         what = "[B, T, H, D], [B, T, H, D], [B, T, H, M]" if ndim == 4 else "[B, H, D], [B, H, D], [B, H, M]"
         raise ValueError(
@@ -76,47 +81,50 @@ def _check_inputs(fn: str, q, k, v, ndim: int) -> None:
         )
 
 
-def flow_attention_prefill(q, k, v, state=None, use_triton: bool | None = None):
-    """Causal flow-attention over a segment that follows ``state`` (None: the sequence starts here).
-
-    Returns ``(o, new_state)``. ``use_triton`` picks the Triton linear-attention kernels (default: on CUDA
-    when Triton is installed). Differentiable in q, k, v and in the state's floating-point sums.
-    """
-    _check_inputs("flow_attention_prefill", q, k, v, 4)
+def prefill(q, k, v, state=None, gla_backend="torch"):
+    """Causal flow-attention over a segment that follows ``state`` (None: the sequence starts here); returns
+    ``(o, new_state)``. The linear attention runs on ``ops.gla_step`` with ``gla_backend`` (``torch``, or
+    ``triton``: gla's fused recurrent kernel for a few tokens, its chunked kernels beyond). Differentiable in
+    q, k, v and in the state's floating-point sums."""
     b, t, h, d = q.shape
     m = v.shape[-1]
     if state is None:
         state = init_state(b, h, d, m, device=q.device, dtype=q.dtype)
-    _check_state("flow_attention_prefill", state, b, h, d, m)
     out_dtype = q.dtype
     dt = torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     sums = {key: state[key] for key in (*SUM_KEYS, "count")}
     q_scaled, v_scaled, new_state = flow_weights(q, k, v, causal=True, sums=sums)
-    if use_triton is None:
-        from .._dispatch import triton_unavailable_reason
-
-        use_triton = q.is_cuda and triton_unavailable_reason(q.device) is None
-    if use_triton:
-        from .triton import causal_linear_attention as core
-    else:
-        core = causal_linear_attention
-    kv = state["kv"].to(dt)
-    # What the tokens before this segment contribute through the state, plus the segment itself.
-    o = core(q_scaled, k, v_scaled) + torch.einsum("bthd,bhdm->bthm", q_scaled, kv)
-    new_state["kv"] = kv + torch.einsum("bthd,bthm->bhdm", k, v_scaled)
+    if gla_backend == "triton" and beyond_recurrent_max_t(q) is None:
+        gla_backend = "triton_recurrent"
+    # What the tokens before this segment contribute through the state's kv, plus the segment itself.
+    o, new_state["kv"] = gla_step(
+        q_scaled, k, v_scaled, None, scale=1.0, initial_state=state["kv"].to(dt), backend=gla_backend
+    )
     return o.to(out_dtype), new_state
 
 
-def flow_attention_step(q, k, v, state):
-    """One decoding step: q, k [B, H, D], v [B, H, M] and the state after the previous token.
+def prefill_by_steps(q, k, v, state=None):
+    """The ``reference`` prefill: :func:`step` token by token (the recurrence, fp32 or fp64)."""
+    b, t, h, d = q.shape
+    if state is None:
+        state = init_state(b, h, d, v.shape[-1], device=q.device, dtype=q.dtype)
+    outs = []
+    for i in range(t):
+        o, state = step(q[:, i], k[:, i], v[:, i], state)
+        outs.append(o)
+    return torch.stack(outs, 1), state
 
-    Returns ``(o, new_state)`` with o [B, H, M]; the state is not modified in place.
-    """
-    _check_inputs("flow_attention_step", q, k, v, 3)
-    b, h, d = q.shape
-    m = v.shape[-1]
-    _check_state("flow_attention_step", state, b, h, d, m)
+
+def step_on_gla_triton(q, k, v, state):
+    """The ``triton`` step: one token through :func:`prefill` on gla's fused recurrent Triton kernel."""
+    o, state = prefill(q[:, None], k[:, None], v[:, None], state, gla_backend="triton")
+    return o[:, 0], state
+
+
+def step(q, k, v, state):
+    """One decoding step through the recurrence: q, k [B, H, D], v [B, H, M] and the state after the previous
+    token. Returns ``(o, new_state)`` with o [B, H, M]; the state is not modified in place."""
     out_dtype = q.dtype
     dt = torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)

@@ -1,4 +1,4 @@
-"""Flow-attention (Flowformer), the definition: every sum written out, in fp32 (fp64 stays fp64).
+"""Flow-attention (Flowformer), the definition: every sum written out, computed in fp64.
 
 Shapes: q, k [B, T, H, D] (non-negative: the layer applies a sigmoid feature map), v [B, T, H, M];
 o [B, T, H, M]. ``a . b`` is a dot product over the feature dimension D (one scalar per token and head) and
@@ -34,6 +34,8 @@ them. Ô is clamped to [-1, 1], as in the authors' language-model code (one of t
 The causal reference materialises the prefix sums of k_j^T (v_j c_j): a [B, T, H, D, M] tensor. It is slow
 and memory hungry on purpose, the plainest statement of the equations; the non-causal one forms the
 [B, H, T, T] flow matrix (q_i / I_i) . k_j explicitly, a different route from the kernels' (q K^T) V order.
+It computes in fp64 whatever the inputs and returns o in q's dtype: in fp32 the non-causal sums over T lost
+up to 1.3e-5 relative in the gradients (T = 4096, values sharing an offset), where the kernels keep ~1e-6.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def flow_attention(q, k, v, causal=True):
     out_dtype = q.dtype
-    dt = torch.promote_types(q.dtype, torch.float32)
+    dt = torch.float64  # the arithmetic, whatever the inputs (see the module docstring)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     t = q.shape[1]
     if causal:

@@ -1,4 +1,4 @@
-"""Flow-attention in linear time and memory with PyTorch: the CPU default and the fallback anywhere.
+"""Flow-attention in linear time and memory: the normalisers in PyTorch, the linear attention by ``ops.gla``.
 
 Flow-attention splits into two parts (equations in :mod:`.reference`):
 
@@ -8,18 +8,14 @@ Flow-attention splits into two parts (equations in :mod:`.reference`):
        q'_i = q_i A_i / I_i          v'_j = v_j c_j
 
 2. linear attention without decay on the rescaled inputs, o_i = q'_i sum_{j<=i} k_j^T v'_j (causal) or
-   o_i = q'_i (K^T V') (non-causal). The causal one runs chunk by chunk
-   (:class:`ChunkedCausalLinearAttention`): within a chunk of C positions a masked [C, C] score matrix,
-   across chunks a running [D, M] state. Its backward is written by hand with two more passes, so no
-   per-chunk state is ever stored:
+   o_i = q'_i (K^T V') (non-causal): ``ops.gla(q', k, v', g=None, scale=1, causal=...)``, a special case of
+   gated linear attention, so flow-attention runs on gla's kernels rather than keeping its own
+   (issue 14; the timings that decided it: ``bench_results/flow-core-vs-gla-cpu-interleaved.json``).
 
-       dq: forward over chunks with S = sum k^T v'        dq_c = dO_c S^T + tril(dO_c V_c^T) K_c
-       dk, dv': backward over chunks with G = sum q'^T dO  dk_c = tril(dO_c V_c^T)^T Q_c + V_c G^T
-                                                           dv_c = tril(Q_c K_c^T)^T dO_c + K_c G
-
-The largest tensors are the [B, T, H, D] / [B, T, H, M] inputs, a [B, H, C, C] block and the [B, H, D, M]
-state: O(B H (T D + D M + C^2)) memory and never an O(T D M) tensor. Everything runs in fp32 (fp64 for fp64
-inputs); the output comes back in the input dtype. The Triton backend shares part 1 with this module.
+:func:`flow_attention` is the ``torch`` backend (gla's chunked PyTorch, everything in fp32, fp64 for fp64
+inputs) and, with ``gla_backend="triton"``, the ``triton`` one (gla's chunked Triton kernels, causal only,
+reading the inputs' dtype: tensor cores for bf16/fp16, fp32 accumulation). No [B, T, H, D, M] tensor is formed:
+the largest are the inputs, gla's [C, C] score blocks per chunk and its chunk-start states [B, H, T/C, D, M].
 
 ``flow_weights`` also takes and returns the running sums of a decoding state (see :mod:`.recurrent`), so
 prefilling from a state and stepping token by token reuse the same code.
@@ -29,8 +25,9 @@ from __future__ import annotations
 
 import torch
 
+from ..gla import gla
+
 EPS = 1e-6
-DEFAULT_CHUNK = 64
 
 # Names of the running sums a causal flow-attention carries from one segment to the next, with their shapes
 # ([B, H, D] unless noted); "kv" (sum k^T v', [B, H, D, M]) and "count" ([B], positions seen) complete a
@@ -92,70 +89,17 @@ def flow_weights(q, k, v, causal=True, sums=None):
     return q * (allocation / incoming)[..., None], v * competition[..., None], new_sums
 
 
-class ChunkedCausalLinearAttention(torch.autograd.Function):
-    """o_i = q_i sum_{j<=i} k_j^T v_j, chunk by chunk; q, k [B, H, T, D], v [B, H, T, M] -> o [B, H, T, M]."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, chunk: int):
-        b, h, t, d = q.shape
-        o = v.new_empty(b, h, t, v.shape[-1])
-        state = q.new_zeros(b, h, d, v.shape[-1])
-        for s in range(0, t, chunk):
-            qc, kc, vc = q[:, :, s : s + chunk], k[:, :, s : s + chunk], v[:, :, s : s + chunk]
-            scores = (qc @ kc.transpose(-1, -2)).tril_()
-            o[:, :, s : s + chunk] = scores @ vc + qc @ state
-            state += kc.transpose(-1, -2) @ vc
-        ctx.save_for_backward(q, k, v)
-        ctx.chunk = chunk
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v = ctx.saved_tensors
-        chunk = ctx.chunk
-        t = q.shape[2]
-        do = do.to(q.dtype)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        starts = range(0, t, chunk)
-        # dq needs the state before each chunk: a forward pass.
-        state = q.new_zeros(q.shape[0], q.shape[1], q.shape[3], v.shape[3])
-        for s in starts:
-            kc, vc, doc = k[:, :, s : s + chunk], v[:, :, s : s + chunk], do[:, :, s : s + chunk]
-            dscores = (doc @ vc.transpose(-1, -2)).tril_()
-            dq[:, :, s : s + chunk] = dscores @ kc + doc @ state.transpose(-1, -2)
-            state += kc.transpose(-1, -2) @ vc
-        # dk, dv need sum q^T dO over the later chunks: a backward pass.
-        grad_state = state.zero_()
-        for s in reversed(starts):
-            qc, kc, vc, doc = (x[:, :, s : s + chunk] for x in (q, k, v, do))
-            scores = (qc @ kc.transpose(-1, -2)).tril_()
-            dscores = (doc @ vc.transpose(-1, -2)).tril_()
-            dk[:, :, s : s + chunk] = dscores.transpose(-1, -2) @ qc + vc @ grad_state.transpose(-1, -2)
-            dv[:, :, s : s + chunk] = scores.transpose(-1, -2) @ doc + kc @ grad_state
-            grad_state += qc.transpose(-1, -2) @ doc
-        return dq, dk, dv, None
-
-
-def causal_linear_attention(q, k, v, chunk: int = DEFAULT_CHUNK):
-    """q, k [B, T, H, D], v [B, T, H, M] -> o [B, T, H, M], o_i = q_i sum_{j<=i} k_j^T v_j (chunked)."""
-    o = ChunkedCausalLinearAttention.apply(
-        q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(), chunk
-    )
-    return o.transpose(1, 2)
-
-
-def linear_attention(q, k, v):
-    """Non-causal: o_i = q_i (K^T V), two matmuls through a [B, H, D, M] state."""
-    return torch.einsum("bthd,bhdm->bthm", q, torch.einsum("bthd,bthm->bhdm", k, v))
-
-
-def flow_attention(q, k, v, causal=True, chunk_size: int = DEFAULT_CHUNK):
+def flow_attention(q, k, v, causal=True, gla_backend="torch"):
+    """q, k [B, T, H, D], v [B, T, H, M] -> o [B, T, H, M] in q's dtype; ``gla_backend``: ``torch`` or ``triton``."""
     out_dtype = q.dtype
+    # The normalisers in fp32 (fp64 stays fp64): prefix sums over long sequences would drift in bf16.
     dt = torch.promote_types(q.dtype, torch.float32)
-    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    k_in = k  # gla's Triton kernels read k as given
+    q, k, v = q.to(dt), k.to(dt), v.to(dt)  # once: k's two gradients then add up in fp32
     q_scaled, v_scaled, _ = flow_weights(q, k, v, causal)
-    if causal:
-        o = causal_linear_attention(q_scaled, k, v_scaled, chunk_size)
+    if gla_backend == "triton":
+        q_scaled, v_scaled = q_scaled.to(out_dtype), v_scaled.to(out_dtype)
     else:
-        o = linear_attention(q_scaled, k, v_scaled)
+        k_in = k
+    o, _ = gla(q_scaled, k_in, v_scaled, None, scale=1.0, causal=causal, backend=gla_backend)
     return o.to(out_dtype)

@@ -17,8 +17,11 @@ position j with the decay exp(G_t - G_j) (j <= t) or exp(G_j - G_t) (j >= t), G 
 Without g it is plain linear attention over the whole sequence. It takes no initial or final state.
 
 Backends: ``reference`` (the sequential recurrence, fp32), ``torch`` (chunked, every exponent <= 0: the CPU
-default), ``triton`` (chunked forward and backward kernels: the GPU default), ``triton_recurrent`` (a fused
-token-by-token kernel with its backward, for decoding: see :func:`decoding_backend`).
+default), ``triton`` (chunked forward and backward kernels, :mod:`.triton_chunk`: the GPU default), ``triton_recurrent``
+(a fused token-by-token kernel with its backward, :mod:`.triton_recurrent`: what :data:`gla_step` takes for a
+few tokens on a GPU).
+
+Decoding: :data:`gla_step` (below) carries the state from one segment to the next.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from __future__ import annotations
 import inspect
 import numbers
 
-from .._checks import check_same_device, check_shape, check_tensor
+from .._checks import check_bool, check_nonempty, check_same_device, check_shape, check_tensor
 from .._dispatch import (
+    RECURRENT_MAX_T,
+    beyond_recurrent_max_t,
     define_op,
-    recurrent_decoding_backend,
+    returning_state,
     triton_linear_attention_reason,
     triton_unavailable_reason,
 )
@@ -40,34 +45,46 @@ MAX_TRITON_HEAD_DIM = 256
 _SIGNATURE = inspect.signature(_reference.gla)
 
 
-def _validate(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True):
+def _check_args(op, q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True):
     for name, x in (("q", q), ("k", k), ("v", v)):
-        check_tensor("gla", name, x, 4)
+        check_tensor(op, name, x, 4)
     b, t, h, dk = q.shape
-    check_shape("gla", "k", k, (b, t, h, dk), "like q, [B, T, H, K]")
-    check_shape("gla", "v", v, (b, t, h, None), "[B, T, H, V]")
+    check_shape(op, "k", k, (b, t, h, dk), "like q, [B, T, H, K]")
+    check_shape(op, "v", v, (b, t, h, None), "[B, T, H, V]")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"gla: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if t < 1:
-        raise ValueError(f"gla: the sequence length (q.shape[1]) must be >= 1, got {t}")
+        raise ValueError(f"{op}: the sequence length (q.shape[1]) must be >= 1, got {t}")
+    # A head size of 0 (K or V) has no state to carry, and scale = K ** -0.5 would divide by zero.
+    check_nonempty(op, "q", q, "[B, T, H, K]")
+    check_nonempty(op, "v", v, "[B, T, H, V]")
+    check_bool(op, "output_final_state", output_final_state)
     if g is not None:
-        check_tensor("gla", "g", g, (3, 4))
+        check_tensor(op, "g", g, (3, 4))
         if g.dim() == 4:
-            check_shape("gla", "g", g, (b, t, h, dk), "[B, T, H, K] per key channel, or [B, T, H] per head")
+            check_shape(op, "g", g, (b, t, h, dk), "[B, T, H, K] per key channel, or [B, T, H] per head")
         else:
-            check_shape("gla", "g", g, (b, t, h), "[B, T, H] per head, or [B, T, H, K] per key channel")
+            check_shape(op, "g", g, (b, t, h), "[B, T, H] per head, or [B, T, H, K] per key channel")
     if scale is not None and (not isinstance(scale, numbers.Real) or isinstance(scale, bool)):
-        raise TypeError(f"gla: scale must be a number or None, got {type(scale).__name__}")
+        raise TypeError(f"{op}: scale must be a number or None, got {type(scale).__name__}")
     if not isinstance(causal, bool):
-        raise TypeError(f"gla: causal must be a bool, got {type(causal).__name__}")
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
     if initial_state is not None:
-        check_tensor("gla", "initial_state", initial_state, 4)
-        check_shape("gla", "initial_state", initial_state, (b, h, dk, v.shape[-1]), "[B, H, K, V]")
+        check_tensor(op, "initial_state", initial_state, 4)
+        check_shape(op, "initial_state", initial_state, (b, h, dk, v.shape[-1]), "[B, H, K, V]")
     if not causal and (initial_state is not None or output_final_state):
         raise ValueError(
-            "gla: causal=False (bidirectional) takes no initial_state and has no output_final_state"
+            f"{op}: causal=False (bidirectional) takes no initial_state and has no output_final_state"
         )
-    check_same_device("gla", q=q, k=k, v=v, g=g, initial_state=initial_state)
+    check_same_device(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
+
+
+def _validate(*args, **kwargs):
+    _check_args("gla", *args, **kwargs)
+
+
+def _validate_step(q, k, v, g=None, scale=None, initial_state=None):
+    _check_args("gla_step", q, k, v, g, scale, initial_state, True, True)
 
 
 def _triton_unsupported(*args, **kwargs) -> str | None:
@@ -84,7 +101,7 @@ gla.register("reference", _reference.gla, description="sequential recurrence in 
 gla.register("torch", _torch.gla, description="chunked PyTorch, exponents kept <= 0")
 gla.register_lazy(
     "triton",
-    ".gla.triton",
+    ".gla.triton_chunk",
     "chunk_gla",
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
@@ -92,7 +109,7 @@ gla.register_lazy(
 )
 gla.register_lazy(
     "triton_recurrent",
-    ".gla.triton",
+    ".gla.triton_recurrent",
     "recurrent_gla",
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
@@ -100,8 +117,42 @@ gla.register_lazy(
 )
 
 
-# decoding_backend(backend, x, n_tokens): the fused recurrent kernel for a few tokens on a GPU.
-decoding_backend = recurrent_decoding_backend
+GLA_STEP_DOC = f"""``ops.gla_step``: advance a GLA decoding state by T new tokens (T = 1 per generated token, a prompt
+in prefill).
+
+    o, final_state = gla_step(q, k, v, g=None, scale=None, initial_state=None, backend="auto")
+
+The causal :data:`gla` from ``initial_state`` (None: zeros) that always returns the state after the last
+token: the same shapes, equation and dtypes, every input differentiable. Its backends are gla's, the same
+functions; ``auto`` takes on a GPU the fused recurrent kernel (``triton_recurrent``) for up to
+RECURRENT_MAX_T = {RECURRENT_MAX_T} tokens (one launch, no chunk padding) and the chunked kernels (``triton``)
+for a longer segment, and ``torch`` on a CPU. Layers decode through it with their own ``backend``.
+"""
 
 
-__all__ = ["gla", "decoding_backend"]
+gla_step = define_op(
+    "gla_step",
+    GLA_STEP_DOC,
+    validate=_validate_step,
+    auto_order={"cuda": ("triton_recurrent", "triton", "torch"), "cpu": ("torch",)},
+)
+gla_step.register("reference", returning_state(_reference.gla), description="gla's sequential recurrence")
+gla_step.register("torch", returning_state(_torch.gla), description="gla's chunked PyTorch")
+gla_step.register(
+    "triton",
+    returning_state((".triton_chunk", "chunk_gla"), __package__),
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_unsupported,
+    description="gla's Triton chunked kernels",
+)
+gla_step.register(
+    "triton_recurrent",
+    returning_state((".triton_recurrent", "recurrent_gla"), __package__),
+    unavailable=triton_unavailable_reason,
+    unsupported=_triton_unsupported,
+    auto_skip=beyond_recurrent_max_t,
+    description=f"gla's Triton fused recurrent kernel (auto: up to {RECURRENT_MAX_T} tokens)",
+)
+
+
+__all__ = ["gla", "gla_step"]

@@ -19,7 +19,8 @@ overflows as soon as a chunk decays by more than ~88 in log space. Two forms avo
   raised to LOG_FLOOR = -40, which keeps the arithmetic out of the slow subnormal range).
 
 One decay per head ([B, T, H]) is a decay with one channel that broadcasts over K; no decay skips all of it
-and the chunk states are an exclusive cumulative sum. Chunk states are passed by a short loop over the T / C
+and the chunk states are a running sum; without autograd (inference) it walks the chunks one by one, so that
+a chunk's scores and the state stay in cache. Chunk states are passed by a short loop over the T / C
 chunks (elementwise updates only); the rest is batched matmuls. Gradients come from autograd. Arithmetic is
 fp32 (fp64 for fp64 inputs); outputs are cast back to the input dtype. ``causal=False`` adds the reverse
 recurrence, run as the causal one on the flipped sequence (see reference.py for the definition).
@@ -57,7 +58,8 @@ def _bidirectional(q, k, v, g, scale):
     if g is None:
         # No decay: every query sees the sum of all k_j^T v_j.
         kv = torch.einsum("bthk,bthv->bhkv", k.to(dt), v.to(dt))
-        return torch.einsum("bthk,bhkv->bthv", q.to(dt) * scale, kv).to(q.dtype)
+        # The scale on the [K, V] state rather than on q: one pass less over a [B, T, H, K] tensor.
+        return torch.einsum("bthk,bhkv->bthv", q.to(dt), kv * scale).to(q.dtype)
     fwd, _ = _causal(q, k, v, g, scale, None, False, out_dtype=dt)
     # The reverse recurrence R_t = exp(g_{t+1}) R_{t+1} + k_t^T v_t is the causal one on the flipped sequence
     # with the gates shifted by one: flipped position s uses g_{T-s}, and the first (s = 0) uses none.
@@ -92,25 +94,39 @@ def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None
     qc = _chunked(q.to(dt), n, chunk)  # [B, H, N, C, K]
     kc = _chunked(k.to(dt), n, chunk)
     vc = _chunked(v.to(dt), n, chunk)  # [B, H, N, C, V]
-    causal_mask = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
     state0 = None if initial_state is None else initial_state.to(dt)
 
-    if g is None:
-        scores = (qc @ kc.transpose(-1, -2)).masked_fill_(~causal_mask, 0.0)
+    if g is None and not _needs_grad(q, k, v, initial_state):
+        # Inference without decay: chunk by chunk, so that the [C, C] scores and the state stay in cache (the
+        # batched form below streams five [B, H, T, 64] tensors through memory: 1.2-2x slower forward on a
+        # CPU at T = 1k..8k, bench_results/flow-core-vs-gla-cpu-interleaved.json).
+        state = state0.clone() if state0 is not None else qc.new_zeros(b, h, dk, dv)
+        o = qc.new_empty(b, h, n, chunk, dv)
+        for i in range(n):
+            qi, ki, vi = qc[:, :, i], kc[:, :, i], vc[:, :, i]
+            torch.matmul((qi @ ki.transpose(-1, -2)).tril_(), vi, out=o[:, :, i])
+            o[:, :, i].add_(qi @ state)
+            state.add_(ki.transpose(-1, -2) @ vi)
+        final = state if output_final_state else None
+    elif g is None:
+        scores = (qc @ kc.transpose(-1, -2)).tril_()
         delta = kc.transpose(-1, -2) @ vc  # [B, H, N, K, V]
-        # No decay: the state before chunk n is the initial state plus every earlier chunk's k^T v, an
-        # exclusive cumulative sum over chunks, done as one matmul (faster than cumsum over a middle dim).
-        earlier = torch.ones(n, n, dtype=dt, device=q.device).tril(-1)
-        starts = (earlier @ delta.reshape(b, h, n, dk * dv)).reshape(b, h, n, dk, dv)
-        if state0 is not None:
-            starts = starts + state0[:, :, None]
-        o = (scores @ vc).add_(qc @ starts)
-        final = starts[:, :, -1] + delta[:, :, -1] if output_final_state else None
+        # No decay: the state before chunk n is the initial state plus every earlier chunk's k^T v, a running
+        # sum over chunks. N elementwise adds: an [N, N] matmul costs as much as the matmuls above at N = 64
+        # and grows as N^2 (2x slower at T = 4096 on a CPU), and cumsum over this middle dim is slower still.
+        state = state0 if state0 is not None else qc.new_zeros(b, h, dk, dv)
+        starts = []
+        for delta_i in delta.unbind(2):
+            starts.append(state)
+            state = state + delta_i
+        o = (scores @ vc).add_(qc @ torch.stack(starts, dim=2))
+        final = state if output_final_state else None
     else:
         gc = _chunked(g.to(dt), n, chunk)  # [B, H, N, C, K] or [B, H, N, C] (one decay per head)
         G = gc.cumsum(3)
         if g.dim() == 3:
             G = G[..., None]  # [B, H, N, C, 1]: broadcasts over the key channels below
+        causal_mask = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
         scores, q_inter, k_state = _intra_chunk(qc, kc, G, causal_mask)
         chunk_decay = G[..., -1, :, None].exp()  # [B, H, N, K or 1, 1]
         delta = k_state.transpose(-1, -2) @ vc  # [B, H, N, K, V]
@@ -123,8 +139,14 @@ def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None
         o = (scores @ vc).add_(q_inter @ torch.stack(starts, dim=2))
         final = state if output_final_state else None
 
-    o = o.mul_(scale).reshape(b, h, n * chunk, dv)[:, :, :t].transpose(1, 2)
+    if scale != 1.0:  # flow-attention, SSD and Liger call with scale 1: no pass over o for it
+        o = o.mul_(scale)
+    o = o.reshape(b, h, n * chunk, dv)[:, :, :t].transpose(1, 2)
     return o.to(out_dtype or q.dtype), final
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _intra_chunk(qc, kc, G, causal_mask):

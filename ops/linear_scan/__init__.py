@@ -18,16 +18,14 @@ initial_state may be real or complex. A complex initial_state needs a complex a 
 PyTorch's convention for complex autograd (the conjugate Wirtinger derivative). Complex runs on ``reference``
 and ``torch`` only; ``triton`` and ``cuda`` refuse it (``auto`` then picks ``torch``).
 
-Backends: ``reference`` (the step-by-step loop in fp32), ``torch`` (blocked scan in ~2 sqrt(T) vectorised
+Backends: ``reference`` (the step-by-step loop, fp64 inside), ``torch`` (blocked scan in ~2 sqrt(T) vectorised
 steps, exact for any real or complex a; the CPU default), ``triton`` (tiled forward and backward kernels; the
 GPU default), ``cuda`` (``csrc/linear_scan.cu``, compiled by nvcc on first use).
 """
 
 from __future__ import annotations
 
-import torch as _pt  # not `torch`: that name is this package's torch.py backend
-
-from .._checks import check_same_device, check_shape, check_tensor
+from .._checks import check_same_device, check_shape, check_tensor, no_float64
 from .._cuda_binding import csrc_unavailable
 from .._dispatch import define_op, triton_unavailable_reason
 from . import reference as _reference
@@ -67,9 +65,7 @@ def _real_low_precision_only(a, x, initial_state=None, *args, **kwargs) -> str |
     tensors = [t for t in (a, x, initial_state) if t is not None]
     if any(t.is_complex() for t in tensors):
         return "takes real a, x and initial_state; complex ones run on the reference and torch backends"
-    if any(t.dtype == _pt.float64 for t in tensors):
-        return "takes fp32/fp16/bf16 inputs, not float64"
-    return None
+    return no_float64(*tensors)
 
 
 linear_scan = define_op(
@@ -80,7 +76,7 @@ linear_scan = define_op(
     # on first use (and is there to be chosen by name, or when Triton is missing).
     auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},
 )
-linear_scan.register("reference", _reference.linear_scan, description="step-by-step loop in fp32")
+linear_scan.register("reference", _reference.linear_scan, description="step-by-step loop, fp64 inside")
 linear_scan.register("torch", _torch.linear_scan, description="blocked scan, ~2 sqrt(T) vectorised steps")
 linear_scan.register_lazy(
     "triton",

@@ -38,9 +38,14 @@ and backward; auto prefers cuFFT through torch on a GPU).
 
 from __future__ import annotations
 
-import torch as _pt
-
-from .._checks import check_same_device, check_shape, check_tensor
+from .._checks import (
+    check_float64_all_or_none,
+    check_nonempty,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    no_float64,
+)
 from .._dispatch import define_op, triton_unavailable_reason
 from . import reference as _reference
 from . import torch as _torch
@@ -61,6 +66,10 @@ def _check_params(op, log_dt, named):
             first = x.shape[1]
         check_shape(op, name, x, (h, first), "[H, N], H = log_dt.shape[0]")
     check_same_device(op, log_dt=log_dt, **named)
+    # The kernels compute in fp64 for fp64 parameters and in fp32 for any mix of fp32/fp16/bf16 ones (the S4
+    # layer keeps C~ in fp32 beside bf16 parameters); fp64 mixed with anything else failed inside torch.
+    check_float64_all_or_none(op, log_dt=log_dt, **named)
+    check_nonempty(op, "log_dt", log_dt, "[H]")
 
 
 def _validate_s4d(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh"):
@@ -94,6 +103,7 @@ def _validate_fft_conv(u, K, D=None, bidirectional=False):
     if not isinstance(bidirectional, bool):
         raise TypeError(f"fft_conv: bidirectional must be a bool, got {type(bidirectional).__name__}")
     check_tensor("fft_conv", "u", u, 3)
+    check_nonempty("fft_conv", "u", u, "[B, T, H]")
     h = u.shape[2]
     if bidirectional:
         check_tensor("fft_conv", "K", K, 3)
@@ -101,16 +111,11 @@ def _validate_fft_conv(u, K, D=None, bidirectional=False):
     else:
         check_tensor("fft_conv", "K", K, 2)
         check_shape("fft_conv", "K", K, (h, None), "[H, L], H = u.shape[2]")
+    check_nonempty("fft_conv", "K", K, "(the kernel length L)")
     if D is not None:
         check_tensor("fft_conv", "D", D, 1)
         check_shape("fft_conv", "D", D, (h,), "[H]")
     check_same_device("fft_conv", u=u, K=K, D=D)
-
-
-def _no_float64(*args, **kwargs) -> str | None:
-    if any(isinstance(t, _pt.Tensor) and t.dtype == _pt.float64 for t in list(args) + list(kwargs.values())):
-        return "takes fp32/fp16/bf16 inputs, not float64"
-    return None
 
 
 s4d_kernel = define_op("s4d_kernel", __doc__, validate=_validate_s4d)
@@ -121,7 +126,7 @@ s4d_kernel.register_lazy(
     ".s4.triton",
     "s4d_kernel",
     unavailable=triton_unavailable_reason,
-    unsupported=_no_float64,
+    unsupported=no_float64,
     description="Triton Vandermonde kernels, forward and backward",
 )
 
@@ -135,7 +140,7 @@ s4_kernel.register_lazy(
     ".s4.triton",
     "s4_kernel",
     unavailable=triton_unavailable_reason,
-    unsupported=_no_float64,
+    unsupported=no_float64,
     description="Triton Cauchy sums (forward and backward); Woodbury and irfft in PyTorch",
 )
 
@@ -149,7 +154,7 @@ fft_conv.register_lazy(
     ".s4.triton_direct_conv",
     "fft_conv",
     unavailable=triton_unavailable_reason,
-    unsupported=_no_float64,
+    unsupported=no_float64,
     description="direct tiled convolution in Triton (O(T min(L, T))), forward and backward",
 )
 

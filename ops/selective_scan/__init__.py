@@ -30,7 +30,7 @@ one step of the same recurrence for decoding: state [B, D, N], x, dt, z [B, D], 
 returns y [B, D] and the next state (fp32; the input state is not modified). With a complex A, as above: the
 next state is complex, B, C and state real or complex.
 
-Backends: ``reference`` (the step-by-step loop in fp32), ``torch`` (the D*N recurrences as one blocked
+Backends: ``reference`` (the step-by-step loop, fp64 inside), ``torch`` (the D*N recurrences as one blocked
 chunked scan; the CPU default), ``triton`` (chunked scan kernels, forward and a backward that recomputes
 states from chunk-boundary checkpoints; the GPU default), ``cuda`` (``csrc/selective_scan.cu``).
 """
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch as _pt  # not `torch`: that name is this package's torch.py backend
 
-from .._checks import check_same_device, check_shape, check_tensor
+from .._checks import check_nonempty, check_same_device, check_shape, check_tensor, no_float64
 from .._cuda_binding import csrc_unavailable
 from .._dispatch import define_op, triton_unavailable_reason
 from . import reference as _reference
@@ -105,6 +105,7 @@ def _validate(
     b, t, d = u.shape
     if t < 1:
         raise ValueError(f"{op}: u must have at least one time step (T >= 1), got shape {tuple(u.shape)}")
+    check_nonempty(op, "u", u, "[B, T, D]")
     check_tensor(op, "delta", delta, 3)
     check_shape(op, "delta", delta, (b, t, d), "[B, T, D] like u")
     if z is not None:
@@ -151,9 +152,7 @@ def _real_low_precision_only(*args, **kwargs) -> str | None:
     # Validation lets B, C and initial_state be complex only with a complex A, so any complex tensor means one.
     if any(v.is_complex() for v in tensors):
         return "takes a real A; complex A runs on the reference and torch backends"
-    if any(v.dtype == _pt.float64 for v in tensors):
-        return "takes fp32/fp16/bf16 inputs, not float64"
-    return None
+    return no_float64(*tensors)
 
 
 selective_scan = define_op(
@@ -164,7 +163,7 @@ selective_scan = define_op(
     # first use, and is there to be chosen by name or when Triton is missing).
     auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},
 )
-selective_scan.register("reference", _reference.selective_scan, description="step-by-step loop in fp32")
+selective_scan.register("reference", _reference.selective_scan, description="step-by-step loop, fp64 inside")
 selective_scan.register(
     "torch", _torch.selective_scan, description="the D*N recurrences as one blocked chunked scan"
 )

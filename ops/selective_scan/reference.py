@@ -1,4 +1,4 @@
-"""Selective scan (Mamba's S6), the definition: one time step at a time, in fp32.
+"""Selective scan (Mamba's S6), the definition: one time step at a time, computed in fp64.
 
     dt_t = softplus(delta_t + delta_bias) if delta_softplus else delta_t + delta_bias     [B, D]
     h_t  = exp(dt_t[:, :, None] * A) * h_{t-1} + (dt_t * u_t)[:, :, None] * B_t[:, None, :]   [B, D, N]
@@ -16,6 +16,11 @@ and its conjugate, so the readout is twice the real part:
     y_t  = 2 Re(sum_n h_t[:, :, n] * C_t[:, None, n]) + D * u_t
 
 A real initial_state is taken as a complex one with a zero imaginary part; dt, u, z, D, delta_bias stay real.
+
+The loop runs in fp64 (complex128) whatever the inputs, and returns y and the final state in the dtypes above:
+in fp32 the decay exp(dt A) is rounded the same way at every step when dt A is small (dt near Mamba's dt_min
+1e-3), and the rounding compounds over the sequence (7e-5 relative error at T = 4096), where the kernels
+under test keep ~1e-6. The reference is the ground truth, so it is the exact one.
 """
 
 from __future__ import annotations
@@ -57,8 +62,10 @@ def selective_scan(
     output_final_state=False,
 ):
     out_dtype = u.dtype
-    acc = torch.promote_types(out_dtype, torch.float32)  # fp32, fp64 kept for fp64 tests
-    sdt = state_dtype(acc, A)  # complex64 / complex128 for a complex A
+    # The final state is returned in fp32 (fp64 for fp64 inputs; complex64 / complex128 for a complex A).
+    final_dtype = state_dtype(torch.promote_types(out_dtype, torch.float32), A)
+    acc = torch.float64  # the arithmetic, whatever the inputs (see the module docstring)
+    sdt = state_dtype(acc, A)  # complex128 for a complex A
     u, delta = u.to(acc), delta.to(acc)
     A, B, C = (x.to(sdt) for x in (A, B, C))  # real B, C with a complex A: zero imaginary parts
     b, t, d = u.shape
@@ -76,4 +83,4 @@ def selective_scan(
         y = y + D.to(acc) * u
     if z is not None:
         y = y * F.silu(z.to(acc))
-    return y.to(out_dtype), (h if output_final_state else None)
+    return y.to(out_dtype), (h.to(final_dtype) if output_final_state else None)

@@ -27,12 +27,12 @@ def reference_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         A,
         B[:, None],
         C[:, None],
-        D,
-        None if z is None else z[:, None],
-        dt_bias,
-        dt_softplus,
-        state,
-        True,
+        D=D,
+        z=None if z is None else z[:, None],
+        delta_bias=dt_bias,
+        delta_softplus=dt_softplus,
+        initial_state=state,
+        output_final_state=True,
     )
     return y[:, 0], new_state
 

@@ -18,7 +18,7 @@ from torch import nn
 from .. import ops
 from ..modules.rotary import apply_rotary
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, check_float, check_int
 
 
 @register_mixer(
@@ -43,6 +43,10 @@ class Attention(Mixer):
         super().__init__(d_model)
         if not isinstance(rotary, bool):
             raise TypeError(f"attention: rotary must be a bool, got {rotary!r}")
+        for arg, value in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
+            if value is not None:
+                check_int("attention", arg, value, 1)
+        check_float("attention", "rope_base", rope_base, 0.0, open_low=True)
         n_heads = n_heads or max(1, d_model // 64)
         head_dim = head_dim or d_model // n_heads
         n_kv_heads = n_kv_heads or n_heads

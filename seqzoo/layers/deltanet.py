@@ -28,9 +28,8 @@ from torch import nn
 
 from .. import ops
 from ..modules.norm import GatedRMSNorm, RMSNorm
-from ..ops.delta_rule import decoding_backend as delta_rule_decoding_backend
 from ..registry import register_mixer
-from .base import State
+from .base import State, check_float
 from .linear_attention import GatedLinearAttentionMixer
 from .ssm_init import a_log_init, dt_bias_init
 
@@ -65,6 +64,8 @@ class DeltaNet(GatedLinearAttentionMixer):
         backend: str = "auto",
     ):
         super().__init__(d_model, False, backend)
+        for arg, value in (("expand_k", expand_k), ("expand_v", expand_v), ("norm_eps", norm_eps)):
+            check_float(self.mixer_name, arg, value, 0.0, open_low=True)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
         for flag, value in (("use_gate", use_gate), ("allow_neg_eigval", allow_neg_eigval)):
             if not isinstance(value, bool):
@@ -126,16 +127,9 @@ class DeltaNet(GatedLinearAttentionMixer):
         if state is not None:
             self.check_state(state, x.shape[0], self._state_keys())
         q, k, v, beta, g, convs = self._features(x, state, True)
-        o, S = ops.delta_rule(
-            q,
-            k,
-            v,
-            beta,
-            g,
-            initial_state=None if state is None else state["S"],
-            output_final_state=True,
-            # a few tokens on a GPU (decoding): the fused recurrent kernel, as the GLA family does
-            backend=delta_rule_decoding_backend(self.backend, x, x.shape[1]),
+        # ops.delta_rule_step's auto: on a GPU, the fused recurrent kernel for a few tokens (decoding)
+        o, S = ops.delta_rule_step(
+            q, k, v, beta, g, initial_state=None if state is None else state["S"], backend=self.backend
         )
         return self._output(o, x), {"S": S, **convs}
 

@@ -19,7 +19,7 @@ from torch import nn
 from .. import ops
 from ..ops.flow_attention import recurrent
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, check_int
 
 
 @register_mixer(
@@ -38,6 +38,8 @@ class FlowAttention(Mixer):
         backend: str = "auto",
     ):
         super().__init__(d_model)
+        if n_heads is not None:
+            check_int("flow", "n_heads", n_heads, 1)
         n_heads = n_heads or max(1, d_model // 64)
         if not isinstance(n_heads, int) or n_heads < 1:
             raise ValueError(f"flow: n_heads must be a positive int, got {n_heads!r}")
@@ -91,7 +93,7 @@ class FlowAttention(Mixer):
         if state is not None:
             self.check_state(state, x.shape[0], recurrent.STATE_KEYS)
         q, k, v = self._project(x)
-        o, state = recurrent.flow_attention_prefill(q, k, v, state)
+        o, state = ops.flow_attention_prefill(q, k, v, state, backend=self.backend)
         return self._out(o), state
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -99,7 +101,7 @@ class FlowAttention(Mixer):
         self.check_decodable()
         self.check_state(state, x_t.shape[0], recurrent.STATE_KEYS)
         q, k, v = self._project(x_t)
-        o, state = recurrent.flow_attention_step(q, k, v, state)
+        o, state = ops.flow_attention_step(q, k, v, state, backend=self.backend)
         return self._out(o), state
 
     def state_size(self, seq_len: int) -> int:

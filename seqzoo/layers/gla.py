@@ -18,7 +18,7 @@ from torch import nn
 
 from ..modules.norm import RMSNorm
 from ..registry import register_mixer
-from .base import check_int
+from .base import check_float, check_int
 from .linear_attention import GatedLinearAttentionMixer
 
 
@@ -44,6 +44,8 @@ class GLA(GatedLinearAttentionMixer):
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
+        for arg, value in (("expand_k", expand_k), ("expand_v", expand_v), ("norm_eps", norm_eps)):
+            check_float(self.mixer_name, arg, value, 0.0, open_low=True)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
         check_int("gla", "gate_low_rank", gate_low_rank, 1)
         if not gate_normalizer > 0:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..modules.norm import RMSNorm
 from ..registry import register_mixer
-from .base import check_int
+from .base import check_float, check_int
 from .linear_attention import GatedLinearAttentionMixer
 
 
@@ -47,6 +47,7 @@ class HGRN2(GatedLinearAttentionMixer):
     ):
         super().__init__(d_model, bidirectional, backend)
         check_int("hgrn2", "expand_ratio", expand_ratio, 1)
+        check_float("hgrn2", "norm_eps", norm_eps, 0.0, open_low=True)
         if n_heads is None:
             n_heads = max(1, d_model // expand_ratio)
         check_int("hgrn2", "n_heads", n_heads, 1)

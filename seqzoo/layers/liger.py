@@ -35,7 +35,6 @@ from torch import nn
 
 from .. import ops
 from ..modules.rotary import apply_rotary
-from ..ops.gla import decoding_backend
 from ..registry import register_mixer
 from .attention import Attention
 from .base import Mixer, State, check_float, check_int
@@ -137,17 +136,12 @@ class AttentionHybridMixer(Mixer):
         return apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base)
 
     def _gla(self, x, q, k, v, initial_state, backend):
+        """The GLA branch; with ``initial_state`` (decoding) from that state through ``ops.gla_step``."""
         qg, kg, vg, g = self._gla_inputs(x, q, k, v)
-        o, S = ops.gla(
-            qg,
-            kg,
-            vg,
-            g,
-            scale=1.0,
-            initial_state=initial_state,
-            output_final_state=initial_state is not None,
-            backend=backend,
-        )
+        if initial_state is None:
+            o, S = ops.gla(qg, kg, vg, g, scale=1.0, backend=backend)
+        else:
+            o, S = ops.gla_step(qg, kg, vg, g, scale=1.0, initial_state=initial_state, backend=backend)
         return self._gla_output(o), S
 
     def _output(self, o_gla, o_swa, x):
@@ -186,7 +180,7 @@ class AttentionHybridMixer(Mixer):
             self.check_state(state, x.shape[0], ("S", "k", "v", "pos"))
         start, t, w = int(state["pos"][0]), x.shape[1], self.window
         q, k, v = self._project(x)
-        o_gla, S = self._gla(x, q, k, v, state["S"], decoding_backend(self.backend, x, t))
+        o_gla, S = self._gla(x, q, k, v, state["S"], self.backend)
         q, k = self._rope(q, k, torch.arange(start, start + t, device=x.device))
         # The valid past keys are the last min(start, W) slots of the time-ordered window.
         n_past = min(start, w)

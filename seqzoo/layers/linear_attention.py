@@ -24,9 +24,8 @@ from torch import nn
 from .. import ops
 from ..modules.norm import RMSNorm
 from ..modules.short_conv import ShortConvolution  # noqa: F401 (the family's; re-exported)
-from ..ops.gla import decoding_backend
 from ..registry import register_mixer
-from .base import Mixer, State, check_int
+from .base import Mixer, State, check_float, check_int
 
 FEATURE_MAPS = ("identity", "elu+1", "relu", "silu")
 
@@ -101,6 +100,7 @@ class GatedLinearAttentionMixer(Mixer):
         name = self.mixer_name
         if not isinstance(use_short_conv, bool):
             raise TypeError(f"{name}: use_short_conv must be a bool, got {use_short_conv!r}")
+        check_int(name, "conv_width", conv_width, 2, 8)
         if not use_short_conv:
             return
         if self.bidirectional:
@@ -170,14 +170,8 @@ class GatedLinearAttentionMixer(Mixer):
         q, k, v, g, conv_states = self._features(
             x, state, torch.arange(start, start + t, device=x.device), True
         )
-        o, S = ops.gla(
-            q,
-            k,
-            v,
-            g,
-            initial_state=None if state is None else state["S"],
-            output_final_state=True,
-            backend=decoding_backend(self.backend, x, t),
+        o, S = ops.gla_step(
+            q, k, v, g, initial_state=None if state is None else state["S"], backend=self.backend
         )
         new_state = {"S": S, **conv_states}
         if self.uses_position:
@@ -221,6 +215,8 @@ class LinearAttention(GatedLinearAttentionMixer):
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
+        for arg, value in (("expand_k", expand_k), ("expand_v", expand_v), ("norm_eps", norm_eps)):
+            check_float(self.mixer_name, arg, value, 0.0, open_low=True)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
         self._add_short_convs(
             use_short_conv,

@@ -162,8 +162,11 @@ class Lizard(AttentionHybridMixer):
 
     def _gla_output(self, o):
         # Positive features and decays make the normaliser positive (it includes the token itself, with no
-        # decay); the floor only keeps an underflow from producing 0/0.
-        return o[..., :-1] / o[..., -1:].clamp_min(torch.finfo(o.dtype).tiny)
+        # decay); the floor only keeps an underflow from producing 0/0. It is 1e-12 in fp32, not the smallest
+        # normal number: with peaked features (large inputs) the normaliser underflows to 0, and the gradient
+        # -o / n^2 at n = tiny overflowed to inf / NaN (tests/test_extreme_inputs.py).
+        wide = o.to(torch.promote_types(o.dtype, torch.float32))
+        return (wide[..., :-1] / wide[..., -1:].clamp_min(1e-12)).to(o.dtype)
 
     def _window_attention(self, q, k, v):
         return window_attention_with_sinks(q, k, v, self.window, self.meta_k, self.meta_v)

@@ -28,7 +28,7 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
-from .base import Mixer, State, check_int
+from .base import Mixer, State, check_float, check_int
 
 
 @register_mixer(
@@ -62,6 +62,8 @@ class Mamba(Mixer):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
+        check_float("mamba", "dt_init_floor", dt_init_floor, 0.0)
+        check_float("mamba", "dt_scale", dt_scale, 0.0, open_low=True)
         self.dt_min, self.dt_max, self.dt_init_floor, self.dt_scale = dt_min, dt_max, dt_init_floor, dt_scale
         self.backend = backend
         e = self.d_inner = expand * d_model
@@ -109,7 +111,7 @@ class Mamba(Mixer):
     def _mix(self, x, state=None):
         xz = self.in_proj(x)
         u, z = xz.chunk(2, dim=-1)
-        u, conv = self.conv(u, None if state is None else state["conv"], True)
+        u, conv = self.conv(u, None if state is None else state["conv"], output_state=True)
         delta, B, C = self._ssm_inputs(u)
         y, ssm = ops.selective_scan(
             u,
@@ -117,12 +119,12 @@ class Mamba(Mixer):
             -torch.exp(self.A_log),
             B,
             C,
-            self.D,
-            z,
-            self.dt_proj.bias,
-            True,
-            None if state is None else state["ssm"],
-            True,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=None if state is None else state["ssm"],
+            output_final_state=True,
             backend=self.backend,
         )
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
@@ -150,9 +152,13 @@ class Mamba(Mixer):
         self.check_input(x_t, "x_t", ndim=2)
         self.check_state(state, x_t.shape[0], ("conv", "ssm"))
         u, z = self.in_proj(x_t).chunk(2, dim=-1)
-        u, conv = self.conv(u[:, None], state["conv"], True)
+        u, conv = self.conv(u[:, None], state["conv"], output_state=True)
         u = u[:, 0]
         delta, B, C = self._ssm_inputs(u)
+        # The step op has reference and torch backends only (one token is a few elementwise ops: no kernel
+        # to fuse); a layer built for triton or cuda decodes with the step op's auto choice, which
+        # ops.selective_state_update.last_backend reports like every op's.
+        names = ops.selective_state_update.backend_names()
         y, ssm = ops.selective_state_update(
             state["ssm"],
             u,
@@ -160,10 +166,11 @@ class Mamba(Mixer):
             -torch.exp(self.A_log),
             B,
             C,
-            self.D,
-            z,
-            self.dt_proj.bias,
-            True,
+            D=self.D,
+            z=z,
+            dt_bias=self.dt_proj.bias,
+            dt_softplus=True,
+            backend=self.backend if self.backend in names else "auto",
         )
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 

@@ -26,9 +26,8 @@ from torch import nn
 from .. import ops
 from ..modules.norm import GatedRMSNorm
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
-from ..ops.gla import decoding_backend
 from ..registry import register_mixer
-from .base import Mixer, State, check_int
+from .base import Mixer, State, check_float, check_int
 from .ssm_init import a_log_init, dt_bias_init
 
 
@@ -39,7 +38,9 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, ba
 
     x [B, T, H, P]; dt [B, T, H] (after softplus, > 0); A [H] (< 0); B, C [B, T, G, N] with G dividing H (head
     h reads group h // (H / G)); D [H] or None; initial_state / final state h [B, H, N, P] (fp32, fp64 for
-    fp64). Returns (y [B, T, H, P] in x's dtype, final state or None). ``backend`` is ops.gla's.
+    fp64). Returns (y [B, T, H, P] in x's dtype, final state or None). ``backend`` is ops.gla's; with
+    ``output_final_state`` (decoding) it runs ``ops.gla_step``, whose ``auto`` decodes a few tokens on a GPU with
+    the fused recurrent kernel.
     """
     if x.dim() != 4 or dt.dim() != 3 or dt.shape != x.shape[:3]:
         raise ValueError(
@@ -56,16 +57,11 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, ba
     rep = h // B.shape[2]
     k, q = B.repeat_interleave(rep, dim=2), C.repeat_interleave(rep, dim=2)
     v = (x * dt[..., None]).to(x.dtype)
-    y, state = ops.gla(
-        q.to(x.dtype),
-        k.to(x.dtype),
-        v,
-        dt * A,
-        scale=1.0,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        backend=backend,
-    )
+    q, k = q.to(x.dtype), k.to(x.dtype)
+    if output_final_state:
+        y, state = ops.gla_step(q, k, v, dt * A, scale=1.0, initial_state=initial_state, backend=backend)
+    else:
+        y, state = ops.gla(q, k, v, dt * A, scale=1.0, initial_state=initial_state, backend=backend)
     if D is not None:
         y = y + x * D.to(x.dtype)[:, None]
     return y, state
@@ -101,6 +97,8 @@ class Mamba2(Mixer):
         check_int("mamba2", "expand", expand, 1, 16)
         check_int("mamba2", "headdim", headdim, 1, 256)
         check_int("mamba2", "n_groups", n_groups, 1, 1024)
+        check_float("mamba2", "norm_eps", norm_eps, 0.0, open_low=True)
+        check_float("mamba2", "dt_init_floor", dt_init_floor, 0.0)
         e = self.d_inner = expand * d_model
         if e % headdim:
             raise ValueError(f"mamba2: headdim ({headdim}) must divide expand * d_model ({e})")
@@ -169,7 +167,7 @@ class Mamba2(Mixer):
             self.D,
             initial_state=None if state is None else state["S"],
             output_final_state=keep_state,
-            backend=decoding_backend(self.backend, u, t) if keep_state else self.backend,
+            backend=self.backend,
         )
         out = self.out_proj(self.norm(y.reshape(b, t, e), z))
         return out, ({"conv": conv, "S": S} if keep_state else None)

@@ -22,6 +22,7 @@ from torch import nn
 from ..modules.norm import RMSNorm
 from ..modules.rotary import apply_rotary
 from ..registry import register_mixer
+from .base import check_float
 from .linear_attention import FEATURE_MAPS, GatedLinearAttentionMixer, feature_map
 
 DECAYS = ("retnet", "lightning")
@@ -61,6 +62,8 @@ class RetNet(GatedLinearAttentionMixer):
         backend: str = "auto",
     ):
         super().__init__(d_model, bidirectional, backend)
+        for arg, value in (("expand_k", expand_k), ("expand_v", expand_v), ("norm_eps", norm_eps)):
+            check_float(self.mixer_name, arg, value, 0.0, open_low=True)
         self._set_heads(n_heads, int(d_model * expand_k), int(d_model * expand_v))
         self._add_short_convs(
             use_short_conv,
@@ -68,6 +71,7 @@ class RetNet(GatedLinearAttentionMixer):
             {"conv_q": self.key_dim, "conv_k": self.key_dim, "conv_v": self.value_dim},
         )
         name = self.mixer_name
+        check_float(name, "rope_base", rope_base, 0.0, open_low=True)
         if decay not in DECAYS:
             raise ValueError(f"{name}: decay must be one of {DECAYS}, got {decay!r}")
         if feature_map not in FEATURE_MAPS:

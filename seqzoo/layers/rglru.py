@@ -1,4 +1,4 @@
-"""``rglru`` (alias ``hawk``): Griffin's recurrent block around the Real-Gated Linear Recurrent Unit.
+"""``rglru``: Griffin's recurrent block around the Real-Gated Linear Recurrent Unit (``hawk``: a deprecated alias).
 
     gate = gelu(x W_gate)                                    # [B, T, W], W = lru_width (default d_model)
     u    = conv(x W_in)                                      # causal depthwise conv of width 4
@@ -19,6 +19,9 @@ constant memory, whatever the length.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +142,7 @@ class RGLRUBlock(Mixer):
         return h.to(u.dtype), final
 
     def _conv(self, v: torch.Tensor, state: torch.Tensor | None):
-        return self.conv(v, state, True)
+        return self.conv(v, state, output_state=True)
 
     def _mix(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         gate = F.gelu(self.gate_proj(x), approximate="tanh")
@@ -176,13 +179,26 @@ class RGLRUBlock(Mixer):
         return self.lru_width * (self.conv_width - 1) + self.lru_width
 
 
+HAWK_MIXER_DEPRECATION = (
+    "mixer 'hawk' is a deprecated alias of the mixer 'rglru' (the same block, parameters and init); name it "
+    "'rglru'. Hawk the model (RG-LRU blocks with gated-GeLU MLPs) is the preset seqzoo.models.preset('hawk')."
+)
+
+
 @register_mixer(
     "hawk",
-    description="alias of rglru: Hawk is a stack of Griffin recurrent blocks (RG-LRU) with gated MLPs",
+    description="deprecated alias of rglru (Hawk the model is seqzoo.models.preset('hawk'))",
     paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention (Hawk)",
 )
 class Hawk(RGLRUBlock):
-    """The same block under Hawk's name (a subclass, so that its errors name it)."""
+    """The rglru block under its old mixer name ``hawk``, kept so that configs and saved models naming it still
+    build the same layer (a subclass, so that its errors name it). Hawk is a model, not a mixer: the preset
+    ``hawk``. Building it warns (FutureWarning) and points to ``rglru``."""
+
+    @functools.wraps(RGLRUBlock.__init__)  # keeps RGLRUBlock's signature for build_mixer's argument checks
+    def __init__(self, *args, **kwargs):
+        warnings.warn(HAWK_MIXER_DEPRECATION, FutureWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)
 
 
 def decay_at_full_gate(block: RGLRUBlock) -> torch.Tensor:

@@ -102,6 +102,32 @@ class _SSMLayer(Mixer):
     def _state_dtype(self, x):
         return torch.promote_types(x.dtype, torch.float32)
 
+    def _init_ssm(self, A, B, dt_min, dt_max, *, A_name="A", P=None, train_A_imag=True):
+        """The SSM parameters both layers train, from the N/2 complex modes A, B (and S4's low-rank P), copied
+        to every one of the n_kernels SSMs: ``log_dt``, ``log_{A_name}_real`` (Re A = -exp(.), so every mode
+        stays stable whatever the optimiser does), ``{A_name}_imag`` (a zero buffer when not trained:
+        S4D-Real), ``P_re``/``P_im`` when P is given, ``B_re``/``B_im``, and C (``C_re``/``C_im``, complex
+        normal of unit variance, trained at the model's own lr; for S4 the paper's C~ = C (I - Abar^l_max)).
+
+        The order here is the parameters' order in the state dict and the order the random draws are taken
+        (log_dt, then C's real and imaginary parts): seeded models and saved checkpoints depend on it."""
+        h, m = self.n_kernels, self.d_state // 2
+
+        def per_kernel(v):
+            return _ssm_param(v.expand(h, m).clone())
+
+        self.log_dt = _ssm_param(log_dt_init(h, dt_min, dt_max))
+        setattr(self, f"log_{A_name}_real", per_kernel(torch.log(-A.real)))
+        if train_A_imag:
+            setattr(self, f"{A_name}_imag", per_kernel(A.imag))
+        else:
+            self.register_buffer(f"{A_name}_imag", torch.zeros(h, m))
+        if P is not None:
+            self.P_re, self.P_im = per_kernel(P.real), per_kernel(P.imag)
+        self.B_re, self.B_im = per_kernel(B.real), per_kernel(B.imag)
+        self.C_re = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+        self.C_im = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+
 
 @register_mixer(
     "s4d",
@@ -128,20 +154,8 @@ class S4D(_SSMLayer):
         if discretization not in ("zoh", "bilinear"):
             raise ValueError(f"s4d: discretization must be 'zoh' or 'bilinear', got {discretization!r}")
         self.init, self.discretization = init, discretization
-        h, m = self.n_kernels, d_state // 2
         A, B = s4d_init(init, d_state)
-        self.log_dt = _ssm_param(log_dt_init(h, dt_min, dt_max))
-        # Re(A) = -exp(.) keeps every mode stable whatever the optimiser does.
-        self.log_A_real = _ssm_param(torch.log(-A.real).expand(h, m).clone())
-        if init == "real":
-            self.register_buffer("A_imag", torch.zeros(h, m))  # S4D-Real stays real
-        else:
-            self.A_imag = _ssm_param(A.imag.expand(h, m).clone())
-        self.B_re = _ssm_param(B.real.expand(h, m).clone())
-        self.B_im = _ssm_param(B.imag.expand(h, m).clone())
-        # C ~ complex normal of unit variance (S4D); trained at the model's own lr.
-        self.C_re = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
-        self.C_im = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+        self._init_ssm(A, B, dt_min, dt_max, train_A_imag=init != "real")  # S4D-Real stays real
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", init={self.init}, discretization={self.discretization}"
@@ -220,18 +234,8 @@ class S4(_SSMLayer):
         if not isinstance(l_max, int) or l_max < 1:
             raise ValueError(f"s4: l_max must be a positive int, got {l_max!r}")
         self.init, self.l_max = init, l_max
-        h, m = self.n_kernels, d_state // 2
         lam, P, B = nplr_legs(d_state)
-        self.log_dt = _ssm_param(log_dt_init(h, dt_min, dt_max))
-        self.log_Lambda_real = _ssm_param(torch.log(-lam.real).expand(h, m).clone())
-        self.Lambda_imag = _ssm_param(lam.imag.expand(h, m).clone())
-        self.P_re = _ssm_param(P.real.expand(h, m).clone())
-        self.P_im = _ssm_param(P.imag.expand(h, m).clone())
-        self.B_re = _ssm_param(B.real.expand(h, m).clone())
-        self.B_im = _ssm_param(B.imag.expand(h, m).clone())
-        # C~ = C (I - Abar^l_max), complex normal as in S4.
-        self.C_re = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
-        self.C_im = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+        self._init_ssm(lam, B, dt_min, dt_max, A_name="Lambda", P=P)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", l_max={self.l_max}"

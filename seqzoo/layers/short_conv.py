@@ -59,7 +59,9 @@ class ShortConv(Mixer):
         self.check_input(x)
         if state is not None:
             self.check_state(state, x.shape[0], ("conv",))
-        h, conv = self._conv(self.in_proj(x), None if state is None else state["conv"], True)
+        h, conv = self._conv(
+            self.in_proj(x), None if state is None else state["conv"], output_final_state=True
+        )
         return self.out_proj(h), {"conv": conv}
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

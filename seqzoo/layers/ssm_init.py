@@ -69,6 +69,8 @@ def s4d_init(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def log_dt_init(h: int, dt_min: float = 1e-3, dt_max: float = 1e-1, generator=None) -> torch.Tensor:
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
     u = torch.rand(h, generator=generator, dtype=torch.float64)
     return math.log(dt_min) + u * (math.log(dt_max) - math.log(dt_min))
 
@@ -80,6 +82,8 @@ def dt_bias_init(
     (Mamba-2's dt_bias): b = softplus^-1(dt) = dt + log(1 - exp(-dt))."""
     if not 0 < dt_min <= dt_max:
         raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    if not dt_init_floor >= 0:
+        raise ValueError(f"need dt_init_floor >= 0, got dt_init_floor={dt_init_floor}")
     dt = torch.exp(log_dt_init(h, dt_min, dt_max)).clamp(min=dt_init_floor)
     return (dt + torch.log(-torch.expm1(-dt))).float()
 
@@ -87,5 +91,5 @@ def dt_bias_init(
 def a_log_init(h: int, a_min: float = 1.0, a_max: float = 16.0) -> torch.Tensor:
     """[h] fp32 log A with A uniform in [a_min, a_max] (Mamba-2's A_init_range); the decay rate is -exp(A_log)."""
     if not 0 < a_min <= a_max:
-        raise ValueError(f"need 0 < a_min <= a_max, got a_min={a_min}, a_max={a_max}")
+        raise ValueError(f"a_init_range: need 0 < a_min <= a_max, got a_min={a_min}, a_max={a_max}")
     return torch.empty(h, dtype=torch.float32).uniform_(a_min, a_max).log()

@@ -4,6 +4,7 @@
     model = CausalLM(config)
 
 - ``hawk``: every block a Griffin recurrent block (``rglru``) followed by a gated-GeLU MLP (De et al. 2024).
+  Hawk is this model; its block is the mixer ``rglru`` (the mixer name ``hawk`` is a deprecated alias of it).
 - ``griffin``: the repeating pattern recurrent, recurrent, local multi-query attention (``sliding_window``
   with one key/value head and a window of 1024 tokens), each followed by a gated-GeLU MLP.
 
