@@ -51,10 +51,13 @@ compile-check: $(TEST_STAMP)
 	env -u TRITON_INTERPRET $(BIN)/python -m seqzoo.ops._compile_check --arch 90 80 $(if $(FULL),--full)
 
 # The GPU machine (torch 2.11, Triton 3.6, Python 3.12, no network) lacks these: fetch them here as wheels
-# into .whl/ (ignored; ~4 MB), which travels with the tree to the GPU machine.
+# into .whl/ (ignored; ~6 MB), which travels with the tree to the GPU machine.
 GPU_PYTHON ?= 3.12
+# seqzoo's own pure dependencies (pydantic and its parts, PyYAML, safetensors, tqdm: a bare torch image may lack
+# any of them) and the peers' flash-linear-attention.
 GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-	typing-extensions==4.16.0 flash-linear-attention==0.6.0 fla-core==0.6.0
+	typing-extensions==4.16.0 pyyaml==6.0.4 safetensors==0.8.0 tqdm==4.70.1 \
+	flash-linear-attention==0.6.0 fla-core==0.6.0
 gpu-wheels: $(TEST_STAMP)
 	rm -rf .whl && mkdir -p .whl
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \

@@ -225,6 +225,14 @@ def test_triton_chunk_several_key_and_value_tiles():
     assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
 
 
+def test_triton_chunk_narrow_reverse_pass_key_tiles(monkeypatch):
+    # Before sm_90 the reverse pass (_chunk_bwd_dh_kernel) may take 32-wide key tiles; the interpreter gets
+    # H100's 64. K = 80: three of them, the last partial.
+    monkeypatch.setattr(delta_triton, "_dh_key_tile", lambda K: delta_triton._block(K, delta_triton.BWD_TILE))
+    x = make(b=1, t=40, h=1, dk=80, dv=72, gate="gated", dtype=torch.float32)
+    assert_matches_reference(CHUNK16, "triton", x, output_final_state=True)
+
+
 @pytest.mark.parametrize("gate", ["none", "strong"])
 def test_triton_chunk_without_state_and_with_scale(gate):
     x = make(b=1, t=37, h=2, dk=16, dv=16, gate=gate, initial_state=False, dtype=torch.float32)

@@ -63,7 +63,8 @@ SEGMENT = 32
 CHUNK = 64
 # Warps for the chunked kernels, which hold [BT, BT] and [BT, 64] fp32 tiles.
 WIDE_WARPS = 8
-# Key / value tile of the chunked backward's per-chunk kernel (64 elsewhere).
+# Key / value tile of the chunked backward's per-chunk kernel, and the key tile of its reverse pass before
+# sm_90 for K <= 64 (64 elsewhere).
 BWD_TILE = 32
 # The kernels that read back what they wrote (the states in h / dh, the partial dq / dk) run without
 # software pipelining: a load prefetched for a later iteration must not pass the barrier before it. It also
@@ -715,8 +716,7 @@ def _chunk_bwd_kernel(
     do,
     G,
     Ai,
-    W,
-    U,
+    Aqk,
     u,
     du,
     h,
@@ -740,10 +740,15 @@ def _chunk_bwd_kernel(
 ):
     # One program per (chunk, batch * head): every gradient of the chunk's inputs, given du (the gradient
     # of the written values u = U - W h), dh' = dh[n + 1] and h = h[n]. With X = (I + L)^-1:
-    #   dR = X^T [dU, dW] (dU = du, dW = -du h^T);  dL = -(dR_u U^T + dR_w W^T) below the diagonal
+    #   dR = X^T [dU, dW] (dU = du, dW = -du h^T);  dL = -(dR_u U^T + dR_w W^T) below the diagonal,
+    #   where dR_w W^T = -X^T du (W h)^T = -dR_u (U - u)^T: dL = -dR_u u^T, no key loop needed for it
     #   dv = beta dR_u;  dk gets beta exp(G) dR_w, exp(G_last - G) (u dh'^T), (E + E^T) K with
     #   E = dL * beta_i D_ij, and the intra-chunk output's (dP * D)^T Q (dP = scale do u^T);
     #   dq = scale exp(G) do h^T + (dP * D) K.  dG collects every exponent's share; dg sums it backwards.
+    # Register budget (sm_80's mma.sync keeps both operands of every dot in registers, where sm_90's
+    # wgmma reads them from shared memory): few [BT, BT] fp32 tiles live at once. The key loop holds
+    # none but X^T; dL and dP are summed in the value loop, K K^T in a loop of its own, D is made after
+    # the loops and Q K^T * D read back from Aqk.
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_bh = i_bh.to(tl.int64)
@@ -759,8 +764,6 @@ def _chunk_bwd_kernel(
     dbeta += x_s
     dg += x_s
     G += i_bh * NT * BT
-    W += i_bh * NT * BT * K
-    U += i_bh * NT * BT * V
     u += i_bh * NT * BT * V
     du += i_bh * NT * BT * V
     h += (i_bh * (NT + 1) + i_n) * K * V
@@ -768,56 +771,28 @@ def _chunk_bwd_kernel(
     o_r = tl.arange(0, BT)
     o_t = i_n * BT + o_r
     m_t = o_t < T
-    lower = o_r[:, None] >= o_r[None, :]
-    strict = o_r[:, None] > o_r[None, :]
+    o_cc = (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :]
     b_beta = tl.load(beta + row_offset(o_t, H), mask=m_t, other=0.0).to(tl.float32)
     if USE_G:
         b_G = tl.load(G + o_t)
         b_Gl = tl.load(G + i_n * BT + BT - 1)
-        b_D = tl.exp(tl.where(lower, b_G[:, None] - b_G[None, :], float("-inf")))
         b_gamma = tl.exp(b_G)
         b_e = tl.exp(b_Gl - b_G)
     else:
-        b_D = tl.where(lower, 1.0, 0.0)
         b_gamma = tl.full([BT], 1.0, dtype=tl.float32)
         b_e = tl.full([BT], 1.0, dtype=tl.float32)
-    b_X = tl.load(Ai + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :])
-    b_XT = tl.trans(b_X).to(DT)
-    b_dL = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dP = tl.zeros([BT, BT], dtype=tl.float32)
+    b_XT = tl.trans(tl.load(Ai + o_cc)).to(DT)
     b_dbeta = tl.zeros([BT], dtype=tl.float32)
     b_dG = tl.zeros([BT], dtype=tl.float32)
     b_dGl = tl.zeros([BT], dtype=tl.float32)  # shares of G_last, per position j (summed at the end)
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # <h, dh'>, per key row
-    # Values: dv, beta's share through U, and the value sides of dL and dP.
-    for i_v in range(0, V, BV):
-        o_v = i_v + tl.arange(0, BV)
-        m_v = o_v < V
-        m_tv = m_t[:, None] & m_v[None, :]
-        o_sv = row_offset(o_t[:, None], V) + o_v[None, :]
-        o_xv = row_offset(o_t[:, None], (H * V)) + o_v[None, :]
-        b_du = tl.load(du + o_sv, mask=m_v[None, :], other=0.0)
-        b_U = tl.load(U + o_sv, mask=m_v[None, :], other=0.0)
-        b_u = tl.load(u + o_sv, mask=m_v[None, :], other=0.0)
-        b_do = tl.load(do + o_xv, mask=m_tv, other=0.0)
-        b_v = tl.load(v + o_xv, mask=m_tv, other=0.0).to(tl.float32)
-        b_dRu = tl.dot(b_XT, b_du.to(DT), input_precision="ieee")
-        tl.store(dv + o_xv, (b_dRu * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-        b_dbeta += tl.sum(b_dRu * b_v, axis=1)
-        b_dL += tl.dot(b_dRu.to(DT), tl.trans(b_U.to(DT)), input_precision="ieee")
-        b_dP += tl.dot(b_do.to(DT), tl.trans(b_u.to(DT)), input_precision="ieee")
-    # Keys: dW, the inter-chunk parts of dq and dk, and the key sides of dL; dq and dk so far go to their
-    # outputs (fp32), finished below once dL is whole.
-    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
-    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    # Keys: dW, the inter-chunk parts of dq and dk; dq and dk so far go to their outputs (fp32), finished
+    # below once dL is whole.
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
         o_xk = row_offset(o_t[:, None], (H * K)) + o_k[None, :]
-        b_q = tl.load(q + o_xk, mask=m_tk, other=0.0)
-        b_k = tl.load(k + o_xk, mask=m_tk, other=0.0)
-        b_W = tl.load(W + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
         b_dW = tl.zeros([BT, BK], dtype=tl.float32)
         b_dqi = tl.zeros([BT, BK], dtype=tl.float32)
         b_dKd = tl.zeros([BT, BK], dtype=tl.float32)
@@ -843,48 +818,83 @@ def _chunk_bwd_kernel(
             if USE_G:
                 b_hdh += tl.sum(b_h * b_dh, axis=1)
         b_dRw = tl.dot(b_XT, b_dW.to(DT), input_precision="ieee")
-        b_dL += tl.dot(b_dRw.to(DT), tl.trans(b_W.to(DT)), input_precision="ieee")
-        b_kf = b_k.to(tl.float32)
+        b_kf = tl.load(k + o_xk, mask=m_tk, other=0.0).to(tl.float32)
         b_rw = tl.sum(b_dRw * b_kf, axis=1)
         b_dbeta += b_gamma * b_rw
         b_dqi = b_dqi * (scale * b_gamma)[:, None]
         b_dk = (b_beta * b_gamma)[:, None] * b_dRw + b_e[:, None] * b_dKd
         if USE_G:
+            b_q = tl.load(q + o_xk, mask=m_tk, other=0.0).to(tl.float32)
             b_ek = b_e * tl.sum(b_dKd * b_kf, axis=1)
-            b_dG += b_beta * b_gamma * b_rw + tl.sum(b_q.to(tl.float32) * b_dqi, axis=1) - b_ek
+            b_dG += b_beta * b_gamma * b_rw + tl.sum(b_q * b_dqi, axis=1) - b_ek
             b_dGl += b_ek
         tl.store(dq + o_xk, b_dqi, mask=m_tk)
         tl.store(dk + o_xk, b_dk, mask=m_tk)
-        b_kk += tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision="ieee")
-        b_qk += tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision="ieee")
-    b_dL = tl.where(strict, -b_dL, 0.0)
-    b_dLD = b_dL * b_D
-    b_E = b_dLD * b_beta[:, None]
-    b_dbeta += tl.sum(b_dLD * b_kk, axis=1)
-    b_dPD = tl.where(lower, b_dP * scale, 0.0) * b_D
+    # Values: dv, beta's share through U, dL and dP.
+    b_dL = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dP = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, V, BV):
+        o_v = i_v + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        o_sv = row_offset(o_t[:, None], V) + o_v[None, :]
+        o_xv = row_offset(o_t[:, None], (H * V)) + o_v[None, :]
+        b_du = tl.load(du + o_sv, mask=m_v[None, :], other=0.0)
+        b_dRu = tl.dot(b_XT, b_du.to(DT), input_precision="ieee")
+        tl.store(dv + o_xv, (b_dRu * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_v = tl.load(v + o_xv, mask=m_tv, other=0.0).to(tl.float32)
+        b_dbeta += tl.sum(b_dRu * b_v, axis=1)
+        b_u = tl.load(u + o_sv, mask=m_v[None, :], other=0.0)
+        b_dL += tl.dot(b_dRu.to(DT), tl.trans(b_u.to(DT)), input_precision="ieee")
+        b_do = tl.load(do + o_xv, mask=m_tv, other=0.0)
+        b_dP += tl.dot(b_do.to(DT), tl.trans(b_u.to(DT)), input_precision="ieee")
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, K, BK):
+        o_k = i_k + tl.arange(0, BK)
+        b_k = tl.load(
+            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
+            mask=m_t[:, None] & (o_k < K)[None, :],
+            other=0.0,
+        ).to(DT)
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision="ieee")
+    lower = o_r[:, None] >= o_r[None, :]
+    strict = o_r[:, None] > o_r[None, :]
     if USE_G:
-        b_Z = b_E * b_kk + b_dPD * b_qk  # the share of every D_ij: its exponent is G_i - G_j
+        # D_ij = exp(G_i - G_j) for j <= i: masked before the exponential, so never exp(+large).
+        b_D = tl.exp(tl.where(lower, b_G[:, None] - b_G[None, :], float("-inf")))
+    else:
+        b_D = tl.where(lower, 1.0, 0.0)
+    b_dLD = tl.where(strict, -b_dL, 0.0) * b_D
+    b_dbeta += tl.sum(b_dLD * b_kk, axis=1)
+    b_E = b_dLD * b_beta[:, None]
+    b_dPs = tl.where(lower, b_dP * scale, 0.0)
+    if USE_G:
+        # The share of every D_ij (its exponent is G_i - G_j); dP's goes through Aqk = (Q K^T) * D.
+        b_Z = b_E * b_kk
+        b_dG += tl.sum(b_Z, axis=1) - tl.sum(b_Z, axis=0)
+        b_Z = b_dPs * tl.load(Aqk + o_cc)
         b_dG += tl.sum(b_Z, axis=1) - tl.sum(b_Z, axis=0)
         # h' = exp(G_last) h + ...: G_last's share from the state passed on.
         b_dG += tl.where(o_r == BT - 1, tl.sum(b_dGl) + tl.exp(b_Gl) * tl.sum(b_hdh), 0.0)
+    b_dPD = b_dPs * b_D
     # The partial dq and dk stored above are read back by other threads of the program.
     tl.debug_barrier()
-    b_Ed = b_E.to(DT)
-    b_ETd = tl.trans(b_E).to(DT)
+    # E is strictly lower triangular: E + E^T is exact, one matmul for both.
+    b_EEd = (b_E + tl.trans(b_E)).to(DT)
     b_dPDd = b_dPD.to(DT)
     b_dPDTd = tl.trans(b_dPD).to(DT)
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         o_xk = row_offset(o_t[:, None], (H * K)) + o_k[None, :]
-        b_q = tl.load(q + o_xk, mask=m_tk, other=0.0).to(DT)
         b_k = tl.load(k + o_xk, mask=m_tk, other=0.0).to(DT)
         b_dq = tl.load(dq + o_xk, mask=m_tk, other=0.0)
-        b_dk = tl.load(dk + o_xk, mask=m_tk, other=0.0)
         b_dq += tl.dot(b_dPDd, b_k, input_precision="ieee")
-        b_dk += tl.dot(b_Ed, b_k, input_precision="ieee") + tl.dot(b_ETd, b_k, input_precision="ieee")
-        b_dk += tl.dot(b_dPDTd, b_q, input_precision="ieee")
         tl.store(dq + o_xk, b_dq, mask=m_tk)
+        b_q = tl.load(q + o_xk, mask=m_tk, other=0.0).to(DT)
+        b_dk = tl.load(dk + o_xk, mask=m_tk, other=0.0)
+        b_dk += tl.dot(b_EEd, b_k, input_precision="ieee")
+        b_dk += tl.dot(b_dPDTd, b_q, input_precision="ieee")
         tl.store(dk + o_xk, b_dk, mask=m_tk)
     tl.store(dbeta + row_offset(o_t, H), b_dbeta, mask=m_t)
     if USE_G:
@@ -909,6 +919,21 @@ def _dot_dtype(x: torch.Tensor):
     if x.dtype == torch.bfloat16 and not triton_interpreting():
         return tl.bfloat16
     return tl.float32
+
+
+def _dh_key_tile(K: int) -> int:
+    """The key tile of _chunk_bwd_dh_kernel's loops. Before sm_90 (A100: mma.sync) a matmul holds both its
+    operands in registers; with K <= 64 one 64-wide key tile makes each key loop a single pass, whose loads
+    the compiler hoists next to the [BT, BV] du, do and A^T: ptxas spills (128-144 B at bf16, 28 KB at fp32).
+    Two 32-wide tiles keep the loops; longer keys keep 64 (32 spills more there). sm_90's wgmma reads its
+    operands from shared memory and keeps 64, as does the interpreter (tiles as on H100)."""
+    if K <= 64 and not triton_interpreting():
+        from triton.runtime import driver
+
+        arch = driver.active.get_current_target().arch
+        if isinstance(arch, int) and arch < 90:
+            return _block(K, BWD_TILE)
+    return _block(K, 64)
 
 
 class _ChunkShapes:
@@ -1022,7 +1047,7 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
             scale,
             s.T,
             s.NT,
-            **s.consts(USE_G=g is not None, USE_DHT=dht is not None),
+            **s.consts(USE_G=g is not None, USE_DHT=dht is not None, BK=_dh_key_tile(s.K)),
             num_warps=WIDE_WARPS,
             num_stages=SELF_READ_STAGES,
         )
@@ -1039,8 +1064,7 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
             do,
             G if G is not None else Ai,
             Ai,
-            W,
-            U,
+            Aqk,
             u,
             du,
             h,
