@@ -91,7 +91,7 @@ def _triton_unsupported(*args, **kwargs) -> str | None:
 delta_rule = define_op(
     "delta_rule", __doc__, validate=_validate, auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)}
 )
-delta_rule.register("reference", _reference.delta_rule, description="sequential recurrence in fp32")
+delta_rule.register("reference", _reference.delta_rule, description="sequential recurrence, fp64 inside")
 delta_rule.register(
     "torch", _torch.delta_rule, description="chunkwise-parallel PyTorch (WY/UT form), exponents kept <= 0"
 )

@@ -78,7 +78,7 @@ flow_attention = define_op(
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
 )
 flow_attention.register(
-    "reference", _reference.flow_attention, description="the definition, materialised, fp32"
+    "reference", _reference.flow_attention, description="the definition, materialised, fp64 inside"
 )
 flow_attention.register(
     "torch",

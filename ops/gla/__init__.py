@@ -97,7 +97,7 @@ def _triton_unsupported(*args, **kwargs) -> str | None:
 gla = define_op(
     "gla", __doc__, validate=_validate, auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)}
 )
-gla.register("reference", _reference.gla, description="sequential recurrence in fp32")
+gla.register("reference", _reference.gla, description="sequential recurrence, fp64 inside")
 gla.register("torch", _torch.gla, description="chunked PyTorch, exponents kept <= 0")
 gla.register_lazy(
     "triton",
