@@ -1,9 +1,10 @@
 """``seqzoo demo``: a quick comparison of mixers on built-in data, on CPU.
 
 By default it runs the MQAR CPU sweep (``eval/configs/mqar-cpu.yaml``) over one mixer of each family
-(``DEMO_MQAR_MIXERS``: 12 of the 22, about 13 minutes on 2 cores) and prints the accuracy table: the
-Zoology comparison, small enough for 2 cores. ``--mixers all`` runs every mixer of the sweep (about 25
-minutes; ``seqzoo mqar mqar-cpu`` is the same sweep). ``--task lm`` instead trains one tiny byte-level language model per mixer through the training recipe (``seqzoo.train``) on the
+(``DEMO_MQAR_MIXERS``) and prints the accuracy table: the Zoology comparison, small enough for 2 cores.
+``--mixers all`` runs every mixer of the sweep (``seqzoo mqar mqar-cpu`` is the same sweep). How long each
+takes on 2 cores: the README's quick start (the one place those figures are kept). ``--task lm`` instead
+trains one tiny byte-level language model per mixer through the training recipe (``seqzoo.train``) on the
 Python standard library's sources (nothing is downloaded), with the same data, steps and optimiser, and
 prints validation bits per byte next to the data's unigram entropy (what a model that ignores context
 reaches). Ending far below that line is the model learning from context.

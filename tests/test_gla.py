@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import seqzoo
 from seqzoo import ops
+from seqzoo.layers.linear_attention import FEATURE_MAPS
 from seqzoo.ops.gla import torch as gla_torch
 from seqzoo.ops.testing import assert_matches_reference
 
@@ -304,6 +305,29 @@ def test_mixer_bidirectional_sees_the_future(name):
     assert (m(x2)[:, :7] - y[:, :7]).abs().max() > 1e-6
     with pytest.raises(RuntimeError, match="bidirectional"):
         m.prefill(x)
+
+
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+def test_linear_attention_takes_every_feature_map(fmap):
+    """Every name FEATURE_MAPS lists builds (silu used to be refused), and forward = prefill = step with it."""
+    m = seqzoo.build_mixer("linear_attention", 32, n_heads=2, feature_map=fmap).double()
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    y = m(x)
+    y_pre, state = m.prefill(x[:, :4])
+    steps = []
+    for t in range(4, 7):
+        y_t, state = m.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.cat([y_pre, torch.stack(steps, 1)], 1), y, rtol=1e-9, atol=1e-9)
+    # The map is applied: q = phi(x Wq), with phi written out here.
+    phi = {
+        "identity": lambda u: u,
+        "elu+1": lambda u: torch.where(u > 0, u + 1, u.exp()),
+        "relu": lambda u: u.clamp_min(0),
+        "silu": lambda u: u * torch.sigmoid(u),
+    }[fmap]
+    q, _, _, _, _ = m._features(x, None, torch.arange(7), False)
+    torch.testing.assert_close(q, phi(m.q_proj(x)).reshape(2, 7, 2, -1))
 
 
 def test_retnet_decays_follow_the_paper():

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from seqzoo.eval.harness.command import EvalError, run_eval
 from seqzoo.eval.harness.model import SeqzooLM
 from seqzoo.eval.harness.tasks import stdlib_tasks
 from seqzoo.train.data import LMData, is_validation
-from seqzoo.train.loop import evaluate
+from seqzoo.train.objectives import LMObjective
 from seqzoo.train.tokenizers import ByteTokenizer, HFTokenizer
 
 MIXERS = ["attention", "gla", "mamba"]  # softmax attention (KV cache), a linear RNN, a selective SSM
@@ -133,8 +132,7 @@ def test_rolling_loglikelihood_equals_the_recipes_validation_loss(tmp_path, mixe
     (rolling,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
     stream = torch.tensor([0, *ByteTokenizer().encode(text)])  # the recipe packs: eos, document
     data = LMData(train=stream, val=stream, seq_len=seq_len, bytes_per_token=1.0, vocab_size=256)
-    config = SimpleNamespace(train=SimpleNamespace(eval_batches=4, batch_size=2))
-    val = evaluate(lm.model, data, config, "cpu", contextlib.nullcontext)
+    val = LMObjective(batch_size=2, eval_batches=4).evaluate(lm.model, data, "cpu", contextlib.nullcontext)
     assert rolling == pytest.approx(-val["val_loss"] * 3 * seq_len, rel=1e-5)
 
 

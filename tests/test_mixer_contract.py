@@ -158,3 +158,93 @@ def test_unknown_kwarg_and_name():
         seqzoo.build_mixer("short_conv", 16, bogus=1)
     with pytest.raises(ValueError, match="attentoin"):
         seqzoo.build_mixer("attentoin", 16)
+
+
+# -- every backend of the op a mixer's ``backend`` names ------------------------------------------------------
+
+# The op whose backend names a mixer's ``backend`` argument takes (the op the layer exists to run). Every other
+# op the layer calls (its short convolution, a step op) gets the same name where it has it, else its auto.
+BACKEND_OP = {
+    "attention": "attention",
+    "base_conv": "fft_conv",
+    "based": "gla",
+    "deltanet": "delta_rule",
+    "flow": "flow_attention",
+    "gated_deltanet": "delta_rule",
+    "gla": "gla",
+    "hawk": "linear_scan",
+    "hgrn2": "gla",
+    "hyena": "fft_conv",
+    "liger": "gla",
+    "lightning": "gla",
+    "linear_attention": "gla",
+    "lizard": "gla",
+    "mamba": "selective_scan",
+    "mamba2": "gla",
+    "orchid": "fft_conv",
+    "retnet": "gla",
+    "rglru": "linear_scan",
+    "s4": "s4_kernel",
+    "s4d": "s4d_kernel",
+    "short_conv": "causal_conv1d",
+}
+MIXER_BACKENDS = [
+    (mixer, backend)
+    for mixer, op in sorted(BACKEND_OP.items())
+    if mixer in seqzoo.list_mixers()
+    for backend in getattr(seqzoo.ops, op).backend_names()
+]
+
+
+def test_backend_table_covers_every_mixer_with_a_backend():
+    import inspect
+
+    from seqzoo.registry import mixer_class
+
+    takes = {
+        n for n in seqzoo.list_mixers() if "backend" in inspect.signature(mixer_class(n).__init__).parameters
+    }
+    assert takes <= set(BACKEND_OP), f"add {sorted(takes - set(BACKEND_OP))} to BACKEND_OP"
+
+
+@pytest.mark.parametrize("mixer, backend", MIXER_BACKENDS, ids=[f"{m}-{b}" for m, b in MIXER_BACKENDS])
+def test_mixer_builds_with_every_backend_of_its_op(mixer, backend):
+    """Built with any backend name of its op, a mixer hands its short convolutions a name causal_conv1d has
+    (Mamba2(backend="triton_recurrent") used to pass the gla name on, and failed when it ran)."""
+    from seqzoo.modules.short_conv import ShortConvolution
+
+    m = build(mixer, backend=backend)
+    names = seqzoo.ops.causal_conv1d.backend_names()
+    for conv in (c for c in m.modules() if isinstance(c, ShortConvolution)):
+        # auto, or the layer's own name where the convolution has it (short_conv's, reference, torch, triton)
+        assert conv.backend == "auto" or (conv.backend == backend and backend in names), conv.backend
+
+
+def _runnable_on_cpu():
+    """The (mixer, backend) pairs whose backend runs on a CPU. The chunked Triton kernels take ~100 s through
+    the interpreter over every mixer, and their ops' own tests cover them: those runs are exhaustive, but for
+    mamba2's (the layer that handed its gla name to its convolution)."""
+    out = []
+    for m, b in MIXER_BACKENDS:
+        if getattr(seqzoo.ops, BACKEND_OP[m]).backends("cpu")[b] != "available":
+            continue
+        marks = [pytest.mark.exhaustive] if b == "triton" and m != "mamba2" else []
+        out.append(pytest.param(m, b, marks=marks, id=f"{m}-{b}"))
+    return out
+
+
+@pytest.mark.parametrize("mixer, backend", _runnable_on_cpu())
+def test_mixer_runs_with_every_backend_of_its_op(mixer, backend):
+    """Forward, prefill and step of a mixer built with each backend of its op that runs on a CPU (the Triton
+    ones under TRITON_INTERPRET=1) agree with the same weights built with ``auto``."""
+    torch.manual_seed(0)
+    auto = build(mixer).float()
+    torch.manual_seed(0)
+    m = build(mixer, backend=backend).float()
+    m.load_state_dict(auto.state_dict())
+    x = torch.randn(1, 6, D_MODEL)
+    y = auto(x)
+    torch.testing.assert_close(m(x), y, rtol=1e-4, atol=1e-4)
+    y_pre, state = m.prefill(x[:, :5])
+    y_t, _ = m.step(x[:, 5], state)
+    torch.testing.assert_close(torch.cat([y_pre, y_t[:, None]], 1), y, rtol=1e-4, atol=1e-4)

@@ -41,7 +41,6 @@ class LMData:
     seq_len: int
     bytes_per_token: float
     vocab_size: int
-    task = False
 
     def __post_init__(self):
         for name, stream in (("train", self.train), ("validation", self.val)):
@@ -82,7 +81,6 @@ class TaskData:
     val_labels: torch.Tensor
     vocab_size: int
     bytes_per_token: float = math.nan
-    task = True
 
     @property
     def seq_len(self) -> int:
@@ -122,8 +120,6 @@ class ClassificationData:
     vocab_size: int
     n_classes: int
     pairs: bool = False
-    task = True
-    classify = True
 
     @property
     def seq_len(self) -> int:

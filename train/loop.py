@@ -4,8 +4,9 @@
     for step: micro-batches (grad accumulation) -> autocast forward -> backward -> clip -> step
               every log.every: metrics.jsonl / TensorBoard;  every eval_every: validation
               every ckpt_every: atomic checkpoint;  at the end: model, loss curve, summary
-A classifier (Long Range Arena) also keeps the weights of its best validation accuracy (``model-best/``) and
-reports the test accuracy of those weights, as LRA results are reported.
+What depends on the kind of data (the loss, the validation metrics, the best-validation weights a classifier
+keeps in ``model-best/``, the summary's scores) is the run's objective (``train/objectives.py``), chosen once
+from the config.
 
 Under ``torchrun --nproc_per_node N`` the same code runs DDP, or FSDP2 with train.distributed=fsdp
 (``train/distributed.py``): every rank takes its own slice of the same global batch, so N processes compute
@@ -24,16 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm.auto import tqdm
-
-from seqzoo.models.classifier import SequenceClassifier
 
 from .build import build_model, predates_mixer_settings
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import RunConfig, dump_config
 from .cpu_memory import retain_freed_memory
-from .data import IGNORE_INDEX, build_data
+from .data import build_data
 from .distributed import (
     check_strategy,
     grad_sync,
@@ -45,6 +43,7 @@ from .distributed import (
 )
 from .lora import merge_lora, plain_model, prepare_finetune
 from .metrics import MetricsLogger, plot_loss_curve
+from .objectives import Objective, objective_for
 from .tokenizers import build_tokenizer, load_run_tokenizer
 
 # -- devices ---------------------------------------------------------------------------------------
@@ -119,46 +118,11 @@ def seed_everything(seed: int) -> None:
 # -- evaluation ------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def evaluate_classifier(model, batches, device, autocast) -> dict:
-    """Loss and accuracy of a classifier over ``batches`` of (inputs, mask, labels)."""
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    for x, mask, y in batches:
-        x, mask, y = x.to(device), mask.to(device), y.to(device)
-        with autocast():
-            logits = model(x, mask=mask)
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        count += y.numel()
-    model.train()
-    loss = total_loss / max(1, count)
-    return {"loss": loss, "acc": correct / max(1, count), "n": count}
-
-
-@torch.no_grad()
 def evaluate(model, data, config: RunConfig, device, autocast) -> dict:
-    if getattr(data, "classify", False):
-        r = evaluate_classifier(
-            model, data.val_batches(config.train.eval_batches, config.train.batch_size), device, autocast
-        )
-        return {"val_loss": r["loss"], "val_acc": r["acc"]}
-    model.eval()
-    total_loss, total_tokens, correct = 0.0, 0, 0
-    for x, y in data.val_batches(config.train.eval_batches, config.train.batch_size):
-        x, y = x.to(device), y.to(device)
-        mask = y != IGNORE_INDEX
-        with autocast():
-            logits = model(x, logits_at=mask)  # [N, V]: only the scored positions
-        total_loss += F.cross_entropy(logits.float(), y[mask], reduction="sum").item()
-        correct += (logits.argmax(-1) == y[mask]).sum().item()
-        total_tokens += mask.sum().item()
-    model.train()
-    loss = total_loss / max(1, total_tokens)
-    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_acc": correct / max(1, total_tokens)}
-    if not data.task:
-        out["val_bpb"] = loss / math.log(2) / data.bytes_per_token
-    return out
+    """The validation metrics of ``model`` on ``data`` as a run of ``config`` logs them (its objective's)."""
+    objective = objective_for(config)
+    objective.check_data(data)
+    return objective.evaluate(model, data, device, autocast)
 
 
 def score_with_harness(config: RunConfig, out_dir: Path, device) -> dict:
@@ -179,22 +143,6 @@ def score_with_harness(config: RunConfig, out_dir: Path, device) -> dict:
         task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
         for task, metrics in results["results"].items()
     }
-
-
-def test_classifier(model, data, out_dir: Path, config: RunConfig, device, autocast) -> dict:
-    """Accuracy on the whole test split of the final weights and of the best-validation ones (``test_acc``,
-    what LRA reports), and on the whole validation split."""
-    bs = config.train.batch_size
-    final = evaluate_classifier(model, data.batches(data.test, bs), device, autocast)
-    out = {"final_test_acc": final["acc"], "n_test": final["n"]}
-    best_dir = out_dir / "model-best"
-    if (best_dir / "model.safetensors").is_file():
-        best = SequenceClassifier.load(best_dir, device=device)
-        out["best_val_acc"] = evaluate_classifier(best, data.batches(data.val, bs), device, autocast)["acc"]
-        out["test_acc"] = evaluate_classifier(best, data.batches(data.test, bs), device, autocast)["acc"]
-    else:
-        out["test_acc"] = final["acc"]
-    return out
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -265,6 +213,7 @@ class LossWindow:
 
 def run_summary(
     config: RunConfig,
+    objective: Objective,
     model,
     data,
     out_dir: Path,
@@ -279,9 +228,10 @@ def run_summary(
     last_eval,
     tokens_per_step,
 ) -> dict:
-    """Rank 0's end of a run: save the final ``model/`` (LoRA merged in, a plain model), score it (a
-    classifier's test accuracy, or its state size; the harness tasks of ``eval.tasks``), write
-    ``summary.json`` and the loss curve, print the summary; returns it. ``model`` is unsharded."""
+    """Rank 0's end of a run: save the final ``model/`` (LoRA merged in, a plain model), score it (the
+    objective's summary: a classifier's test accuracy, or the state size; the harness tasks of
+    ``eval.tasks``), write ``summary.json`` and the loss curve, print the summary; returns it. ``model`` is
+    unsharded."""
     merge_lora(model).save(out_dir / "model")  # LoRA folded in: a plain model
     summary = {
         "name": config.name,
@@ -295,14 +245,7 @@ def run_summary(
         "stopped_early": stop_early,
         **last_eval,
     }
-    if getattr(data, "classify", False):
-        summary.update(test_classifier(model, data, out_dir, config, device, autocast))
-    else:
-        summary["state_size"] = model.state_size(data.seq_len)
-    if not data.task:
-        entropy = data.unigram_entropy_bits()
-        summary["unigram_entropy_bits_per_token"] = entropy
-        summary["unigram_entropy_bpb"] = entropy / data.bytes_per_token
+    summary.update(objective.summary(model, data, out_dir, device, autocast))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.log.plot:
         plot_loss_curve(out_dir)
@@ -316,40 +259,20 @@ def run_summary(
     return summary
 
 
-def forward_backward(model, batch, data, config: RunConfig, world: int, autocast, scaler) -> torch.Tensor:
+def forward_backward(
+    model, batch, objective: Objective, config: RunConfig, world: int, autocast, scaler
+) -> torch.Tensor:
     """Forward and backward of one optimizer step's share of the global ``batch`` on this rank, in
     ``train.grad_accum`` micro-batches (gradients reduced across ranks on the last one); returns this rank's
     loss of the step, a tensor (no device sync): each micro-batch's summed loss over the labels of the whole
     batch, so that the sum is the mean over the batch."""
-    classify = getattr(data, "classify", False)
     micro = config.train.batch_size // world // config.train.grad_accum
-    y = batch[-1]
-    n_labels = y.numel() if classify else (y != IGNORE_INDEX).sum().clamp_min(1)
-    step_loss = torch.zeros((), device=y.device)
+    n_labels = objective.count(batch[-1])
+    step_loss = torch.zeros((), device=batch[-1].device)
     for i in range(config.train.grad_accum):
         part = tuple(t[i * micro : (i + 1) * micro] for t in batch)
-        xs, ys = part[0], part[-1]
         with grad_sync(model, enabled=i == config.train.grad_accum - 1 or world == 1):
-            if classify:  # (inputs, mask, labels): one class per sequence
-                with autocast():
-                    logits = model(xs, mask=part[1])
-                loss = F.cross_entropy(logits.float(), ys, reduction="sum") / n_labels
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.detach()
-                continue
-            # A task scored at a few positions (MQAR) takes logits only there: the same loss, and the
-            # LM head and softmax over the vocabulary cost a fraction.
-            at = (ys != IGNORE_INDEX) if data.task else None
-            with autocast():
-                logits = model(xs, logits_at=at)
-            # Sum over this micro-batch / labels in the whole batch: the mean over the batch.
-            targets = ys[at] if data.task else ys.flatten()
-            loss = (
-                F.cross_entropy(
-                    logits.float().flatten(0, -2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-                / n_labels
-            )
+            loss = objective.loss(model, part, autocast) / n_labels
             (scaler.scale(loss) if scaler else loss).backward()
         step_loss += loss.detach()
     return step_loss
@@ -420,6 +343,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             f"({world} x {config.train.grad_accum})"
         )
     seed_everything(config.train.seed)
+    objective = objective_for(config)  # the loss, validation, best weights and summary of this kind of data
 
     out_dir = config.out_path()
     ckpt_dir = out_dir / "checkpoints"
@@ -434,8 +358,8 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     data, tokenizer = build_data(config.data, make_tokenizer, seed=config.train.seed)
     if main_rank and tokenizer is not None:
         tokenizer.save(out_dir)
+    objective.check_data(data)
 
-    classify = getattr(data, "classify", False)
     raw_model = build_model(config, data).to(device)
     prepare_finetune(raw_model, config.finetune, load=not resume)  # init_from, LoRA, what trains
     n_params = sum(p.numel() for p in raw_model.parameters())
@@ -459,14 +383,13 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     start_step = 0
-    best_val_acc = -1.0  # a classifier keeps the weights of its best validation accuracy (model-best/)
     if resume:
         ckpt = latest_checkpoint(ckpt_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_checkpoint(ckpt, raw_model, optimizer, scheduler, scaler, sharded=sharded)
         start_step = state["step"]
-        best_val_acc = state.get("best_val_acc", best_val_acc)
+        objective.best_val_acc = state.get("best_val_acc", objective.best_val_acc)
         if main_rank:
             print(f"resumed from {ckpt} at step {start_step}")
     if config.train.compile:
@@ -481,9 +404,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
         out_dir, enabled=main_rank, tensorboard=config.log.tensorboard, resume_from=start_step
     )
     if main_rank:
-        kind = ""
-        if classify:
-            kind = "bidirectional classifier, " if raw_model.config.bidirectional else "causal classifier, "
+        kind = objective.describe(raw_model)
         strategy = f" ({config.train.distributed})" if world > 1 else ""
         print(
             f"{config.name}: {kind}{n_params:,} parameters, mixer {config.model.mixer}, {world} process(es)"
@@ -506,7 +427,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     for step in range(start_step, config.train.steps):
         batch = data.train_batch(config.train.seed, step, config.train.batch_size, rank, world)
         batch = tuple(t.to(device) for t in batch)
-        step_loss = forward_backward(model, batch, data, config, world, autocast, scaler)
+        step_loss = forward_backward(model, batch, objective, config, world, autocast, scaler)
         if scaler:
             scaler.unscale_(optimizer)
         if config.optim.grad_clip:
@@ -538,7 +459,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             logger.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
         if eval_now:
-            last_eval = evaluate(model, data, config, device, autocast)
+            last_eval = objective.evaluate(model, data, device, autocast)
             logger.log({"step": done, **last_eval})
             if main_rank:
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
@@ -546,8 +467,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
                 config.train.early_stop_acc is not None
                 and last_eval["val_acc"] >= config.train.early_stop_acc
             )
-            if classify and last_eval["val_acc"] > best_val_acc:
-                best_val_acc = last_eval["val_acc"]
+            if objective.is_new_best(last_eval):  # a classifier's best validation accuracy so far
                 best = unsharded_copy(raw_model, rebuild)  # collective when sharded; None off rank 0
                 if main_rank:
                     plain_model(best).save(out_dir / "model-best")  # LoRA merged, in a copy
@@ -555,7 +475,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
             window.flush()
             trainer_state = {
                 "data_position": {"seed": config.train.seed, "next_step": done},
-                "best_val_acc": best_val_acc,
+                "best_val_acc": objective.best_val_acc,
             }
             save_run_checkpoint(
                 ckpt_dir,
@@ -579,6 +499,7 @@ def train(config: RunConfig, resume: bool = False, stop_after: int | None = None
     if main_rank:
         summary = run_summary(
             config,
+            objective,
             final.to(device),
             data,
             out_dir,

@@ -117,10 +117,6 @@ def _check_max_len(max_len) -> None:
     )
 
 
-def _id_dtype(vocab_size: int) -> torch.dtype:
-    return torch.int16 if vocab_size < 32768 else torch.int32
-
-
 def _pack(seqs: list[np.ndarray], seq_len: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id arrays to ``seq_len`` with PAD_ID: (inputs [N, seq_len], lengths int64 [N])."""
     np_dtype = np.int16 if vocab_size < 32768 else np.int32

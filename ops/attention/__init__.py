@@ -7,8 +7,8 @@ Queries are the last Tq of the Tk positions (so decoding passes one query agains
 ``window=W`` keeps the W most recent positions (causal) or |i - j| < W (non-causal). ``scale`` defaults
 to D ** -0.5.
 
-Backends: ``reference`` (explicit softmax, fp32), ``torch`` (SDPA), ``flash`` (flash-attn, when installed,
-CUDA fp16/bf16). ``auto`` takes flash on a GPU when it can, else SDPA.
+Backends: ``reference`` (explicit softmax, computed in fp64 inside), ``torch`` (SDPA), ``flash`` (flash-attn,
+when installed, CUDA fp16/bf16). ``auto`` takes flash on a GPU when it can, else SDPA.
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ K ** -0.5. initial_state / final_state [B, H, K, V] in fp32 (fp64 for fp64 input
 The op does not L2-normalise q or k: the mixer does that (the recurrence is stable for unit-norm keys and
 beta in (0, 2); other keys are taken as they are).
 
-Backends: ``reference`` (the sequential recurrence, fp32), ``torch`` (chunkwise-parallel with the WY / UT
-representation, every exponent <= 0: the CPU default), ``triton`` (the same chunked form in Triton kernels,
-forward and backward: the GPU default), ``triton_recurrent`` (a fused token-by-token kernel with its backward:
-what :data:`delta_rule_step` takes for a few tokens on a GPU). The Triton backends take fp32/fp16/bf16 and head
-dims up to 256.
+Backends: ``reference`` (the sequential recurrence, computed in fp64 inside), ``torch`` (chunkwise-parallel
+with the WY / UT representation, every exponent <= 0: the CPU default), ``triton`` (the same chunked form in
+Triton kernels, forward and backward: the GPU default), ``triton_recurrent`` (a fused token-by-token kernel
+with its backward: what :data:`delta_rule_step` takes for a few tokens on a GPU). The Triton backends take
+fp32/fp16/bf16 and head dims up to 256.
 
 Decoding: :data:`delta_rule_step` (below) carries the state from one segment to the next.
 """

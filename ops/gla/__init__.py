@@ -16,10 +16,10 @@ forward recurrence above and R_t = exp(g_{t+1}) R_{t+1} + k_t^T v_t the reverse 
 position j with the decay exp(G_t - G_j) (j <= t) or exp(G_j - G_t) (j >= t), G = cumsum g, and itself once.
 Without g it is plain linear attention over the whole sequence. It takes no initial or final state.
 
-Backends: ``reference`` (the sequential recurrence, fp32), ``torch`` (chunked, every exponent <= 0: the CPU
-default), ``triton`` (chunked forward and backward kernels, :mod:`.triton_chunk`: the GPU default), ``triton_recurrent``
-(a fused token-by-token kernel with its backward, :mod:`.triton_recurrent`: what :data:`gla_step` takes for a
-few tokens on a GPU).
+Backends: ``reference`` (the sequential recurrence, computed in fp64 inside), ``torch`` (chunked, every
+exponent <= 0: the CPU default), ``triton`` (chunked forward and backward kernels, :mod:`.triton_chunk`: the
+GPU default), ``triton_recurrent`` (a fused token-by-token kernel with its backward, :mod:`.triton_recurrent`:
+what :data:`gla_step` takes for a few tokens on a GPU).
 
 Decoding: :data:`gla_step` (below) carries the state from one segment to the next.
 """

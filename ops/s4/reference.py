@@ -16,10 +16,6 @@ from __future__ import annotations
 import torch
 
 
-def complex_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.complex128 if x.dtype == torch.float64 else torch.complex64
-
-
 def _work(x):
     return x.to(torch.promote_types(x.dtype, torch.float32))
 

@@ -54,6 +54,15 @@ def check_bool(mixer: str, name: str, value) -> bool:
     return value
 
 
+def backend_for(op, backend: str) -> str:
+    """The backend name a layer built with ``backend`` (a name of its own op) passes to another op it
+    calls (its short convolution, a step op): the same name where ``op`` has that backend, else ``op``'s
+    ``auto``. A layer built for ``triton_recurrent`` (gla) or ``cuda`` (selective_scan) thus runs its
+    convolution with causal_conv1d's own choice. Every backend of an op computes the same function, so this
+    picks a speed, never a result."""
+    return backend if backend in op.backend_names() else "auto"
+
+
 class Mixer(nn.Module):
     mixer_name: str = "mixer"  # set by @register_mixer
     # True for mixers that see the future when built with bidirectional=True (they cannot decode).

@@ -31,7 +31,7 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
-from .base import State, check_bool, check_int
+from .base import State, backend_for, check_bool, check_int
 from .hyena import CachedConvMixer, ImplicitFilter, check_filter_args, continue_long_conv
 
 
@@ -73,7 +73,9 @@ class BaseConv(CachedConvMixer):
         self.short = (  # Zoology's short filter: a plain depthwise convolution, no activation
             None
             if short_width is None
-            else ShortConvolution(d_model, short_width, backend=backend, activation=None)
+            else ShortConvolution(
+                d_model, short_width, backend=backend_for(ops.causal_conv1d, backend), activation=None
+            )
         )
         self.filter = None
         if long_conv:

@@ -53,7 +53,7 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
-from .base import Mixer, State, check_bool, check_float, check_int
+from .base import Mixer, State, backend_for, check_bool, check_float, check_int
 
 # -- the short filter -----------------------------------------------------------------------------------
 
@@ -239,7 +239,10 @@ class Hyena(CachedConvMixer):
         d = d_model
         self.in_proj = nn.Linear(d, (order + 1) * d)
         # Hyena's short filter is a plain depthwise convolution: no activation.
-        self.short_filter = ShortConvolution((order + 1) * d, short_width, backend=backend, activation=None)
+        conv_backend = backend_for(ops.causal_conv1d, backend)  # backend names an fft_conv backend
+        self.short_filter = ShortConvolution(
+            (order + 1) * d, short_width, backend=conv_backend, activation=None
+        )
         # One filter bank for the N-1 long convolutions; channel c = v (N-1) + o, as safari lays it out.
         self.filter = ImplicitFilter(
             d * (order - 1),

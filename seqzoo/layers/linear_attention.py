@@ -4,8 +4,8 @@
     S_t = S_{t-1} + k_t^T v_t ;  o_t = K^-1/2 q_t S_t     # no decay: causal linear attention
     y = RMSNorm_head(o) Wo
 
-phi is the feature map: ``identity``, ``elu+1`` (Katharopoulos et al. 2020) or ``relu``. There is no
-denominator: a per-head RMSNorm of the output takes its place (as in TransNormer), so the output's scale
+phi is the feature map: ``identity``, ``elu+1`` (Katharopoulos et al. 2020), ``relu`` or ``silu``. There is
+no denominator: a per-head RMSNorm of the output takes its place (as in TransNormer), so the output's scale
 does not grow with the length. ``use_short_conv`` puts causal depthwise convolutions (SiLU) on q, k and v
 before the feature map, as Zoology's MQAR models do; every mixer of the family takes it.
 
@@ -194,7 +194,7 @@ class GatedLinearAttentionMixer(Mixer):
 
 @register_mixer(
     "linear_attention",
-    description="causal linear attention (no decay) with a feature map (identity, elu+1, relu) and an "
+    description="causal linear attention (no decay) with a feature map (identity, elu+1, relu, silu) and an "
     "output RMSNorm",
     paper="Katharopoulos et al. 2020, Transformers are RNNs; "
     "Qin et al. 2022, The Devil in Linear Transformer",
@@ -223,9 +223,9 @@ class LinearAttention(GatedLinearAttentionMixer):
             conv_width,
             {"conv_q": self.key_dim, "conv_k": self.key_dim, "conv_v": self.value_dim},
         )
-        if feature_map not in ("identity", "elu+1", "relu"):
+        if feature_map not in FEATURE_MAPS:
             raise ValueError(
-                f"linear_attention: feature_map must be 'identity', 'elu+1' or 'relu', got {feature_map!r}"
+                f"linear_attention: feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}"
             )
         self.feature_map = feature_map
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)

@@ -28,7 +28,7 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
-from .base import Mixer, State, check_float, check_int
+from .base import Mixer, State, backend_for, check_float, check_int
 
 
 @register_mixer(
@@ -69,7 +69,9 @@ class Mamba(Mixer):
         e = self.d_inner = expand * d_model
         self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
         # Depthwise filter [E, W], uniform in +-1/sqrt(W) as nn.Conv1d(groups=E) initialises it.
-        self.conv = ShortConvolution(e, d_conv, backend=backend, bias=conv_bias, bias_init="uniform")
+        self.conv = ShortConvolution(
+            e, d_conv, backend=backend_for(ops.causal_conv1d, backend), bias=conv_bias, bias_init="uniform"
+        )
         rename_parameters_on_load(
             self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}
         )  # checkpoints from before the move
@@ -158,7 +160,6 @@ class Mamba(Mixer):
         # The step op has reference and torch backends only (one token is a few elementwise ops: no kernel
         # to fuse); a layer built for triton or cuda decodes with the step op's auto choice, which
         # ops.selective_state_update.last_backend reports like every op's.
-        names = ops.selective_state_update.backend_names()
         y, ssm = ops.selective_state_update(
             state["ssm"],
             u,
@@ -170,7 +171,7 @@ class Mamba(Mixer):
             z=z,
             dt_bias=self.dt_proj.bias,
             dt_softplus=True,
-            backend=self.backend if self.backend in names else "auto",
+            backend=backend_for(ops.selective_state_update, self.backend),
         )
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 

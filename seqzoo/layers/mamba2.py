@@ -27,7 +27,7 @@ from .. import ops
 from ..modules.norm import GatedRMSNorm
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
-from .base import Mixer, State, check_float, check_int
+from .base import Mixer, State, backend_for, check_float, check_int
 from .ssm_init import a_log_init, dt_bias_init
 
 
@@ -119,9 +119,13 @@ class Mamba2(Mixer):
         self.backend = backend
         self.conv_dim = e + 2 * n_groups * d_state
         self.in_proj = nn.Linear(d_model, e + self.conv_dim + self.n_heads, bias=bias)  # z, xBC, dt
-        # As nn.Conv1d(groups=channels) initialises it, SiLU after it.
+        # As nn.Conv1d(groups=channels) initialises it, SiLU after it; ``backend`` names a gla backend.
         self.conv = ShortConvolution(
-            self.conv_dim, d_conv, backend=backend, bias=conv_bias, bias_init="uniform"
+            self.conv_dim,
+            d_conv,
+            backend=backend_for(ops.causal_conv1d, backend),
+            bias=conv_bias,
+            bias_init="uniform",
         )
         rename_parameters_on_load(
             self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}

@@ -52,7 +52,7 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
-from .base import State, check_bool, check_int
+from .base import State, backend_for, check_bool, check_int
 from .hyena import CachedConvMixer, ImplicitFilter, check_filter_args, continue_long_conv
 
 
@@ -101,10 +101,11 @@ class Orchid(CachedConvMixer):
             weight_decay=0.0,
         )
         self.in_proj = nn.Linear(d, 3 * d)
-        self.short_filter = ShortConvolution(3 * d, short_width, backend=backend, activation=None)
+        conv_backend = backend_for(ops.causal_conv1d, backend)  # backend names an fft_conv backend
+        self.short_filter = ShortConvolution(3 * d, short_width, backend=conv_backend, activation=None)
         # Conditioning network: M causal depthwise filters per channel (with ShortConvolution's SiLU), then
         # LayerNorm over the D*M coefficients of a position (as the authors normalise their conditioning).
-        self.cond_conv = ShortConvolution(d * m, cond_width, backend=backend)
+        self.cond_conv = ShortConvolution(d * m, cond_width, backend=conv_backend)
         self.cond_norm = nn.LayerNorm(d * m)
         # h_0 (static) and h_1..h_M (weighted by c) as one bank, channel v (M+1) + k (safari's interleaving).
         self.filter = ImplicitFilter(d * (m + 1), l_max, filter_order, **filt)

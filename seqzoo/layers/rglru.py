@@ -30,7 +30,7 @@ from torch import nn
 from .. import ops
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
 from ..registry import register_mixer
-from .base import Mixer, State
+from .base import Mixer, State, backend_for
 
 # Griffin's scale of the log-decay: a_t = a^(c r_t).
 DECAY_SCALE = 8.0
@@ -100,7 +100,9 @@ class RGLRUBlock(Mixer):
         self.gate_proj = nn.Linear(d_model, lru_width, bias=False)
         self.in_proj = nn.Linear(d_model, lru_width, bias=False)
         # Griffin's temporal convolution: no activation; the filter drawn as nn.Conv1d draws a depthwise one.
-        self.conv = ShortConvolution(lru_width, conv_width, backend=backend, activation=None)
+        self.conv = ShortConvolution(
+            lru_width, conv_width, backend=backend_for(ops.causal_conv1d, backend), activation=None
+        )
         rename_parameters_on_load(
             self, {"conv_weight": "conv.weight", "conv_bias": "conv.bias"}
         )  # checkpoints from before the move
