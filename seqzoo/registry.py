@@ -96,7 +96,9 @@ class MixerRecord:
                 f"mixer {self.name!r}: lm_mlp must be swiglu, geglu, gelu or none, got {self.lm_mlp!r}"
             )
         if self.mqar_lr is not None and (
-            not isinstance(self.mqar_lr, (int, float)) or isinstance(self.mqar_lr, bool) or not self.mqar_lr > 0
+            not isinstance(self.mqar_lr, (int, float))
+            or isinstance(self.mqar_lr, bool)
+            or not self.mqar_lr > 0
         ):
             raise ValueError(f"mixer {self.name!r}: mqar_lr must be a positive number, got {self.mqar_lr!r}")
         if self.lra is not None and not isinstance(self.lra, LRASettings):

@@ -65,7 +65,9 @@ def test_shipped_configs_repeat_no_record(config):
             auto = lm_mlp_for(sorted(names))
         except ValueError:  # the mixers disagree: the config must name one
             auto = None
-        assert model["mlp"] != auto, f"{config}: model.mlp {model['mlp']} is what mlp: auto gives (the records')"
+        assert model["mlp"] != auto, (
+            f"{config}: model.mlp {model['mlp']} is what mlp: auto gives (the records')"
+        )
     if config.removeprefix("tiny-") in RECORDS:
         tiny = read_raw_config("tiny")
         only_mixer = {**tiny, "name": config, "model": {**tiny["model"], "mixer": model.get("mixer")}}

@@ -363,7 +363,9 @@ def _merged(base: dict, over: dict) -> dict:
     """``over`` on top of ``base``, section by section (a dict value merges, any other value replaces)."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 

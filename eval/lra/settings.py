@@ -27,7 +27,9 @@ def lra_mixer(name: str) -> LRAMixer:
 
     record = mixer_record(name)  # an unknown name: ValueError naming the registered mixers
     if record.lra is None:
-        return LRAMixer({"name": name}, {}, f"{name}: the task config's block and optimiser (no LRA setting known)")
+        return LRAMixer(
+            {"name": name}, {}, f"{name}: the task config's block and optimiser (no LRA setting known)"
+        )
     return LRAMixer({"name": name, **record.lra.kwargs}, dict(record.lra.overrides), record.lra.note)
 
 

@@ -74,7 +74,10 @@ def resolve_mixers(mixer, seq_len: int | None = None, mixer_kwargs: dict | None 
 def markdown_table() -> str:
     """The records' settings as markdown (the README shows it; a test keeps the two equal): per mixer, the
     keywords its paper sets beyond the layer's defaults, its LM block's MLP, and where they come from."""
-    lines = ["| mixer | family | settings beyond the layer's defaults | LM MLP | from |", "|---|---|---|---|---|"]
+    lines = [
+        "| mixer | family | settings beyond the layer's defaults | LM MLP | from |",
+        "|---|---|---|---|---|",
+    ]
     for name, record in list_mixers().items():
         kw = {**record.paper_settings, **({record.seq_len_kwarg: "seq_len"} if record.seq_len_kwarg else {})}
         shown = ", ".join(f"{k}={v}" for k, v in kw.items()) or "(layer defaults)"

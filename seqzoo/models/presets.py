@@ -40,8 +40,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .config import LMConfig
 from ..registry import constructor_defaults
+from .config import LMConfig
 from .mixer_settings import with_paper_settings
 
 # The RG-LRU block's temporal convolution width: the layer's default (Griffin: 4; rglru's record).
