@@ -119,11 +119,18 @@ class ModelSection(LMConfig):
         """``mlp: auto``: the MLP the mixers' records ask for in an LM block (none for mamba, gelu for s4,
         ...; swiglu where a record names none), written into the config so the saved model says which."""
         if isinstance(data, dict) and data.get("mlp") == "auto":
-            from seqzoo.models.mixer_settings import lm_mlp_for
+            from seqzoo.models.mixer_settings import DEFAULT_MLP, lm_mlp_for
+            from seqzoo.registry import list_mixers
 
+            mixer = data.get("mixer", LMConfig.model_fields["mixer"].default)
+            entries = mixer if isinstance(mixer, list) else [mixer]
+            names = [e.get("name") if isinstance(e, dict) else e for e in entries]
+            if not entries or not all(isinstance(n, str) and n in list_mixers() for n in names):
+                # A wrong mixer value: its own check (below) rejects the config, naming model.mixer.
+                return {**data, "mlp": DEFAULT_MLP}
             try:
-                mlp = lm_mlp_for(data.get("mixer", LMConfig.model_fields["mixer"].default))
-            except (TypeError, ValueError) as e:  # pydantic reports a ValueError with the key
+                mlp = lm_mlp_for(mixer)
+            except ValueError as e:  # the mixers ask for different MLPs
                 raise ValueError(f"mlp auto: {e}") from None
             data = {**data, "mlp": mlp}
         return data
