@@ -1,10 +1,11 @@
 """``seqzoo demo``: a quick comparison of mixers on built-in data, on CPU.
 
 By default it runs the MQAR CPU sweep (``eval/configs/mqar-cpu.yaml``) over one mixer of each family
-(``DEMO_MQAR_MIXERS``) and prints the accuracy table: the Zoology comparison, small enough for 2 cores.
-``--mixers all`` runs every mixer of the sweep (``seqzoo mqar mqar-cpu`` is the same sweep). How long each
-takes on 2 cores: the README's quick start (the one place those figures are kept). ``--task lm`` instead
-trains one tiny byte-level language model per mixer through the training recipe (``seqzoo.train``) on the
+(``demo_mqar_mixers()``: the records' ``demo=True``) and prints the accuracy table: the Zoology comparison,
+small enough for 2 cores. ``--mixers all`` runs every mixer of the sweep (``seqzoo mqar mqar-cpu`` is the same
+sweep). How long each takes on 2 cores: the README's quick start (the one place those figures are kept).
+``--task lm`` instead trains one tiny byte-level language model per mixer through the training recipe
+(``seqzoo.train``) on the
 Python standard library's sources (nothing is downloaded), with the same data, steps and optimiser, and
 prints validation bits per byte next to the data's unigram entropy (what a model that ignores context
 reaches). Ending far below that line is the model learning from context.
@@ -20,16 +21,23 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 DEFAULT_MIXERS = ["attention", "sliding_window", "short_conv", "hybrid"]  # --task lm
-# --task mqar: one mixer per family (attention, convolutions, SSMs, linear attention, delta rule, gated RNNs,
-# flow, Taylor), the slowest to train first so that the two workers finish together.
-DEMO_MQAR_MIXERS = [
-    "mamba", "gated_deltanet", "mamba2", "hyena", "based", "gla", "flow", "s4d", "rglru", "attention",
-    "sliding_window", "short_conv",
-]  # fmt: skip
 # Named presets beyond the registry: a hybrid is a list of mixers.
 PRESETS = {"hybrid": ["short_conv", "attention"]}
-# The task's knobs; each mixer's own settings come from seqzoo.models.mixer_settings (the recipe fills them).
-MIXER_KWARGS = {"sliding_window": {"window": 32}}
+# --task lm: the task's knob, a sliding window of a quarter of the sequence (as the tiny configs' 64 of 256
+# and the MQAR sweep's 16 of its longer 64); each mixer's own settings come from its record (the recipe fills
+# them).
+WINDOW_FRACTION = 4
+
+
+def demo_mqar_mixers() -> list[str]:
+    """--task mqar: one mixer per family (the one whose record says ``demo=True``), in the MQAR CPU sweep's
+    order: the slowest to train first so that the two workers finish together."""
+    import seqzoo
+
+    from .mqar import load_sweep
+
+    records = seqzoo.list_mixers()
+    return [m for m in load_sweep("mqar-cpu").mixer_entries() if isinstance(m, str) and records[m].demo]
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -59,7 +67,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def demo_config(name: str, args, out_dir: Path) -> dict:
     """The recipe config of one demo run."""
-    mixers = [{"name": n, **MIXER_KWARGS.get(n, {})} for n in PRESETS.get(name, [name])]
+    window = {"window": max(1, args.seq_len // WINDOW_FRACTION)}
+    mixers = [{"name": n, **(window if n == "sliding_window" else {})} for n in PRESETS.get(name, [name])]
     return {
         "name": name,
         "model": {"d_model": args.d_model, "n_layers": args.n_layers, "mixer": mixers},
@@ -95,7 +104,7 @@ def mqar_demo(args) -> int:
     from .mqar import load_sweep, markdown_table, protocol_line, run_sweep
 
     overrides = [f"out_dir={args.out_dir}/{{name}}"] if args.out_dir else []
-    mixers = args.mixers or DEMO_MQAR_MIXERS
+    mixers = args.mixers or demo_mqar_mixers()
     if mixers != ["all"]:
         overrides.append("mixers=[" + ", ".join(mixers) + "]")
     sweep = load_sweep("mqar-cpu", overrides)

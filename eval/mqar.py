@@ -4,7 +4,7 @@ A sweep is mixers x d_model x (seq_len, num_kv_pairs) x learning rates. Every ru
 recipe (``seqzoo.train``). A *cell* is (mixer, d_model, seq_len, num_kv_pairs); its result is the best
 learning rate's accuracy. What a run trains:
 
-- each mixer with its paper's settings (``seqzoo.models.mixer_settings``: short convolutions for the
+- each mixer with its paper's settings (its record, ``seqzoo.models.mixer_settings``: short convolutions for the
   linear-attention family, S4's kernel length = the task's, ...), then the sweep's ``mixer_kwargs`` for
   that mixer (the task's knobs, such as a sliding window), then the entry's own kwargs;
 - a *protocol* (``PROTOCOLS``): ``seqzoo`` (this library's recipe, the default) or ``zoology`` (Zoology's
@@ -32,6 +32,7 @@ Sweep YAML:
     settings: [{seq_len: 64, num_kv_pairs: 4}]                # optional batch_size / steps per setting
     lrs: [1.0e-3, 3.0e-3]
     mixer_lrs: {attention: [1.0e-3]}                          # a mixer's own learning rates, instead
+                                                              # (record: each mixer's record's mqar_lr)
     task: {vocab_size: 8192, num_train: 100000, num_test: 3000}          # mqar task_args
     model: {n_layers: 2, mlp: none}                                       # over the protocol's model section
     optim: {weight_decay: 0.1}                                            # over the protocol's optim section
@@ -54,7 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from seqzoo.models.mixer_settings import with_paper_settings
@@ -96,15 +97,23 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 
 
-# Registered names that build the same layer as another name (compared once).
-ALIASES = {"hawk"}
-
-
 def all_mixers() -> list[str]:
-    """Every registered mixer, aliases aside."""
+    """Every registered mixer."""
     import seqzoo
 
-    return [name for name in seqzoo.list_mixers() if name not in ALIASES]
+    return list(seqzoo.list_mixers())
+
+
+def record_lrs(lrs: list[float]) -> dict[str, list[float]]:
+    """``mixer_lrs: record``: each mixer at the MQAR learning rate its record states (``mqar_lr``), written
+    out only where it differs from ``lrs`` (the same runs, and the protocol line names only the exceptions)."""
+    import seqzoo
+
+    return {
+        name: [record.mqar_lr]
+        for name, record in seqzoo.list_mixers().items()
+        if record.mqar_lr is not None and [record.mqar_lr] != list(lrs)
+    }
 
 
 class Setting(BaseModel):
@@ -124,8 +133,10 @@ class SweepConfig(BaseModel):
     d_models: list[int] = Field(min_length=1)
     settings: list[Setting] = Field(min_length=1)
     lrs: list[float] = Field(min_length=1)
-    mixer_lrs: dict[str, list[float]] = Field(
-        default_factory=dict, description="learning rates by mixer name, instead of lrs for that mixer"
+    mixer_lrs: dict[str, list[float]] | Literal["record"] = Field(
+        default_factory=dict,
+        description="learning rates by mixer name, instead of lrs for that mixer; record: each mixer's "
+        "record's mqar_lr",
     )
     task: dict[str, Any] = Field(default_factory=dict)
     protocol: Literal["seqzoo", "zoology"] = Field(
@@ -145,6 +156,12 @@ class SweepConfig(BaseModel):
     threads_per_worker: int | None = None
     out_dir: str = "runs/mqar/{name}"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _record_lrs(self):
+        if self.mixer_lrs == "record":
+            self.mixer_lrs = record_lrs(self.lrs)
+        return self
 
     def mixer_entries(self) -> list:
         if isinstance(self.mixers, str):

@@ -1,10 +1,16 @@
-"""The mixer registry: every mixer is built by name with keyword arguments.
+"""The mixer registry: every mixer is built by name with keyword arguments, and carries its record.
 
-@register_mixer("short_conv", description="...", paper="...")
+@register_mixer("short_conv", description="...", paper="...", family="short convolution", ...)
 class ShortConv(Mixer): ...
 
 mixer = build_mixer("short_conv", d_model=64, width=4)
-list_mixers()   # {"short_conv": MixerInfo(...), ...}
+list_mixers()   # {"short_conv": MixerRecord(...), ...}
+
+A mixer's :class:`MixerRecord` holds every per-mixer fact the library uses beyond its constructor: its
+paper settings (only values that differ from the constructor's defaults), the keyword set to the task's
+length, the MLP it wants in an LM block, small test kwargs, its MQAR learning rate, its Long Range Arena
+settings and its family. The recipe (``seqzoo.models.mixer_settings``), the presets, the MQAR sweep, the
+demo, the LRA settings and the tests read the records; nothing else states a per-mixer value.
 
 The registry imports no layer: ``import seqzoo`` (which any ``seqzoo.*`` import runs first) imports
 ``seqzoo.layers``, whose modules register the built-in mixers, so the dependency runs one way.
@@ -15,42 +21,140 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from torch import nn
 
 
+def _frozen(mapping: Mapping | None, what: str) -> Mapping:
+    if mapping is None:
+        return MappingProxyType({})
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{what} must be a mapping, got {type(mapping).__name__}")
+    return MappingProxyType(dict(mapping))
+
+
 @dataclass(frozen=True)
-class MixerInfo:
+class LRASettings:
+    """How a mixer runs on Long Range Arena, on top of the task's config (``train/configs/lra-<task>.yaml``,
+    the S4 paper's settings) and the mixer's paper settings.
+
+    ``kwargs``: mixer keywords for LRA only (over its paper settings); ``overrides``: dotted config keys ->
+    values (its paper's block and optimiser); ``note``: where they come from, what is not from a paper."""
+
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "kwargs", _frozen(self.kwargs, "LRASettings.kwargs"))
+        object.__setattr__(self, "overrides", _frozen(self.overrides, "LRASettings.overrides"))
+
+
+@dataclass(frozen=True)
+class MixerRecord:
+    """Everything the library states about one mixer, beside its layer (see the module docstring).
+
+    name, cls, description, paper: what it is (``seqzoo.list_mixers()`` prints them).
+    family: the kind of mixer (``seqzoo demo`` runs one per family: the one with ``demo=True``).
+    paper_settings: the keywords its paper's small models use that differ from the constructor's defaults
+        (a value equal to the default is the default's to state; a test checks), from ``settings_source``.
+    seq_len_kwarg: a keyword set to the task's sequence length (S4's kernel length ``l_max``).
+    lm_mlp: the MLP its paper puts after it in an LM block (``model.mlp: auto``); None: the model's default.
+    test_kwargs: small settings that keep the test suite fast (at d_model 16 to 32).
+    mqar_lr: its learning rate in the CPU MQAR sweep (``mixer_lrs: record``); None: the sweep's ``lrs``.
+    lra: its Long Range Arena settings; None: the task config's block and optimiser.
+    """
+
     name: str
     cls: type
     description: str
     paper: str
+    family: str = ""
+    demo: bool = False
+    paper_settings: Mapping[str, Any] = field(default_factory=dict)
+    settings_source: str = ""
+    seq_len_kwarg: str | None = None
+    lm_mlp: str | None = None
+    test_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    mqar_lr: float | None = None
+    lra: LRASettings | None = None
+
+    def __post_init__(self):
+        for key in ("name", "description", "paper", "family", "settings_source"):
+            if not isinstance(getattr(self, key), str):
+                raise TypeError(f"mixer record: {key} must be a string, got {getattr(self, key)!r}")
+        for key in ("paper_settings", "test_kwargs"):
+            object.__setattr__(self, key, _frozen(getattr(self, key), f"mixer {self.name!r}: {key}"))
+        if self.seq_len_kwarg is not None and not isinstance(self.seq_len_kwarg, str):
+            raise TypeError(f"mixer {self.name!r}: seq_len_kwarg must be a string or None")
+        if self.lm_mlp is not None and self.lm_mlp not in ("swiglu", "geglu", "gelu", "none"):
+            raise ValueError(
+                f"mixer {self.name!r}: lm_mlp must be swiglu, geglu, gelu or none, got {self.lm_mlp!r}"
+            )
+        if self.mqar_lr is not None and (
+            not isinstance(self.mqar_lr, (int, float))
+            or isinstance(self.mqar_lr, bool)
+            or not self.mqar_lr > 0
+        ):
+            raise ValueError(f"mixer {self.name!r}: mqar_lr must be a positive number, got {self.mqar_lr!r}")
+        if self.lra is not None and not isinstance(self.lra, LRASettings):
+            raise TypeError(f"mixer {self.name!r}: lra must be an LRASettings, got {type(self.lra).__name__}")
 
     def __str__(self) -> str:
         return f"{self.name}: {self.description} [{self.paper}]"
 
 
-_MIXERS: dict[str, MixerInfo] = {}
+# The record's old name (seqzoo <= issue 25), for code that imports it.
+MixerInfo = MixerRecord
+
+_MIXERS: dict[str, MixerRecord] = {}
+
+# Mixer names that were removed, with what to use instead (a config or saved model naming one says so).
+REMOVED_MIXERS = {
+    "hawk": "the mixer 'hawk' was removed: the block is the mixer 'rglru' (the same parameters and init: "
+    "rename the mixer in the config or the saved model's config.json); Hawk the model (RG-LRU blocks with "
+    "gated-GeLU MLPs) is the preset seqzoo.models.preset('hawk')",
+}
 
 
-def register_mixer(name: str, *, description: str, paper: str):
-    """Class decorator: make a :class:`seqzoo.layers.Mixer` subclass buildable as ``name``."""
+def register_mixer(name: str, *, description: str, paper: str, **record: Any):
+    """Class decorator: make a :class:`seqzoo.layers.Mixer` subclass buildable as ``name``.
+
+    ``record`` holds the optional :class:`MixerRecord` fields (family, paper_settings, settings_source,
+    seq_len_kwarg, lm_mlp, test_kwargs, mqar_lr, lra, demo); a user's own mixer needs none of them."""
+    unknown = set(record) - {f for f in MixerRecord.__dataclass_fields__ if f not in ("name", "cls")}
+    if unknown:
+        raise TypeError(f"register_mixer({name!r}): unknown record field(s) {sorted(unknown)}")
 
     def add(cls):
         if name in _MIXERS and _MIXERS[name].cls is not cls:
             raise ValueError(
                 f"a mixer named {name!r} is already registered ({_MIXERS[name].cls.__qualname__})"
             )
+        entry = MixerRecord(name, cls, description, paper, **record)
+        _check_record_kwargs(entry)
         cls.mixer_name = name
-        _MIXERS[name] = MixerInfo(name, cls, description, paper)
+        _MIXERS[name] = entry
         return cls
 
     return add
 
 
-def list_mixers() -> dict[str, MixerInfo]:
-    """Every registered mixer by name, with a one-line description and its paper."""
+def _check_record_kwargs(entry: MixerRecord) -> None:
+    """A record's keywords are ones its constructor takes, of the annotated type."""
+    for what, kwargs in (("paper_settings", entry.paper_settings), ("test_kwargs", entry.test_kwargs)):
+        try:
+            _check_kwargs(entry.name, entry.cls, dict(kwargs))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"register_mixer({entry.name!r}): {what}: {e}") from None
+
+
+def list_mixers() -> dict[str, MixerRecord]:
+    """Every registered mixer by name: its record (a one-line description, its paper, its settings)."""
     return dict(sorted(_MIXERS.items()))
 
 
@@ -58,6 +162,8 @@ def mixer_class(name: str) -> type:
     if not isinstance(name, str):
         raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
     if name not in _MIXERS:
+        if name in REMOVED_MIXERS:
+            raise ValueError(REMOVED_MIXERS[name])
         close = difflib.get_close_matches(name, list(_MIXERS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown mixer {name!r}{hint}; registered mixers: {sorted(_MIXERS)}")
@@ -78,7 +184,16 @@ def check_mixer_kwargs(name: str, kwargs: dict) -> None:
     says of an unexpected keyword), of the type its constructor annotates (an int, not a bool or "4"; a finite
     number; a known backend: else MixerArgumentError / ValueError). The error names the keyword.
     Values within the type (ranges, divisibility) are the layer's own checks, when it is built."""
-    cls = mixer_class(name)
+    _check_kwargs(name, mixer_class(name), kwargs)
+
+
+def mixer_record(name: str) -> MixerRecord:
+    """The record of mixer ``name`` (ValueError naming the registered mixers for an unknown name)."""
+    mixer_class(name)
+    return _MIXERS[name]
+
+
+def _check_kwargs(name: str, cls: type, kwargs: dict) -> None:
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         accepted = [p for p in params if p not in ("self", "d_model")]
@@ -88,6 +203,20 @@ def check_mixer_kwargs(name: str, kwargs: dict) -> None:
     annotations = _annotations(cls)
     for key, value in kwargs.items():
         _check_annotated(name, key, value, annotations.get(key))
+
+
+def constructor_defaults(name: str) -> dict[str, Any]:
+    """The default of every keyword mixer ``name``'s constructor takes (along the classes above it, for a
+    ``**kwargs`` constructor that passes its keywords on): what ``build_mixer(name, d)`` builds with."""
+    out: dict[str, Any] = {}
+    for klass in reversed(mixer_class(name).__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for key, p in inspect.signature(init).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                out[key] = p.default
+    return out
 
 
 def _annotations(cls: type) -> dict[str, str]:

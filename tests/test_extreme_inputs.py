@@ -300,7 +300,8 @@ def test_long_matches_full_reference(op_name):
 
 D_MODEL = 32
 T_MIXER = 2048
-MIXER_KWARGS = {"mamba2": {"headdim": 8, "d_state": 8}}
+# Each mixer's small test settings, from its record (register_mixer(..., test_kwargs=...)).
+MIXER_KWARGS = {name: dict(record.test_kwargs) for name, record in seqzoo.list_mixers().items()}
 
 # Parameter (or buffer) name -> value that makes the decay as strong as the layer allows ("strong") or
 # removes it ("none"): log decays near -20 (retnet / lightning's fixed ones, GLA's gate through
@@ -350,8 +351,7 @@ def _set_extremes(mixer: torch.nn.Module, regime: str) -> list[str]:
     return touched
 
 
-# Every registered mixer but the deprecated name 'hawk', which builds rglru's block (test_models checks that).
-MIXER_NAMES = sorted(n for n in seqzoo.list_mixers() if n != "hawk")
+MIXER_NAMES = sorted(seqzoo.list_mixers())
 
 
 @pytest.mark.parametrize("regime", ["strong", "none"])

@@ -286,12 +286,17 @@ def test_listed_with_backends():
 
 # -- the mixers beyond the contract suite --------------------------------------------------------------------
 
+# The linear-attention family on ops.gla with its small test settings (from the records); linear_attention
+# with relu features, which are not positive everywhere (bidirectional normalisation still holds).
 MIXERS = {
-    "gla": {"n_heads": 2},
-    "retnet": {"n_heads": 2},
-    "lightning": {"n_heads": 2},
-    "hgrn2": {"n_heads": 2, "expand_ratio": 8},
-    "linear_attention": {"n_heads": 2, "feature_map": "relu"},
+    name: {**seqzoo.list_mixers()[name].test_kwargs, **extra}
+    for name, extra in {
+        "gla": {},
+        "retnet": {},
+        "lightning": {},
+        "hgrn2": {},
+        "linear_attention": {"feature_map": "relu"},
+    }.items()
 }
 
 

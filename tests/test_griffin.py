@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import seqzoo
 from seqzoo import CausalLM, LMConfig
-from seqzoo.layers.rglru import MAX_SQRT_GRAD, Hawk, RGLRUBlock, decay_at_full_gate, sqrt_bounded_grad
+from seqzoo.layers.rglru import MAX_SQRT_GRAD, RGLRUBlock, decay_at_full_gate, sqrt_bounded_grad
 from seqzoo.models import PRESETS, preset
 
 
@@ -87,11 +87,18 @@ def test_low_precision_model_keeps_fp32_states():
     assert y_t.dtype == torch.bfloat16 and state["h"].dtype == torch.float32
 
 
-def test_hawk_is_the_same_block_under_its_name():
-    m = seqzoo.build_mixer("hawk", 32)
-    assert isinstance(m, RGLRUBlock) and isinstance(m, Hawk)
-    assert seqzoo.build_mixer("rglru", 32).mixer_name == "rglru" and m.mixer_name == "hawk"
+def test_hawk_is_the_preset_and_rglru_its_block():
+    """The block is the mixer rglru (Hawk's width and constant state); the mixer name hawk is gone (an error
+    naming rglru and the preset) and tiny-rglru is Hawk at tiny size (gated-GeLU MLPs, from rglru's record)."""
+    from seqzoo.train.config import load_config
+
+    m = seqzoo.build_mixer("rglru", 32)
+    assert isinstance(m, RGLRUBlock) and m.mixer_name == "rglru"
     assert m.lru_width == 32 and m.state_size(10) == m.state_size(10**6) == 32 * 4
+    with pytest.raises(ValueError, match=r"mixer 'rglru'.*preset\('hawk'\)"):
+        seqzoo.build_mixer("hawk", 32)
+    tiny = load_config("tiny-rglru").model
+    assert tiny.mixer == "rglru" and tiny.mlp == preset("hawk").mlp == "geglu"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """The mixer contract, checked for every registered mixer as the library's configs build it (its paper's
-settings from seqzoo.models.mixer_settings, e.g. the short convolutions of the linear-attention family),
-and for the plain layers (their own defaults). A new mixer is covered by registering it; give it small,
-fast kwargs in SMALL_KWARGS if its defaults are large."""
+settings from its record, e.g. the short convolutions of the linear-attention family), and for the plain
+layers (their own defaults), with each record's small test kwargs.
+
+Adding a mixer is one layer file (its ``register_mixer`` record beside it) plus one line in MIXER_FAMILIES
+below: the mixers that exist, with what they are. A registered mixer missing from the table, or a name in the
+table that is not registered, fails test_every_mixer_is_in_the_table."""
 
 from __future__ import annotations
 
@@ -12,42 +15,54 @@ import seqzoo
 from seqzoo.models.mixer_settings import settings_for, with_paper_settings
 
 D_MODEL = 32
-# Small settings per mixer so the suite stays fast; mixers not listed use their defaults.
-SMALL_KWARGS = {
-    "attention": {"n_heads": 4, "n_kv_heads": 2},
-    "sliding_window": {"n_heads": 2, "window": 5},
-    "short_conv": {"width": 4},
-    "flow": {"n_heads": 4},
-    "rglru": {"n_heads": 4},
-    "gla": {"n_heads": 2},
-    "retnet": {"n_heads": 2},
-    "lightning": {"n_heads": 2},
-    "hgrn2": {"n_heads": 2, "expand_ratio": 8},
-    "linear_attention": {"n_heads": 2},
-    "mamba": {"d_state": 4, "expand": 2},
-    "mamba2": {"d_state": 8, "headdim": 16, "n_groups": 2},
-    "deltanet": {"n_heads": 2},
-    "gated_deltanet": {"n_heads": 2},
-    "s4": {"d_state": 8, "l_max": 8},
-    "s4d": {"d_state": 8},
-    "based": {"n_heads": 2, "feature_dim": 4},
-    "liger": {"n_heads": 4, "n_kv_heads": 2, "window": 5},
-    "lizard": {"n_heads": 4, "n_kv_heads": 2, "window": 5, "n_meta": 2, "feature_dim": 4},
-    "base_conv": {"filter_order": 8},
-    "hyena": {"filter_order": 8},
-    "orchid": {"filter_order": 8, "n_kernels": 2},
+# Every mixer that exists, with its family (what kind of mixer it is; `seqzoo demo` runs one per family).
+MIXER_FAMILIES = {
+    "attention": "softmax attention",
+    "sliding_window": "local attention",
+    "short_conv": "short convolution",
+    "base_conv": "long convolution",
+    "hyena": "long convolution",
+    "orchid": "long convolution",
+    "s4": "time-invariant SSM",
+    "s4d": "time-invariant SSM",
+    "mamba": "selective SSM",
+    "mamba2": "structured state space duality",
+    "gla": "gated linear attention",
+    "retnet": "gated linear attention",
+    "lightning": "gated linear attention",
+    "hgrn2": "gated linear attention",
+    "linear_attention": "gated linear attention",
+    "liger": "gated linear attention",
+    "lizard": "gated linear attention",
+    "based": "Taylor linear attention",
+    "deltanet": "delta rule",
+    "gated_deltanet": "delta rule",
+    "rglru": "gated RNN",
+    "flow": "flow attention",
 }
-# "name" builds a mixer with its paper's settings; "name:plain" with the layer's own defaults.
-MIXERS = sorted(seqzoo.list_mixers()) + [
-    f"{n}:plain" for n in sorted(seqzoo.list_mixers()) if settings_for(n).kwargs
-]
+# "name" builds a mixer with its paper's settings; "name:plain" with the layer's own defaults (only where its
+# paper settings differ from them).
+MIXERS = sorted(MIXER_FAMILIES) + [f"{n}:plain" for n in sorted(MIXER_FAMILIES) if settings_for(n).kwargs]
+
+
+def small_kwargs(name: str) -> dict:
+    """The record's small settings that keep the suite fast."""
+    return dict(seqzoo.list_mixers()[name].test_kwargs)
+
+
+def test_every_mixer_is_in_the_table():
+    records = seqzoo.list_mixers()
+    assert {n: r.family for n, r in records.items()} == MIXER_FAMILIES
+    # One mixer per family is the demo's (a family without one, or with two, changes what make demo runs).
+    for family in set(MIXER_FAMILIES.values()):
+        assert sum(r.demo for r in records.values() if r.family == family) == 1, family
 
 
 def build(name, **extra):
     name, _, variant = name.partition(":")
     paper = {} if variant == "plain" else with_paper_settings(name, seq_len=8)
     paper.pop("name", None)
-    kwargs = {**paper, **SMALL_KWARGS.get(name, {}), **extra}
+    kwargs = {**paper, **small_kwargs(name), **extra}
     if variant == "plain":
         kwargs.pop("use_short_conv", None)
     return seqzoo.build_mixer(name, D_MODEL, **kwargs).double()

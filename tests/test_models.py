@@ -237,37 +237,39 @@ def test_checkpoints_from_before_the_shared_short_convolution_still_load(mixer, 
     torch.testing.assert_close(loaded(ids), lm(ids))
 
 
-def test_hawk_old_spellings_resolve_as_before():
-    """Issue 14: ``hawk`` names a model (the preset); the block is the mixer ``rglru``. The mixer name ``hawk``
-    still builds the same block (parameters, init) for old configs, with a FutureWarning that says so."""
+def test_mixer_name_hawk_is_an_error_naming_rglru_and_the_preset(tmp_path):
+    """Issue 14 made ``hawk`` the model (the preset) and ``rglru`` its block; issue 26 removed the deprecated
+    mixer name ``hawk``: building it, a model config naming it, a saved model naming it and the tiny config's
+    old name all fail with a message that names the mixer ``rglru`` and the preset."""
+    import json
     import warnings
 
-    from seqzoo.layers.rglru import Hawk, RGLRUBlock
     from seqzoo.models.presets import preset
+    from seqzoo.train.config import ConfigError, load_config
 
-    torch.manual_seed(0)
+    says = r"'hawk' was removed.*mixer 'rglru'.*preset\('hawk'\)"
+    assert "hawk" not in seqzoo.list_mixers()
+    with pytest.raises(ValueError, match=says):
+        seqzoo.build_mixer("hawk", 16, n_heads=2)
+    with pytest.raises(ValueError, match=says):
+        LMConfig(vocab_size=50, d_model=16, n_layers=1, mixer={"name": "hawk", "n_heads": 2})
+    # A saved model whose config.json names the mixer hawk: the same error, from load.
+    lm = CausalLM(LMConfig(vocab_size=50, d_model=16, n_layers=1, mixer={"name": "rglru", "n_heads": 2}))
+    lm.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    text = json.dumps(config).replace('"rglru"', '"hawk"')
+    assert text != json.dumps(config)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=says):
+        CausalLM.load(tmp_path)
+    with pytest.raises(ConfigError, match=says + r".*tiny-rglru"):
+        load_config("tiny-hawk")
+    with pytest.raises(ConfigError, match=says):
+        load_config("tiny", ["model.mixer=hawk", "model.mlp=swiglu"])
+    # The current names warn about nothing; the preset is RG-LRU blocks with gated-GeLU MLPs, as before.
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the current names warn about nothing
-        block = seqzoo.build_mixer("rglru", 16, n_heads=2)
+        warnings.simplefilter("error")
+        seqzoo.build_mixer("rglru", 16, n_heads=2)
         model_config = preset("hawk", d_model=16, n_layers=2, vocab_size=50)
-    torch.manual_seed(0)
-    with pytest.warns(
-        FutureWarning, match=r"'hawk' is a deprecated alias of the mixer 'rglru'.*preset\('hawk'\)"
-    ):
-        alias = seqzoo.build_mixer("hawk", 16, n_heads=2)
-    assert type(alias) is Hawk and isinstance(alias, RGLRUBlock) and alias.mixer_name == "hawk"
-    assert alias.state_dict().keys() == block.state_dict().keys()
-    assert all(torch.equal(v, block.state_dict()[k]) for k, v in alias.state_dict().items())
-    with pytest.raises(TypeError, match="accepts"):  # still checked against rglru's arguments
-        seqzoo.build_mixer("hawk", 16, bogus=1)
-    assert "deprecated alias of rglru" in seqzoo.list_mixers()["hawk"].description
-    # The preset: RG-LRU blocks with gated-GeLU MLPs, as before.
     assert isinstance(model_config, LMConfig) and model_config.mlp == "geglu"
     assert {name for name, _ in model_config.layer_specs()} == {"rglru"}
-    # A model config that names the mixer ``hawk`` still builds and runs.
-    with pytest.warns(FutureWarning):
-        model = CausalLM(
-            LMConfig(vocab_size=50, d_model=16, n_layers=1, mixer={"name": "hawk", "n_heads": 2})
-        )
-    assert type(model.backbone.blocks[0].mixer) is Hawk
-    assert model(torch.randint(0, 50, (1, 5))).shape == (1, 5, 50)

@@ -202,10 +202,11 @@ def test_a_changed_config_runs_again_instead_of_reusing(tmp_path):
 
 
 def test_each_mixer_runs_with_the_settings_table():
-    """What a sweep trains is each mixer with its paper's settings (the one table), the task's knobs on top."""
+    """What a sweep trains is each mixer with its paper's settings (its record), the task's knobs on top, at the
+    MQAR learning rate its record states."""
     from seqzoo import CausalLM, LMConfig
     from seqzoo.eval.mqar import load_sweep, plan_runs
-    from seqzoo.models.mixer_settings import MIXER_SETTINGS
+    from seqzoo.registry import list_mixers
     from seqzoo.train.build import model_config
     from seqzoo.train.config import load_config
 
@@ -216,7 +217,7 @@ def test_each_mixer_runs_with_the_settings_table():
         (layer,) = run["config"]["model"]["mixer"]
         name = layer["name"]
         seen.add(name)
-        for key, value in MIXER_SETTINGS[name].kwargs.items():
+        for key, value in list_mixers()[name].paper_settings.items():
             assert layer[key] == value, (name, key)
         if name == "s4":
             assert layer["l_max"] == run["seq_len"]
@@ -234,6 +235,7 @@ def test_each_mixer_runs_with_the_settings_table():
     } <= seen
     lrs = {(r["mixer"], r["lr"]) for r in runs}
     assert ("attention", 3e-3) in lrs and ("gla", 1e-2) in lrs and ("attention", 1e-2) not in lrs
+    assert lrs == {(r["mixer"], list_mixers()[r["mixer"]].mqar_lr) for r in runs}
     # ... and the recipe builds exactly that: short convolutions in front of gla's q, k, v.
     gla = next(r for r in runs if r["mixer"] == "gla")
     cfg = load_config({**gla["config"], "train": {**gla["config"]["train"], "out_dir": "unused"}})

@@ -10,7 +10,8 @@
     finetune: start from saved weights, LoRA adapters, what trains (train/lora.py; optional)
 
 ``load_config("tiny-attention", ["optim.lr=1e-3", "model.mixer=short_conv"])`` reads a file path or a
-config shipped in ``train/configs/`` by short name, applies dotted overrides (values parsed as YAML), and
+config shipped in ``train/configs/`` by short name (``tiny-<mixer>`` is ``tiny`` with ``model.mixer=<mixer>``;
+a file's ``base: NAME`` puts it over another config), applies dotted overrides (values parsed as YAML), and
 validates. Unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key.
 """
 
@@ -111,6 +112,28 @@ class ModelSection(LMConfig):
         description="paper: fill each mixer's kwargs from seqzoo.models.mixer_settings (its paper's settings) "
         "before the entry's own; none: the layers' own defaults",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mlp_auto(cls, data):
+        """``mlp: auto``: the MLP the mixers' records ask for in an LM block (none for mamba, gelu for s4,
+        ...; swiglu where a record names none), written into the config so the saved model says which."""
+        if isinstance(data, dict) and data.get("mlp") == "auto":
+            from seqzoo.models.mixer_settings import DEFAULT_MLP, lm_mlp_for
+            from seqzoo.registry import list_mixers
+
+            mixer = data.get("mixer", LMConfig.model_fields["mixer"].default)
+            entries = mixer if isinstance(mixer, list) else [mixer]
+            names = [e.get("name") if isinstance(e, dict) else e for e in entries]
+            if not entries or not all(isinstance(n, str) and n in list_mixers() for n in names):
+                # A wrong mixer value: its own check (below) rejects the config, naming model.mixer.
+                return {**data, "mlp": DEFAULT_MLP}
+            try:
+                mlp = lm_mlp_for(mixer)
+            except ValueError as e:  # the mixers ask for different MLPs
+                raise ValueError(f"mlp auto: {e}") from None
+            data = {**data, "mlp": mlp}
+        return data
 
     @model_validator(mode="after")
     def _mixer_kwargs(self):
@@ -303,18 +326,85 @@ class RunConfig(Section):
         return Path(self.train.out_dir.format(name=self.name))
 
 
+# ``tiny-<mixer>``: the shipped ``tiny`` config with ``model.mixer=<mixer>`` (no file per mixer).
+TINY = "tiny"
+
+
 def available_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """The shipped configs by short name: the files, and ``tiny-<mixer>`` for every registered mixer."""
+    from seqzoo.registry import list_mixers
+
+    files = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    return sorted(files | {f"{TINY}-{name}" for name in list_mixers()})
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
+    path = _config_file(name_or_path)
+    if path is None:
+        raise ConfigError(f"no config file {str(name_or_path)!r}; shipped configs: {available_configs()}")
+    return path
+
+
+def _config_file(name_or_path: str | Path) -> Path | None:
     path = Path(name_or_path)
     if path.is_file():
         return path
     shipped = CONFIG_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise ConfigError(f"no config file {str(name_or_path)!r}; shipped configs: {available_configs()}")
+    return shipped if shipped.is_file() else None
+
+
+def _tiny_mixer(name: str | Path) -> str | None:
+    """The mixer of a ``tiny-<mixer>`` short name with no file of its own (None for any other name); a removed
+    mixer's name raises a ConfigError saying what replaced it."""
+    from seqzoo.registry import REMOVED_MIXERS, list_mixers
+
+    if not isinstance(name, str) or not name.startswith(f"{TINY}-"):
+        return None
+    mixer = name.removeprefix(f"{TINY}-")
+    if mixer in REMOVED_MIXERS:
+        raise ConfigError(f"no config {name!r}: {REMOVED_MIXERS[mixer]}; its tiny config is {TINY}-rglru")
+    return mixer if mixer in list_mixers() else None
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, section by section (a dict value merges, any other value replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def read_raw_config(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
+    """A config file (or shipped short name) as a dict, before overrides and validation. ``base: NAME`` in a
+    file puts the file over the named config; ``tiny-<mixer>`` is ``tiny`` with ``model.mixer=<mixer>``."""
+    path = _config_file(name_or_path)
+    if path is None:
+        mixer = _tiny_mixer(name_or_path)
+        if mixer is None:
+            resolve_config_path(name_or_path)  # raises, naming the shipped configs
+        raw = read_raw_config(TINY)
+        raw["model"] = {**raw.get("model", {}), "mixer": mixer}
+        raw["name"] = str(name_or_path)
+        return raw
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    base = raw.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be a config name or path, got {base!r}")
+        if str(path.resolve()) in _seen:
+            raise ConfigError(f"{path}: base configs form a cycle ({' -> '.join(_seen)})")
+        parent = read_raw_config(base, (*_seen, str(path.resolve())))
+        parent.pop("name", None)
+        raw = _merged(parent, raw)
+    return raw
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -369,14 +459,7 @@ def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[st
     if isinstance(name_or_path, dict):
         raw = dict(name_or_path)
     else:
-        path = resolve_config_path(name_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
-        raw.setdefault("name", path.stem)
+        raw = read_raw_config(name_or_path)
     for override in overrides:
         apply_override(raw, override)
     return validate_config(raw)

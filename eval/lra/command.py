@@ -149,7 +149,7 @@ def cmd_generate(argv: list[str]) -> int:
 
 
 def cmd_list() -> int:
-    from .settings import LRA_MIXERS
+    from .settings import lra_mixers
 
     print("Long Range Arena tasks (seqzoo lra TASK --mixer NAME):")
     for name in TASK_ORDER:
@@ -157,7 +157,7 @@ def cmd_list() -> int:
         cpu = "  [--cpu: generated data]" if name in CPU_TASKS else ""
         print(f"  {name:<11} {info.seq_len:>6} tokens, {info.n_classes:>2} classes: {info.description}{cpu}")
     print("\nMixers with LRA settings (any registered mixer runs; these have a note):")
-    for name, entry in LRA_MIXERS.items():
+    for name, entry in lra_mixers().items():
         print(f"  {name:<10} {entry.note}")
     print("\nPublished test accuracy (%): " + " / ".join(TASK_ORDER))
     for name, row in PUBLISHED.items():

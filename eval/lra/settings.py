@@ -1,9 +1,10 @@
 """How each mixer runs on Long Range Arena: the task's config (``train/configs/lra-<task>.yaml``, the S4 paper's
-settings) with the mixer's own block and optimiser settings on top.
+settings) with the mixer's own block and optimiser settings on top, from the mixer's record (its
+``register_mixer(..., lra=LRASettings(...))`` beside the layer).
 
 The shipped configs hold S4D's settings (the S4 paper's table: post- or pre-norm with BatchNorm, no MLP, lr
 0.01 with the SSM parameters at 1e-3 and no weight decay). A mixer whose paper trains it differently gets its
-paper's block here; what is not from a paper is said in ``note``, which ``seqzoo lra`` prints and the sweep
+paper's block in its record; what is not from a paper is said in ``note``, which ``seqzoo lra`` prints and the sweep
 table carries beside the result.
 """
 
@@ -19,54 +20,24 @@ class LRAMixer:
     note: str = ""
 
 
-# The Transformer baseline as S4's repository trains it beside S4 (same depth and width as the task's S4
-# model, pre-norm LayerNorm blocks with a GELU MLP), at a Transformer's learning rate.
-_TRANSFORMER_BLOCK = {
-    "model.block": "prenorm",
-    "model.norm": "layer",
-    "model.mlp": "gelu",
-    "model.mlp_ratio": 2.0,
-}
-
-LRA_MIXERS: dict[str, LRAMixer] = {
-    "s4d": LRAMixer({"name": "s4d", "d_state": 64}, {}, "S4D-LegS, the S4 paper's LRA settings"),
-    "s4": LRAMixer({"name": "s4", "d_state": 64}, {}, "S4-LegS (NPLR), the S4 paper's LRA settings"),
-    "attention": LRAMixer(
-        {"name": "attention"},
-        {**_TRANSFORMER_BLOCK, "optim.lr": 5e-4, "optim.weight_decay": 0.0},
-        "Transformer: pre-norm LayerNorm + GELU MLP, lr 5e-4 (LRA's own baselines use other widths and "
-        "schedules per task)",
-    ),
-    "flow": LRAMixer(
-        {"name": "flow"},
-        {**_TRANSFORMER_BLOCK, "optim.lr": 5e-4, "optim.weight_decay": 0.0},
-        "Flowformer: the Transformer baseline with flow-attention (Wu et al. 2022 follow LRA's Transformer)",
-    ),
-    "mamba": LRAMixer(
-        {"name": "mamba"},
-        {"model.block": "prenorm", "model.norm": "rms", "model.mlp": "none", "optim.lr": 2e-3},
-        "Mamba: pre-norm RMSNorm blocks without MLP as its paper; causal (no bidirectional mode); lr 2e-3 "
-        "(not from a paper: Mamba reports no LRA results)",
-    ),
-    "gla": LRAMixer(
-        {"name": "gla", "use_short_conv": False},
-        {"model.block": "prenorm", "model.norm": "rms", "model.mlp": "swiglu", "optim.lr": 1e-3},
-        "GLA: pre-norm RMSNorm + SwiGLU as its paper; bidirectional, so without the (causal) short "
-        "convolution fla adds; lr 1e-3 (not from a paper: GLA reports no LRA results)",
-    ),
-}
-
-
 def lra_mixer(name: str) -> LRAMixer:
-    """The table's entry, or for a mixer it does not list the mixer with the task config's block."""
-    if name in LRA_MIXERS:
-        return LRA_MIXERS[name]
-    from seqzoo.registry import mixer_class
+    """Mixer ``name``'s LRA settings from its record (``lra=LRASettings(...)`` beside its layer), or for a mixer
+    whose record has none the mixer with the task config's block."""
+    from seqzoo.registry import mixer_record
 
-    mixer_class(name)  # an unknown name: ValueError naming the registered mixers
-    return LRAMixer(
-        {"name": name}, {}, f"{name}: the task config's block and optimiser (no LRA setting known)"
-    )
+    record = mixer_record(name)  # an unknown name: ValueError naming the registered mixers
+    if record.lra is None:
+        return LRAMixer(
+            {"name": name}, {}, f"{name}: the task config's block and optimiser (no LRA setting known)"
+        )
+    return LRAMixer({"name": name, **record.lra.kwargs}, dict(record.lra.overrides), record.lra.note)
+
+
+def lra_mixers() -> dict[str, LRAMixer]:
+    """Every mixer whose record has LRA settings (what ``LRA_MIXERS`` held)."""
+    from seqzoo.registry import list_mixers
+
+    return {name: lra_mixer(name) for name, record in list_mixers().items() if record.lra is not None}
 
 
 def overrides_for(name: str, task_mixer: dict) -> dict:

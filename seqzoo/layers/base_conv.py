@@ -39,6 +39,12 @@ from .hyena import CachedConvMixer, ImplicitFilter, check_filter_args, continue_
     "base_conv",
     description="BaseConv: a linear projection gating a short plus an implicit long convolution (FFT)",
     paper="Arora et al. 2023, Zoology: Measuring and Improving Recall in Efficient Language Models",
+    family="long convolution",
+    settings_source="Arora et al. 2023 (Zoology's BaseConv): short conv 3 plus implicit long conv (filter MLP "
+    "width 16, emb_dim 3, Sin freq 1), input added back; kernel length = the task's",
+    seq_len_kwarg="l_max",
+    test_kwargs={"filter_order": 8},
+    mqar_lr=1e-2,
 )
 class BaseConv(CachedConvMixer):
     def __init__(

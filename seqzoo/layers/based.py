@@ -52,6 +52,13 @@ def taylor_feature_map(u: torch.Tensor) -> torch.Tensor:
     description="Based linear attention: 2nd-order Taylor feature map of exp(q.k/sqrt(d)) (feature dim 16 "
     "-> 273), normalised",
     paper="Arora et al. 2024, Simple linear attention language models balance the recall-throughput tradeoff",
+    family="Taylor linear attention",
+    demo=True,
+    settings_source="Arora et al. 2024: Taylor feature dim 16 (273 expanded), normalised, no convolution inside "
+    "the layer (the Based architecture adds BaseConv layers: `base_conv`; Zoology's MQAR uses 1 head at d 64, "
+    "as here)",
+    test_kwargs={"n_heads": 2, "feature_dim": 4},
+    mqar_lr=1e-2,
 )
 class Based(GatedLinearAttentionMixer):
     def __init__(

@@ -48,6 +48,13 @@ def l2_normalize(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     description="DeltaNet: linear attention with the delta-rule update (write = overwrite the key's value, "
     "strength beta), L2-normalised SiLU q/k, gated output RMSNorm",
     paper="Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
+    family="delta rule",
+    paper_settings={"use_short_conv": True},
+    settings_source="Yang et al. 2024: keys and values d, SiLU + L2-normalised q/k, beta = sigmoid, short conv on "
+    "q/k/v as in the paper and fla; output gate (fla's use_gate=True, its default is False); one head per 64 "
+    "channels",
+    test_kwargs={"n_heads": 2},
+    mqar_lr=1e-2,
 )
 class DeltaNet(GatedLinearAttentionMixer):
     def __init__(
@@ -141,6 +148,14 @@ class DeltaNet(GatedLinearAttentionMixer):
     description="Gated DeltaNet: the delta rule with a Mamba-2-style data-dependent decay per head "
     "(-exp(A_log) softplus(x Wa + dt_bias)), gated output RMSNorm",
     paper="Yang, Kautz & Hatamizadeh 2024 (ICLR 2025), Gated Delta Networks: Improving Mamba2 with Delta Rule",
+    family="delta rule",
+    demo=True,
+    paper_settings={"use_short_conv": True, "expand_v": 2.0},
+    settings_source="Yang, Kautz & Hatamizadeh 2024: values 2x keys, short conv, output gate, A in [1, 16], dt in "
+    "[1e-3, 0.1]; the paper's head dim is 256 (keys 0.75 d at 1.3B), here one head per 64 channels of keys "
+    "(head dims 64 / 128) at small d",
+    test_kwargs={"n_heads": 2},
+    mqar_lr=1e-2,
 )
 class GatedDeltaNet(DeltaNet):
     def __init__(

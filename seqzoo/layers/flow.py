@@ -18,7 +18,8 @@ from torch import nn
 
 from .. import ops
 from ..ops.flow_attention import recurrent
-from ..registry import register_mixer
+from ..registry import LRASettings, register_mixer
+from .attention import TRANSFORMER_LRA_BLOCK
 from .base import Mixer, State, check_int
 
 
@@ -26,6 +27,15 @@ from .base import Mixer, State, check_int
     "flow",
     description="Flowformer flow-attention: linear attention conserving flow (competition and allocation)",
     paper="Wu et al. 2022, Flowformer: Linearizing Transformers with Conservation Flows (ICML)",
+    family="flow attention",
+    demo=True,
+    settings_source="Wu et al. 2022 (Flowformer): sigmoid features, no convolution",
+    test_kwargs={"n_heads": 4},
+    mqar_lr=1e-2,
+    lra=LRASettings(
+        overrides={**TRANSFORMER_LRA_BLOCK, "optim.lr": 5e-4, "optim.weight_decay": 0.0},
+        note="Flowformer: the Transformer baseline with flow-attention (Wu et al. 2022 follow LRA's Transformer)",
+    ),
 )
 class FlowAttention(Mixer):
     def __init__(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules.norm import RMSNorm
-from ..registry import register_mixer
+from ..registry import LRASettings, register_mixer
 from .base import check_float, check_int
 from .linear_attention import GatedLinearAttentionMixer
 
@@ -27,6 +27,19 @@ from .linear_attention import GatedLinearAttentionMixer
     description="gated linear attention: data-dependent per-channel decay (low-rank logsigmoid gate), "
     "swish output gate",
     paper="Yang et al. 2023, Gated Linear Attention Transformers with Hardware-Efficient Training",
+    family="gated linear attention",
+    demo=True,
+    paper_settings={"use_short_conv": True},
+    settings_source="Yang et al. 2023: keys d/2, values d, low-rank gate 16; short conv as in fla and Zoology's "
+    "MQAR models",
+    test_kwargs={"n_heads": 2},
+    mqar_lr=1e-2,
+    lra=LRASettings(
+        kwargs={"use_short_conv": False},
+        overrides={"model.block": "prenorm", "model.norm": "rms", "model.mlp": "swiglu", "optim.lr": 1e-3},
+        note="GLA: pre-norm RMSNorm + SwiGLU as its paper; bidirectional, so without the (causal) short "
+        "convolution fla adds; lr 1e-3 (not from a paper: GLA reports no LRA results)",
+    ),
 )
 class GLA(GatedLinearAttentionMixer):
     def __init__(

@@ -31,6 +31,11 @@ from .linear_attention import GatedLinearAttentionMixer
     "hgrn2",
     description="HGRN2: forget-gated linear RNN with outer-product state expansion (key = 1 - forget gate)",
     paper="Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion",
+    family="gated linear attention",
+    paper_settings={"use_short_conv": True},
+    settings_source="Qin et al. 2024: state expansion 128; short conv on q and input (Zoology-style, not in the paper)",
+    test_kwargs={"n_heads": 2, "expand_ratio": 8},
+    mqar_lr=1e-2,
 )
 class HGRN2(GatedLinearAttentionMixer):
     def __init__(

@@ -210,6 +210,14 @@ class CachedConvMixer(Mixer):
     "hyena",
     description="Hyena operator: gates and implicitly parameterised long convolutions (FFT), short filters",
     paper="Poli et al. 2023, Hyena Hierarchy: Towards Larger Convolutional Language Models",
+    family="long convolution",
+    demo=True,
+    paper_settings={"emb_dim": 5, "sin_freq": 10.0},
+    settings_source="Poli et al. 2023, safari's associative-recall config: order 2, filter MLP width 64, emb_dim "
+    "5, Sin freq 10, short filter 3, frozen positional features; kernel length = the task's",
+    seq_len_kwarg="l_max",
+    test_kwargs={"filter_order": 8},
+    mqar_lr=3e-3,  # diverged to below chance at 1e-2 (0.03)
 )
 class Hyena(CachedConvMixer):
     def __init__(

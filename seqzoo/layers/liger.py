@@ -243,6 +243,11 @@ class AttentionHybridMixer(Mixer):
     description="Liger attention: 0.5 gated linear attention (softmax feature maps, gate pooled from the keys, "
     "no new parameters) + 0.5 sliding-window softmax attention on one set of q/k/v/o projections",
     paper="Lan et al. 2025, Liger: Linearizing Large Language Models to Gated Recurrent Structures",
+    family="gated linear attention",
+    settings_source="Lan et al. 2025: softmax feature maps, gate logsigmoid(k)/16 (no new parameters), window 64, "
+    "0.5 GLA + 0.5 SWA",
+    test_kwargs={"n_heads": 4, "n_kv_heads": 2, "window": 5},
+    mqar_lr=3e-3,  # softmax attention over its window does not learn MQAR at 1e-2 (0.26), as attention
 )
 class Liger(AttentionHybridMixer):
     _inherited_from_attention = ("rotary", "attention_backend")

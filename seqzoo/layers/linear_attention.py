@@ -198,6 +198,11 @@ class GatedLinearAttentionMixer(Mixer):
     "output RMSNorm",
     paper="Katharopoulos et al. 2020, Transformers are RNNs; "
     "Qin et al. 2022, The Devil in Linear Transformer",
+    family="gated linear attention",
+    paper_settings={"use_short_conv": True},
+    settings_source="Katharopoulos et al. 2020: elu+1 features; short conv as in Zoology's MQAR models",
+    test_kwargs={"n_heads": 2},
+    mqar_lr=1e-2,
 )
 class LinearAttention(GatedLinearAttentionMixer):
     def __init__(

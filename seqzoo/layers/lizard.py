@@ -109,6 +109,11 @@ def hedgehog_feature_map(u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     description="Lizard: normalised gated linear attention (learned Hedgehog feature maps, learned per-head "
     "gate) + sliding-window attention with learned meta-memory tokens, on one set of q/k/v/o projections",
     paper="Van Nguyen et al. 2025, Lizard: An Efficient Linearization Framework for Large Language Models",
+    family="gated linear attention",
+    settings_source="Van Nguyen et al. 2025: Hedgehog feature maps, learned per-head gate, 4 meta tokens, window "
+    "64 (a public re-implementation uses 128), RoPE-free",
+    test_kwargs={"n_heads": 4, "n_kv_heads": 2, "window": 5, "n_meta": 2, "feature_dim": 4},
+    mqar_lr=3e-3,  # softmax attention over its window does not learn MQAR at 1e-2 (0.27), as attention
 )
 class Lizard(AttentionHybridMixer):
     def __init__(

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
-from ..registry import register_mixer
+from ..registry import LRASettings, register_mixer
 from .base import Mixer, State, backend_for, check_float, check_int
 
 
@@ -35,6 +35,17 @@ from .base import Mixer, State, backend_for, check_float, check_int
     "mamba",
     description="selective state space model: input-dependent (dt, B, C) diagonal SSM with a gated conv branch",
     paper="Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+    family="selective SSM",
+    demo=True,
+    settings_source="Gu and Dao 2023: N 16, conv 4, expand 2, S4D-Real A",
+    lm_mlp="none",  # its blocks are the whole layer, as in the paper
+    test_kwargs={"d_state": 4},
+    mqar_lr=1e-2,
+    lra=LRASettings(
+        overrides={"model.block": "prenorm", "model.norm": "rms", "model.mlp": "none", "optim.lr": 2e-3},
+        note="Mamba: pre-norm RMSNorm blocks without MLP as its paper; causal (no bidirectional mode); lr 2e-3 "
+        "(not from a paper: Mamba reports no LRA results)",
+    ),
 )
 class Mamba(Mixer):
     def __init__(

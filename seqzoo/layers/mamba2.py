@@ -72,6 +72,13 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, ba
     description="Mamba-2 (SSD): selective SSM with a scalar decay per head, shared B/C groups, gated RMSNorm",
     paper="Dao & Gu 2024, Transformers are SSMs: Generalized Models and Efficient Algorithms Through "
     "Structured State Space Duality",
+    family="structured state space duality",
+    demo=True,
+    settings_source="Dao and Gu 2024: N 128, head dim 64, expand 2, conv 4, one B/C group, A in [1, 16], dt in "
+    "[1e-3, 0.1]",
+    lm_mlp="none",  # its blocks are the whole layer, as in the paper
+    test_kwargs={"d_state": 8, "headdim": 16, "n_groups": 2},
+    mqar_lr=1e-2,
 )
 class Mamba2(Mixer):
     def __init__(

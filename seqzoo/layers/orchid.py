@@ -60,6 +60,12 @@ from .hyena import CachedConvMixer, ImplicitFilter, check_filter_args, continue_
     "orchid",
     description="Orchid (causal): long convolution whose kernel a conditioning network makes from the input",
     paper="Karami and Ghodsi 2024, Orchid: Flexible and Data-Dependent Convolution for Sequence Modeling",
+    family="long convolution",
+    settings_source="Karami and Ghodsi 2024, the authors' OrchidOperator defaults (order 2, filter MLP width 64, "
+    "short filter 3, conditioning conv 3, residual long conv); causal variant with 4 basis kernels (orchid.py)",
+    seq_len_kwarg="l_max",
+    test_kwargs={"filter_order": 8, "n_kernels": 2},
+    mqar_lr=1e-2,
 )
 class Orchid(CachedConvMixer):
     def __init__(

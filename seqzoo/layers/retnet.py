@@ -43,6 +43,11 @@ def head_log_decays(kind: str, n_heads: int) -> torch.Tensor:
     description="retention: linear attention with one fixed decay per head, rotary positions, "
     "normalised gated output",
     paper="Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language Models",
+    family="gated linear attention",
+    paper_settings={"use_short_conv": True},
+    settings_source="Sun et al. 2023: values 2d, rotary positions, fixed per-head decays; short conv as in Zoology/fla",
+    test_kwargs={"n_heads": 2},
+    mqar_lr=1e-2,
 )
 class RetNet(GatedLinearAttentionMixer):
     def __init__(
@@ -120,6 +125,11 @@ class RetNet(GatedLinearAttentionMixer):
     description="lightning attention (TransNormerLLM): SiLU linear attention with ALiBi-slope decays, "
     "normalised gated output",
     paper="Qin et al. 2023, TransNormerLLM; Qin et al. 2024, Lightning Attention-2",
+    family="gated linear attention",
+    paper_settings={"use_short_conv": True},
+    settings_source="Qin et al. 2023 (TransNormerLLM): SiLU features, ALiBi-slope decays; short conv as in Zoology/fla",
+    test_kwargs={"n_heads": 2},
+    mqar_lr=1e-2,
 )
 class Lightning(RetNet):
     def __init__(

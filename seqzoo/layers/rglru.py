@@ -1,4 +1,4 @@
-"""``rglru``: Griffin's recurrent block around the Real-Gated Linear Recurrent Unit (``hawk``: a deprecated alias).
+"""``rglru``: Griffin's recurrent block around the Real-Gated Linear Recurrent Unit (Hawk the model: the preset ``hawk``).
 
     gate = gelu(x W_gate)                                    # [B, T, W], W = lru_width (default d_model)
     u    = conv(x W_in)                                      # causal depthwise conv of width 4
@@ -19,9 +19,6 @@ constant memory, whatever the length.
 """
 
 from __future__ import annotations
-
-import functools
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +58,12 @@ def sqrt_bounded_grad(y: torch.Tensor) -> torch.Tensor:
     "rglru",
     description="Griffin recurrent block: gelu gate x (short conv -> RG-LRU gated linear recurrence)",
     paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention (RG-LRU, Hawk)",
+    family="gated RNN",
+    demo=True,
+    settings_source="De et al. 2024 (Griffin): temporal conv width 4, width d",
+    lm_mlp="geglu",
+    test_kwargs={"n_heads": 4},
+    mqar_lr=1e-2,
 )
 class RGLRUBlock(Mixer):
     def __init__(
@@ -181,31 +184,9 @@ class RGLRUBlock(Mixer):
         return self.lru_width * (self.conv_width - 1) + self.lru_width
 
 
-HAWK_MIXER_DEPRECATION = (
-    "mixer 'hawk' is a deprecated alias of the mixer 'rglru' (the same block, parameters and init); name it "
-    "'rglru'. Hawk the model (RG-LRU blocks with gated-GeLU MLPs) is the preset seqzoo.models.preset('hawk')."
-)
-
-
-@register_mixer(
-    "hawk",
-    description="deprecated alias of rglru (Hawk the model is seqzoo.models.preset('hawk'))",
-    paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention (Hawk)",
-)
-class Hawk(RGLRUBlock):
-    """The rglru block under its old mixer name ``hawk``, kept so that configs and saved models naming it still
-    build the same layer (a subclass, so that its errors name it). Hawk is a model, not a mixer: the preset
-    ``hawk``. Building it warns (FutureWarning) and points to ``rglru``."""
-
-    @functools.wraps(RGLRUBlock.__init__)  # keeps RGLRUBlock's signature for build_mixer's argument checks
-    def __init__(self, *args, **kwargs):
-        warnings.warn(HAWK_MIXER_DEPRECATION, FutureWarning, stacklevel=2)
-        super().__init__(*args, **kwargs)
-
-
 def decay_at_full_gate(block: RGLRUBlock) -> torch.Tensor:
     """exp(-c softplus(Lambda)): each channel's decay when the recurrence gate is fully open (r = 1)."""
     return torch.exp(-block.c * F.softplus(block.a_param.detach().double()))
 
 
-__all__ = ["RGLRUBlock", "Hawk", "decay_at_full_gate", "sqrt_bounded_grad"]
+__all__ = ["RGLRUBlock", "decay_at_full_gate", "sqrt_bounded_grad"]

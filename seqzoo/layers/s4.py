@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from .. import ops
 from ..ops.s4.reference import discretize_diagonal, dplr_dense
-from ..registry import register_mixer
+from ..registry import LRASettings, register_mixer
 from .base import Mixer, State
 from .ssm_init import S4D_INITS, log_dt_init, nplr_legs, s4d_init
 
@@ -133,6 +133,13 @@ class _SSMLayer(Mixer):
     "s4d",
     description="diagonal structured state space (S4D): per-channel complex diagonal SSM as a long convolution",
     paper="Gu, Gupta, Goel, Re 2022, On the Parameterization and Initialization of Diagonal State Space Models",
+    family="time-invariant SSM",
+    demo=True,
+    settings_source="Gu et al. 2022 (S4D): N 64, S4D-LegS init, ZOH",
+    lm_mlp="gelu",
+    test_kwargs={"d_state": 8},
+    mqar_lr=1e-2,
+    lra=LRASettings(note="S4D-LegS, the S4 paper's LRA settings"),
 )
 class S4D(_SSMLayer):
     def __init__(
@@ -213,6 +220,13 @@ class S4D(_SSMLayer):
     "s4",
     description="structured state space (S4): HiPPO-LegS in diagonal-plus-low-rank form, Cauchy-kernel convolution",
     paper="Gu, Goel, Re 2022, Efficiently Modeling Long Sequences with Structured State Spaces",
+    family="time-invariant SSM",
+    settings_source="Gu et al. 2022: N 64, HiPPO-LegS, kernel length = the task's",
+    seq_len_kwarg="l_max",
+    lm_mlp="gelu",
+    test_kwargs={"d_state": 8, "l_max": 8},
+    mqar_lr=1e-2,
+    lra=LRASettings(note="S4-LegS (NPLR), the S4 paper's LRA settings"),
 )
 class S4(_SSMLayer):
     def __init__(

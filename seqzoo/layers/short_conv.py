@@ -22,6 +22,10 @@ from .base import Mixer, State
     "short_conv",
     description="causal depthwise short convolution between input and output projections",
     paper="Arora et al. 2023, Zoology (short-convolution baseline); Poli et al. 2023, Hyena (short filters)",
+    family="short convolution",
+    demo=True,
+    settings_source="Zoology's short-convolution baseline, width 4",
+    mqar_lr=1e-2,
 )
 class ShortConv(Mixer):
     def __init__(self, d_model: int, width: int = 4, activation: str | None = "silu", backend: str = "auto"):

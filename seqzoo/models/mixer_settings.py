@@ -1,5 +1,5 @@
-"""Each mixer's settings as its paper builds it at small scale: the one table the recipe, the MQAR sweeps,
-the demo and the presets read.
+"""Each mixer's settings as its paper builds it at small scale, read from the mixer's record (its
+``register_mixer`` beside the layer): what the recipe, the MQAR sweeps, the demo and the presets use.
 
     entry = with_paper_settings("gla", seq_len=64)          # {"name": "gla", "use_short_conv": True, ...}
     entry = with_paper_settings({"name": "s4", "d_state": 32}, seq_len=256)   # the entry's own keys win
@@ -7,8 +7,10 @@ the demo and the presets read.
 A comparison between mixers is fair only when each one runs as its paper runs it: linear attention without
 the short convolution that GLA, Based, DeltaNet and Zoology put in front of it cannot do MQAR at all (0.05
 against 0.99 at the same budget), which says nothing about the mixer. The layers' own defaults stay minimal
-(``build_mixer("gla", 64)`` has no convolution), so that a layer is what its arguments say; this table is
-what the library's configs add on top. A config opts out with ``model.mixer_settings: none``.
+(``build_mixer("gla", 64)`` has no convolution), so that a layer is what its arguments say; a record's
+``paper_settings`` are what the library's configs add on top, and hold only the values that differ from the
+constructor's defaults (the paper's other values are the defaults; ``settings_source`` says where all of them
+come from). A config opts out with ``model.mixer_settings: none``.
 
 Heads: every layer defaults to one head per 64 channels of d_model (head size 64, as GPT-2 small and the
 papers' small models), so at MQAR's d_model 64 there is one head, as in Zoology's attention.
@@ -19,111 +21,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import list_mixers, mixer_record
+
+# The MLP of a model whose mixers' records name none (LMConfig's default).
+DEFAULT_MLP = "swiglu"
+
 
 @dataclass(frozen=True)
 class MixerSettings:
+    """A view of one mixer's record: its paper settings, where they come from, its length keyword."""
+
     kwargs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     # A keyword set to the task's sequence length (S4's kernel length l_max), when the task has one.
     seq_len_kwarg: str | None = None
 
 
-# Zoology's MQAR models and GLA/DeltaNet/Based put a short causal convolution (width 4, SiLU; fla's
-# ShortConvolution) on q, k and v of linear attention.
-_SHORT_CONV = {"use_short_conv": True, "conv_width": 4}
-
-MIXER_SETTINGS: dict[str, MixerSettings] = {
-    "attention": MixerSettings(
-        {}, "Vaswani et al. 2017 with RoPE; one head per 64 channels (Zoology: 1 head)"
-    ),
-    "sliding_window": MixerSettings({}, "Beltagy et al. 2020; the window is the task's knob (state = 2 W d)"),
-    "short_conv": MixerSettings({"width": 4}, "Zoology's short-convolution baseline, width 4"),
-    "gla": MixerSettings(
-        {**_SHORT_CONV, "expand_k": 0.5, "expand_v": 1.0, "gate_low_rank": 16},
-        "Yang et al. 2023: keys d/2, values d, low-rank gate 16; short conv as in fla and Zoology's MQAR models",
-    ),
-    "retnet": MixerSettings(
-        {**_SHORT_CONV, "expand_k": 1.0, "expand_v": 2.0},
-        "Sun et al. 2023: values 2d, rotary positions, fixed per-head decays; short conv as in Zoology/fla",
-    ),
-    "lightning": MixerSettings(
-        {**_SHORT_CONV, "feature_map": "silu"},
-        "Qin et al. 2023 (TransNormerLLM): SiLU features, ALiBi-slope decays; short conv as in Zoology/fla",
-    ),
-    "hgrn2": MixerSettings(
-        {**_SHORT_CONV, "expand_ratio": 128},
-        "Qin et al. 2024: state expansion 128; short conv on q and input (Zoology-style, not in the paper)",
-    ),
-    "linear_attention": MixerSettings(
-        {**_SHORT_CONV, "feature_map": "elu+1"},
-        "Katharopoulos et al. 2020: elu+1 features; short conv as in Zoology's MQAR models",
-    ),
-    "flow": MixerSettings({}, "Wu et al. 2022 (Flowformer): sigmoid features, no convolution"),
-    "rglru": MixerSettings({"conv_width": 4}, "De et al. 2024 (Griffin): temporal conv width 4, width d"),
-    "hawk": MixerSettings({"conv_width": 4}, "De et al. 2024 (Griffin): temporal conv width 4, width d"),
-    "deltanet": MixerSettings(
-        {**_SHORT_CONV, "expand_k": 1.0, "expand_v": 1.0},
-        "Yang et al. 2024: keys and values d, SiLU + L2-normalised q/k, beta = sigmoid, short conv on q/k/v "
-        "as in the paper and fla; output gate (fla's use_gate=True, its default is False); one head per 64 "
-        "channels",
-    ),
-    "gated_deltanet": MixerSettings(
-        {**_SHORT_CONV, "expand_k": 1.0, "expand_v": 2.0},
-        "Yang, Kautz & Hatamizadeh 2024: values 2x keys, short conv, output gate, A in [1, 16], dt in "
-        "[1e-3, 0.1]; the paper's head dim is 256 (keys 0.75 d at 1.3B), here one head per 64 channels of "
-        "keys (head dims 64 / 128) at small d",
-    ),
-    "mamba2": MixerSettings(
-        {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "n_groups": 1},
-        "Dao and Gu 2024: N 128, head dim 64, expand 2, conv 4, one B/C group, A in [1, 16], dt in "
-        "[1e-3, 0.1]",
-    ),
-    "mamba": MixerSettings(
-        {"d_state": 16, "d_conv": 4, "expand": 2}, "Gu and Dao 2023: N 16, conv 4, expand 2, S4D-Real A"
-    ),
-    "s4": MixerSettings(
-        {"d_state": 64}, "Gu et al. 2022: N 64, HiPPO-LegS, kernel length = the task's", seq_len_kwarg="l_max"
-    ),
-    "s4d": MixerSettings({"d_state": 64}, "Gu et al. 2022 (S4D): N 64, S4D-LegS init, ZOH"),
-    "base_conv": MixerSettings(
-        {"short_width": 3, "filter_order": 16, "emb_dim": 3},
-        "Arora et al. 2023 (Zoology's BaseConv): short conv 3 plus implicit long conv (filter MLP width 16, "
-        "emb_dim 3, Sin freq 1), input added back; kernel length = the task's",
-        seq_len_kwarg="l_max",
-    ),
-    "hyena": MixerSettings(
-        {"order": 2, "filter_order": 64, "emb_dim": 5, "sin_freq": 10.0, "short_width": 3},
-        "Poli et al. 2023, safari's associative-recall config: order 2, filter MLP width 64, emb_dim 5, "
-        "Sin freq 10, short filter 3, frozen positional features; kernel length = the task's",
-        seq_len_kwarg="l_max",
-    ),
-    "orchid": MixerSettings(
-        {"n_kernels": 4, "filter_order": 64, "short_width": 3, "cond_width": 3},
-        "Karami and Ghodsi 2024, the authors' OrchidOperator defaults (order 2, filter MLP width 64, short "
-        "filter 3, conditioning conv 3, residual long conv); causal variant with 4 basis kernels (orchid.py)",
-        seq_len_kwarg="l_max",
-    ),
-    "based": MixerSettings(
-        {"feature_dim": 16},
-        "Arora et al. 2024: Taylor feature dim 16 (273 expanded), normalised, no convolution inside the layer "
-        "(the Based architecture adds BaseConv layers: `base_conv`; Zoology's MQAR uses 1 head at d 64, as here)",
-    ),
-    "liger": MixerSettings(
-        {"window": 64, "gla_weight": 0.5, "swa_weight": 0.5},
-        "Lan et al. 2025: softmax feature maps, gate logsigmoid(k)/16 (no new parameters), window 64, "
-        "0.5 GLA + 0.5 SWA",
-    ),
-    "lizard": MixerSettings(
-        {"window": 64, "n_meta": 4},
-        "Van Nguyen et al. 2025: Hedgehog feature maps, learned per-head gate, 4 meta tokens, window 64 "
-        "(a public re-implementation uses 128), RoPE-free",
-    ),
-}
-
-
 def settings_for(name: str) -> MixerSettings:
-    """The table's entry for mixer ``name`` (an empty one for a mixer the table does not list)."""
-    return MIXER_SETTINGS.get(name, MixerSettings())
+    """Mixer ``name``'s paper settings, from its record (ValueError naming the registered mixers for an
+    unknown name)."""
+    record = mixer_record(name)
+    return MixerSettings(dict(record.paper_settings), record.settings_source, record.seq_len_kwarg)
 
 
 def with_paper_settings(entry: str | dict[str, Any], seq_len: int | None = None) -> dict[str, Any]:
@@ -154,10 +72,30 @@ def resolve_mixers(mixer, seq_len: int | None = None, mixer_kwargs: dict | None 
 
 
 def markdown_table() -> str:
-    """The table as markdown (the README shows it; a test keeps the two equal)."""
-    lines = ["| mixer | settings | from |", "|---|---|---|"]
-    for name, s in MIXER_SETTINGS.items():
-        kw = {**s.kwargs, **({s.seq_len_kwarg: "seq_len"} if s.seq_len_kwarg else {})}
+    """The records' settings as markdown (the README shows it; a test keeps the two equal): per mixer, the
+    keywords its paper sets beyond the layer's defaults, its LM block's MLP, and where they come from."""
+    lines = [
+        "| mixer | family | settings beyond the layer's defaults | LM MLP | from |",
+        "|---|---|---|---|---|",
+    ]
+    for name, record in list_mixers().items():
+        kw = {**record.paper_settings, **({record.seq_len_kwarg: "seq_len"} if record.seq_len_kwarg else {})}
         shown = ", ".join(f"{k}={v}" for k, v in kw.items()) or "(layer defaults)"
-        lines.append(f"| `{name}` | {shown} | {s.source} |")
+        mlp = record.lm_mlp or "(model's)"
+        lines.append(f"| `{name}` | {record.family} | {shown} | {mlp} | {record.settings_source} |")
     return "\n".join(lines) + "\n"
+
+
+def lm_mlp_for(mixer) -> str:
+    """The MLP a model's mixers ask for in an LM block (their records' ``lm_mlp``; swiglu, the model's default,
+    where a record names none): what ``model.mlp: auto`` becomes. ``mixer`` is a model's mixer value (a name,
+    an entry, or a list of them); mixers asking for different MLPs raise a ValueError naming model.mlp."""
+    entries = mixer if isinstance(mixer, list) else [mixer]
+    names = [e if isinstance(e, str) else (e or {}).get("name") for e in entries]
+    wanted = {n: mixer_record(n).lm_mlp or DEFAULT_MLP for n in dict.fromkeys(names)}
+    if len(set(wanted.values())) > 1:
+        raise ValueError(
+            f"model.mlp auto: the mixers ask for different MLPs ({wanted}); name the MLP (swiglu, geglu, "
+            "gelu, none)"
+        )
+    return next(iter(wanted.values()))

@@ -4,7 +4,7 @@
     model = CausalLM(config)
 
 - ``hawk``: every block a Griffin recurrent block (``rglru``) followed by a gated-GeLU MLP (De et al. 2024).
-  Hawk is this model; its block is the mixer ``rglru`` (the mixer name ``hawk`` is a deprecated alias of it).
+  Hawk is this model; its block is the mixer ``rglru`` (a mixer named ``hawk`` is an error that says so).
 - ``griffin``: the repeating pattern recurrent, recurrent, local multi-query attention (``sliding_window``
   with one key/value head and a window of 1024 tokens), each followed by a gated-GeLU MLP.
 
@@ -12,8 +12,8 @@ Hybrids of linear and full attention after "A Systematic Analysis of Hybrid Line
 2025), which recommends Gated DeltaNet or HGRN2 with a linear-to-full ratio between 3:1 and 6:1:
 
 - ``hybrid-gated_deltanet-3to1``, ``hybrid-gated_deltanet-6to1``, ``hybrid-hgrn2-3to1``, ``hybrid-hgrn2-6to1``:
-  the repeating pattern of r linear-attention layers (with their paper settings from
-  ``seqzoo.models.mixer_settings``; Gated DeltaNet with the paper's key head size 256) and one full attention
+  the repeating pattern of r linear-attention layers (with their paper settings (their records,
+  ``seqzoo.models.mixer_settings``); Gated DeltaNet with the paper's key head size 256) and one full attention
   layer (RoPE, one head per 64 channels), each followed by a SwiGLU MLP (ratio 4, as fla's models).
   n_layers must be a multiple of r + 1, so the ratio is exact; the defaults are d_model 1024 and the multiple
   of r + 1 nearest 24 layers (24 for 3:1, 21 for 6:1): fla's 340M shape (the paper trains 340M and 1.3B
@@ -40,11 +40,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from ..registry import constructor_defaults
 from .config import LMConfig
-from .mixer_settings import settings_for, with_paper_settings
+from .mixer_settings import with_paper_settings
 
-# The RG-LRU block's temporal convolution width, from the per-mixer settings table (Griffin: 4).
-CONV_WIDTH = settings_for("rglru").kwargs["conv_width"]
+# The RG-LRU block's temporal convolution width: the layer's default (Griffin: 4; rglru's record).
+CONV_WIDTH = constructor_defaults("rglru")["conv_width"]
 
 # Griffin's MLP expansion and attention head size.
 MLP_RATIO = 3.0
