@@ -27,10 +27,10 @@ The runs go through the one sweep runner (``seqzoo.eval.sweep``): parallel proce
 only when that hash matches: an interrupted sweep resumes where it stopped, and a changed config trains anew
 instead of silently reusing an old result. The seed is part of the config (and so of the hash).
 
-What is deterministic: on one machine a run is bit-reproducible for a given ``threads_per_worker`` (the
-worker count does not enter a run); a different thread count or another CPU (its instruction set) changes
-the last bits of the arithmetic, and over hundreds of steps that can move a run that sits on a plateau by a
-lot (``seqzoo.eval.sweep``'s docstring has the measurements). So a table from another machine matches within
+What is deterministic (measured, ``seqzoo.eval.sweep``'s docstring): on one machine a run is bit-reproducible,
+whatever the worker count, and 1 or 2 ``threads_per_worker`` gave the same losses; another CPU's code path
+(its instruction set, MKL's kernels) changes the last bits from the first steps on, and over hundreds of
+steps a run on a plateau can end far from where it ends here. So a table from another machine matches within
 the seed ranges, not digit for digit.
 
 Sweep YAML:
