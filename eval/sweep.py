@@ -143,9 +143,11 @@ def run_sweep(
 
     def finish(run, result):  # result: a callable that returns the summary or raises the run's error
         try:
-            bar.set_postfix_str(task.postfix(run, result()))
+            summary = result()
         except Exception as e:  # one broken run must not sink the sweep: it is reported and left unfinished
             failures.append(f"{run['key']}: {type(e).__name__}: {e}")
+        else:
+            bar.set_postfix_str(task.postfix(run, summary))
         bar.update(1)
 
     if workers <= 1:
