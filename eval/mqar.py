@@ -29,9 +29,9 @@ instead of silently reusing an old result. The seed is part of the config (and s
 
 What is deterministic (measured, ``seqzoo.eval.sweep``'s docstring): on one machine a run is bit-reproducible,
 whatever the worker count, and 1 or 2 ``threads_per_worker`` gave the same losses; another CPU's code path
-(its instruction set, MKL's kernels) changes the last bits from the first steps on, and over hundreds of
-steps a run on a plateau can end far from where it ends here. So a table from another machine matches within
-the seed ranges, not digit for digit.
+(its instruction set, MKL's kernels) changes the last bits from the first steps on, and over 600 steps that
+moved mamba's hard cell from 0.253 to 0.125 (MKL's compatible path forced here). So a table from another
+machine matches within the seed ranges, not digit for digit.
 
 Sweep YAML:
 
