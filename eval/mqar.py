@@ -10,17 +10,28 @@ learning rate's accuracy. What a run trains:
 - a *protocol* (``PROTOCOLS``): ``seqzoo`` (this library's recipe, the default) or ``zoology`` (Zoology's
   own model and optimiser, to put curves beside the paper's), under the sweep's ``model`` / ``optim``.
 
+Every run is repeated for each of the sweep's ``seeds`` (``seed: N`` is one seed). A cell reports the median
+accuracy over its seeds with the range (min-max), at the learning rate whose median is best.
+
 Outputs in the sweep folder:
 
-- ``results.csv``: every run (one row per learning rate);
-- ``results.md``: the best accuracy per cell (a row per mixer, a column per cell), with the protocol named;
-- ``mqar.png``: accuracy vs d_model, a line per mixer, a panel per (seq_len, num_kv_pairs) (Zoology fig. 2);
-- ``mqar_state.png``: accuracy vs decoding state size (numbers per sequence, from ``state_size``).
+- ``results.csv``: every run (one row per learning rate and seed);
+- ``results.md``: per cell the median accuracy over seeds and its range, ``0.253 [0.126-0.260]`` (a row per
+  mixer, a column per cell), with the protocol named;
+- ``mqar.png``: median accuracy vs d_model (error bars: the range over seeds), a line per mixer, a panel per
+  (seq_len, num_kv_pairs) (Zoology fig. 2);
+- ``mqar_state.png``: the same against decoding state size (numbers per sequence, from ``state_size``).
 
-Runs go to parallel processes when cores allow (``workers``). A run's folder name ends in the hash of its
-whole resolved config, and a finished run (``summary.json``, plus that hash in ``config.sha256``) is reused
-only when the hash matches: an interrupted sweep resumes where it stopped, and a changed config trains anew
-instead of silently reusing an old result.
+The runs go through the one sweep runner (``seqzoo.eval.sweep``): parallel processes when cores allow
+(``workers``); a run's folder name ends in the hash of its whole resolved config, and a finished run is reused
+only when that hash matches: an interrupted sweep resumes where it stopped, and a changed config trains anew
+instead of silently reusing an old result. The seed is part of the config (and so of the hash).
+
+What is deterministic (measured, ``seqzoo.eval.sweep``'s docstring): on one machine a run is bit-reproducible,
+whatever the worker count, and 1 or 2 ``threads_per_worker`` gave the same losses; another CPU's code path
+(its instruction set, MKL's kernels) changes the last bits from the first steps on, and over 600 steps that
+moved mamba's hard cell from 0.253 to 0.125 (MKL's compatible path forced here). So a table from another
+machine matches within the seed ranges, not digit for digit.
 
 Sweep YAML:
 
@@ -37,6 +48,7 @@ Sweep YAML:
     model: {n_layers: 2, mlp: none}                                       # over the protocol's model section
     optim: {weight_decay: 0.1}                                            # over the protocol's optim section
     train: {steps: 2000, batch_size: 64, eval_every: 100, early_stop_acc: 0.99}
+    seeds: [0, 1, 2]                                                      # or seed: 0 (one seed)
     workers: auto                                                         # or an int
     out_dir: runs/mqar/{name}
 """
@@ -44,11 +56,6 @@ Sweep YAML:
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import csv
-import hashlib
-import json
-import multiprocessing as mp
 import os
 import sys
 from pathlib import Path
@@ -56,9 +63,11 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from tqdm.auto import tqdm
 
 from seqzoo.models.mixer_settings import with_paper_settings
+
+from . import sweep as runner
+from .sweep import HASH_FILE, config_hash, is_finished  # noqa: F401  (part of this module's API)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -155,7 +164,22 @@ class SweepConfig(BaseModel):
     workers: int | str = "auto"
     threads_per_worker: int | None = None
     out_dir: str = "runs/mqar/{name}"
-    seed: int = 0
+    seed: int = Field(0, description="one seed; or seeds")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="every run once per seed; a cell reports the median over them"
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_give_seeds(self):
+        if self.seeds is not None:
+            if "seed" in self.model_fields_set:
+                raise ValueError(f"give seed or seeds, not both (seed={self.seed}, seeds={self.seeds})")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds: each seed once, got {self.seeds}")
+        return self
+
+    def seed_list(self) -> list[int]:
+        return self.seeds if self.seeds is not None else [self.seed]
 
     @model_validator(mode="after")
     def _record_lrs(self):
@@ -197,30 +221,6 @@ def mixer_spec(entry, sweep: SweepConfig, seq_len: int) -> list[dict]:
     return out
 
 
-def config_hash(config: dict) -> str:
-    """sha256 of everything that decides a run's result (not where it is written or how it logs)."""
-    relevant = {
-        "model": config["model"],
-        "data": config["data"],
-        "optim": config["optim"],
-        "train": {k: v for k, v in config["train"].items() if k != "out_dir"},
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
-
-
-HASH_FILE = "config.sha256"
-
-
-def is_finished(run: dict) -> bool:
-    """A run is reused only when it finished (summary.json) with exactly this config (its hash)."""
-    d = run["dir"]
-    return (
-        (d / "summary.json").is_file()
-        and (d / HASH_FILE).is_file()
-        and ((d / HASH_FILE).read_text().strip() == run["hash"])
-    )
-
-
 def load_sweep(path_or_name: str | Path, overrides=()) -> SweepConfig:
     path = Path(path_or_name)
     if not path.is_file():
@@ -239,96 +239,91 @@ def load_sweep(path_or_name: str | Path, overrides=()) -> SweepConfig:
         return SweepConfig(**raw)
     except ValidationError as e:
         lines = [
-            f"  {'.'.join(map(str, x['loc']))}: {'unknown key' if x['type'] == 'extra_forbidden' else x['msg']}"
+            f"  {'.'.join(map(str, x['loc'])) or 'sweep'}: "
+            + ("unknown key" if x["type"] == "extra_forbidden" else x["msg"])
             for x in e.errors()
         ]
         raise ValueError("invalid sweep config:\n" + "\n".join(lines)) from None
 
 
+def learning_rates(sweep: SweepConfig, name: str | None) -> list[float]:
+    """The learning rates a mixer runs at: the sweep's ``mixer_lrs`` for it, else ``lrs`` (None: a pattern)."""
+    return sweep.mixer_lrs.get(name, sweep.lrs)
+
+
+def run_config(sweep: SweepConfig, entry, d_model: int, s: Setting, lr: float, seed: int) -> dict:
+    """The recipe config of one run (its name and folder filled in by ``plan_runs``)."""
+    protocol = PROTOCOLS[sweep.protocol]
+    model = {
+        **protocol["model"],
+        **sweep.model,
+        "d_model": d_model,
+        "mixer": mixer_spec(entry, sweep, s.seq_len),
+        "mixer_settings": sweep.mixer_settings,
+    }
+    # Zoology gives learned positions to attention, which it runs without RoPE.
+    if protocol.get("learned_positions") and any(
+        m["name"] in ("attention", "sliding_window") for m in model["mixer"]
+    ):
+        model.setdefault("position_embeddings", s.seq_len)
+    return {
+        "name": "",
+        "model": model,
+        "data": {
+            "source": "task",
+            "name": sweep.task_name,
+            "task_args": {**sweep.task, "seq_len": s.seq_len, "num_kv_pairs": s.num_kv_pairs},
+        },
+        "optim": {**protocol["optim"], **sweep.optim, "lr": lr},
+        "train": {
+            "early_stop_acc": 0.99,
+            **sweep.train,
+            **({"batch_size": s.batch_size} if s.batch_size else {}),
+            **({"steps": s.steps} if s.steps else {}),
+            "seed": seed,
+            "device": sweep.train.get("device", "cpu"),
+            "out_dir": "",
+        },
+        "log": {"progress": False, "tensorboard": False, "plot": False, "every": 50},
+    }
+
+
 def plan_runs(sweep: SweepConfig) -> list[dict]:
-    """One dict per run: its key (folder name), cell coordinates, and its recipe config."""
+    """One dict per run (the runner's planned run, ``seqzoo.eval.sweep``): its key (folder name), cell
+    coordinates, learning rate, seed, and its recipe config. A mixer's seeds are planned together, so the
+    order of the mixers (slowest first) is the order the workers take them in."""
     runs = []
     out = Path(sweep.out_dir.format(name=sweep.name))
-    protocol = PROTOCOLS[sweep.protocol]
     for entry in sweep.mixer_entries():
+        label = mixer_label(entry)
+        name = entry if isinstance(entry, str) else entry.get("name")  # None for a pattern
         for d_model in sweep.d_models:
             for s in sweep.settings:
-                name = entry if isinstance(entry, str) else entry.get("name")  # None for a pattern
-                for lr in sweep.mixer_lrs.get(name, sweep.lrs):
-                    label = mixer_label(entry)
-                    model = {
-                        **protocol["model"],
-                        **sweep.model,
-                        "d_model": d_model,
-                        "mixer": mixer_spec(entry, sweep, s.seq_len),
-                        "mixer_settings": sweep.mixer_settings,
-                    }
-                    # Zoology gives learned positions to attention, which it runs without RoPE.
-                    if protocol.get("learned_positions") and any(
-                        m["name"] in ("attention", "sliding_window") for m in model["mixer"]
-                    ):
-                        model.setdefault("position_embeddings", s.seq_len)
-                    config = {
-                        "name": "",
-                        "model": model,
-                        "data": {
-                            "source": "task",
-                            "name": sweep.task_name,
-                            "task_args": {**sweep.task, "seq_len": s.seq_len, "num_kv_pairs": s.num_kv_pairs},
-                        },
-                        "optim": {**protocol["optim"], **sweep.optim, "lr": lr},
-                        "train": {
-                            "early_stop_acc": 0.99,
-                            **sweep.train,
-                            **({"batch_size": s.batch_size} if s.batch_size else {}),
-                            **({"steps": s.steps} if s.steps else {}),
-                            "seed": sweep.seed,
-                            "device": sweep.train.get("device", "cpu"),
-                            "out_dir": str(out / "runs" / "{name}"),
-                        },
-                        "log": {"progress": False, "tensorboard": False, "plot": False, "every": 50},
-                    }
-                    # The folder name carries the config's hash: a changed config is a new run, never a
-                    # stale result reused (and the old run's folder is left as it was).
-                    digest = config_hash(config)
-                    key = f"{label}-d{d_model}-T{s.seq_len}-kv{s.num_kv_pairs}-lr{lr:g}-{digest[:8]}"
-                    key = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in key)
-                    config["name"] = key
-                    runs.append(
-                        {
-                            "key": key,
-                            "mixer": label,
-                            "d_model": d_model,
-                            "seq_len": s.seq_len,
-                            "num_kv_pairs": s.num_kv_pairs,
-                            "lr": lr,
-                            "config": config,
-                            "hash": digest,
-                            "dir": out / "runs" / key,
-                        }
-                    )
+                for lr in learning_rates(sweep, name):
+                    for seed in sweep.seed_list():
+                        config = run_config(sweep, entry, d_model, s, lr, seed)
+                        config["train"]["out_dir"] = str(out / "runs" / "{name}")
+                        # The folder name carries the config's hash (and so its seed): a changed config is a
+                        # new run, never a stale result reused (and the old run's folder is left as it was).
+                        digest = config_hash(config)
+                        key = f"{label}-d{d_model}-T{s.seq_len}-kv{s.num_kv_pairs}-lr{lr:g}-{digest[:8]}"
+                        key = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in key)
+                        config["name"] = key
+                        runs.append(
+                            {
+                                "key": key,
+                                "mixer": label,
+                                "d_model": d_model,
+                                "seq_len": s.seq_len,
+                                "num_kv_pairs": s.num_kv_pairs,
+                                "lr": lr,
+                                "seed": seed,
+                                "config": config,
+                                "hash": digest,
+                                "dir": out / "runs" / key,
+                            }
+                        )
     return runs
-
-
-def _run_one(config: dict, digest: str, threads: int) -> dict:
-    """Worker: train one run through the recipe (in its own process), quietly; then record its hash."""
-    import contextlib
-    import io
-
-    import torch
-
-    from seqzoo.train.config import load_config
-    from seqzoo.train.loop import train
-
-    before = torch.get_num_threads()  # with one worker this runs in the caller's process: leave it as found
-    run_config = load_config({**config, "train": {**config["train"], "threads": threads}})
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            summary = train(run_config)
-    finally:
-        torch.set_num_threads(before)
-    (run_config.out_path() / HASH_FILE).write_text(digest + "\n")
-    return summary
 
 
 def resolve_workers(sweep: SweepConfig, n_runs: int) -> tuple[int, int]:
@@ -339,85 +334,64 @@ def resolve_workers(sweep: SweepConfig, n_runs: int) -> tuple[int, int]:
     return workers, threads
 
 
-def run_sweep(sweep: SweepConfig, progress: bool = True) -> list[dict]:
+def run_sweep(sweep: SweepConfig, progress: bool = True) -> runner.SweepRows:
+    """Train the sweep's unfinished runs (``seqzoo.eval.sweep``), write its outputs, return the rows (one per
+    finished run; ``.failures`` lists the runs that raised)."""
     out = Path(sweep.out_dir.format(name=sweep.name))
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     runs = plan_runs(sweep)
-    todo = [r for r in runs if not is_finished(r)]
-    done = len(runs) - len(todo)
-    workers, threads = resolve_workers(sweep, max(1, len(todo)))
+    todo = sum(not is_finished(r) for r in runs)
+    workers, threads = resolve_workers(sweep, max(1, todo))
+    seeds = len(sweep.seed_list())
     print(
-        f"{sweep.name}: {len(runs)} runs ({done} already finished), {workers} worker(s) x {threads} thread(s)"
+        f"{sweep.name}: {len(runs)} runs ({seeds} seed{'s' if seeds > 1 else ''} each; {len(runs) - todo} "
+        f"already finished), {workers} worker(s) x {threads} thread(s)"
     )
-    bar = tqdm(total=len(runs), initial=done, desc="mqar runs", disable=not progress, dynamic_ncols=True)
-    failures = []
-    if todo:
-        if workers == 1:
-            for r in todo:
-                _finish(r, _run_one, (r["config"], r["hash"], threads), bar, failures)
-        else:
-            ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_run_one, r["config"], r["hash"], threads): r for r in todo}
-                for fut in cf.as_completed(futures):
-                    _finish(futures[fut], fut.result, (), bar, failures)
-    bar.close()
-    if failures:
-        print(f"{len(failures)} run(s) failed: " + "; ".join(failures), file=sys.stderr)
-    rows = collect(runs)
-    write_outputs(out, rows, sweep)
-    return rows
+    task = runner.SweepTask(
+        desc="mqar runs",
+        row=run_row,
+        markdown=lambda rows: f"# {sweep.name}\n\n{protocol_line(sweep)}\n\n" + markdown_table(rows),
+        plot=plot,
+        postfix=lambda r, s: f"{r['mixer']} d{r['d_model']} acc {s.get('val_acc', float('nan')):.2f}",
+    )
+    return runner.run_sweep(runs, out, task, workers, threads, progress)
 
 
-def _finish(run, fn, args, bar, failures):
-    try:
-        summary = fn(*args)
-        bar.set_postfix(
-            last=f"{run['mixer']} d{run['d_model']} acc {summary.get('val_acc', float('nan')):.2f}"
-        )
-    except Exception as e:  # one broken run must not sink the sweep: it is reported and left unfinished
-        failures.append(f"{run['key']}: {type(e).__name__}: {e}")
-    bar.update(1)
+def run_row(run: dict, summary: dict) -> dict:
+    """A finished run's row of results.csv."""
+    return {
+        "mixer": run["mixer"],
+        "d_model": run["d_model"],
+        "seq_len": run["seq_len"],
+        "num_kv_pairs": run["num_kv_pairs"],
+        "lr": run["lr"],
+        "seed": run["seed"],
+        "accuracy": summary.get("val_acc"),
+        "val_loss": summary.get("val_loss"),
+        "steps": summary.get("steps"),
+        "state_size": summary.get("state_size"),
+        "parameters": summary.get("parameters"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
 
 
-def collect(runs: list[dict]) -> list[dict]:
-    rows = []
-    for r in runs:
-        if not is_finished(r):
-            continue
-        s = json.loads((r["dir"] / "summary.json").read_text())
-        rows.append(
-            {
-                "mixer": r["mixer"],
-                "d_model": r["d_model"],
-                "seq_len": r["seq_len"],
-                "num_kv_pairs": r["num_kv_pairs"],
-                "lr": r["lr"],
-                "accuracy": s.get("val_acc"),
-                "val_loss": s.get("val_loss"),
-                "steps": s.get("steps"),
-                "state_size": s.get("state_size"),
-                "parameters": s.get("parameters"),
-                "wall_time_s": s.get("wall_time_s"),
-            }
-        )
-    return rows
+CELL = ("mixer", "d_model", "seq_len", "num_kv_pairs")
 
 
 def best_per_cell(rows: list[dict]) -> list[dict]:
-    best: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["mixer"], r["d_model"], r["seq_len"], r["num_kv_pairs"])
-        if key not in best or r["accuracy"] > best[key]["accuracy"]:
-            best[key] = r
-    return list(best.values())
+    """Per cell: the median accuracy over seeds (with ``accuracy_min`` / ``accuracy_max``) at the learning rate
+    whose median is best, and that cell's ``state_size``."""
+    cells = runner.cell_medians(rows, CELL, "accuracy", choice="lr")
+    return [{**c, "state_size": c["runs"][0]["state_size"]} for c in cells]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One row per mixer, one column per cell (setting x d_model): the best accuracy over learning rates, and
-    the decoding state (numbers per sequence) at the longest setting and the largest width."""
-    best = {(r["mixer"], r["d_model"], r["seq_len"], r["num_kv_pairs"]): r for r in best_per_cell(rows)}
+    """One row per mixer, one column per cell (setting x d_model): the median accuracy over seeds at the best
+    learning rate, with its range over seeds (``0.253 [0.126-0.260]``), and the decoding state (numbers per
+    sequence) at the longest setting and the largest width."""
+    best = {tuple(r[k] for k in CELL): r for r in best_per_cell(rows)}
+    seeds = max((c["seeds"] for c in best.values()), default=1)
     cells = sorted({(r["seq_len"], r["num_kv_pairs"], r["d_model"]) for r in rows})
     several_d = len({c[2] for c in cells}) > 1
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
@@ -431,7 +405,7 @@ def markdown_table(rows: list[dict]) -> str:
         accs, state = [], ""
         for t, kv, d in cells:
             hit = best.get((m, d, t, kv))
-            accs.append(f"{hit['accuracy']:.3f}" if hit else "–")
+            accs.append(runner.format_median(hit, "accuracy", seeds=seeds) if hit else "–")
             if hit and (t, kv, d) == last:
                 state = f"{hit['state_size']:,}"
         lines.append(f"| {m} | " + " | ".join(accs) + f" | {state} |")
@@ -441,6 +415,8 @@ def markdown_table(rows: list[dict]) -> str:
 def protocol_line(sweep: SweepConfig) -> str:
     """What the numbers were trained with: a line to print beside every table."""
     t, tr = sweep.task, sweep.train
+    seeds = ", ".join(map(str, sweep.seed_list()))
+    seeds = f"median [range] over seeds {seeds}" if len(sweep.seed_list()) > 1 else f"seed {seeds}"
     filler = "random filler" if t.get("random_non_queries", True) else "zero filler"
     lrs = ", ".join(f"{lr:g}" for lr in sweep.lrs)
     if sweep.mixer_lrs:
@@ -455,29 +431,15 @@ def protocol_line(sweep: SweepConfig) -> str:
         f"MQAR with vocabulary {t.get('vocab_size', 8192)}, {t.get('num_train', 10000):,} training examples, "
         f"{filler}; up to {tr.get('steps', 1000)} steps of batch {tr.get('batch_size', 16)}"
         f"{' (or as each setting says)' if any(x.steps or x.batch_size for x in sweep.settings) else ''}, lr {lrs}, "
-        f"early stop at {tr.get('early_stop_acc', 0.99)} accuracy."
+        f"early stop at {tr.get('early_stop_acc', 0.99)} accuracy; {seeds}."
     )
 
 
-def write_outputs(out: Path, rows: list[dict], sweep: SweepConfig) -> None:
-    if not rows:
-        return
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.md").write_text(f"# {sweep.name}\n\n{protocol_line(sweep)}\n\n" + markdown_table(rows))
-    plot(out, rows)
-
-
 def plot(out: Path, rows: list[dict]) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plots skipped: matplotlib is not installed (pip install 'seqzoo[eval]')")
+    """mqar.png (median accuracy vs d_model) and mqar_state.png (vs decoding state size), a panel per setting,
+    a line per mixer; the error bars span the range over seeds."""
+    plt = runner.pyplot()
+    if plt is None:
         return []
     best = best_per_cell(rows)
     settings = sorted({(r["seq_len"], r["num_kv_pairs"]) for r in best})
@@ -497,19 +459,26 @@ def plot(out: Path, rows: list[dict]) -> list[Path]:
         for ax, (seq_len, kv) in zip(axes[0], settings):
             for m in mixers:
                 pts = sorted(
-                    (r[xkey], r["accuracy"])
-                    for r in best
-                    if r["mixer"] == m and (r["seq_len"], r["num_kv_pairs"]) == (seq_len, kv)
+                    (
+                        r
+                        for r in best
+                        if r["mixer"] == m and (r["seq_len"], r["num_kv_pairs"]) == (seq_len, kv)
+                    ),
+                    key=lambda r: r[xkey],
                 )
                 if pts:
                     color, marker = style[m]
-                    ax.plot(*zip(*pts), "-", marker=marker, color=color, label=m)
+                    med, below, above = runner.error_bars(pts, "accuracy")
+                    ax.errorbar(
+                        [r[xkey] for r in pts], med, yerr=[below, above], fmt="-", marker=marker, color=color,
+                        capsize=2, label=m,
+                    )  # fmt: skip
             ax.set_xscale("log", base=2)
             ax.set_title(f"seq_len {seq_len}, {kv} KV pairs")
             ax.set_xlabel(xlabel)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("MQAR accuracy")
+        axes[0][0].set_ylabel("MQAR accuracy (median over seeds)")
         # Outside the axes: a dot in the lower right must not hide behind the legend.
         axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.tight_layout()
@@ -539,4 +508,4 @@ def main(args) -> int:
     print(
         f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'mqar.png'}, {out / 'mqar_state.png'}"
     )
-    return 0
+    return 1 if rows.failures else 0  # the table holds what finished; the failed runs are named above

@@ -74,12 +74,14 @@ def test_example_runs(example):
 def test_demo_mqar_runs_one_mixer_per_family_or_all(monkeypatch, tmp_path):
     """make demo's default is a mixer of each family from the mqar-cpu grid; --mixers all is the whole grid."""
     from seqzoo.eval import demo, mqar
+    from seqzoo.eval.sweep import SweepRows
 
     seen = {}
 
     def fake_run_sweep(sweep, progress=True):
         seen["mixers"] = [m if isinstance(m, str) else m["name"] for m in sweep.mixer_entries()]
-        return []
+        seen["seeds"] = sweep.seed_list()
+        return SweepRows(failures=seen.get("failures", []))
 
     monkeypatch.setattr(mqar, "run_sweep", fake_run_sweep)
     monkeypatch.setattr(mqar, "markdown_table", lambda rows: "")
@@ -92,4 +94,6 @@ def test_demo_mqar_runs_one_mixer_per_family_or_all(monkeypatch, tmp_path):
     grid = [m if isinstance(m, str) else m["name"] for m in mqar.load_sweep("mqar-cpu").mixer_entries()]
     assert set(demo.demo_mqar_mixers()) < set(grid)
     assert main(["demo", "--mixers", "all", "--out-dir", str(tmp_path)]) == 0
-    assert seen["mixers"] == grid
+    assert seen["mixers"] == grid and seen["seeds"] == [0, 1, 2]  # each cell: the median of three seeds
+    seen["failures"] = ["mamba-...: RuntimeError: boom"]
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 1  # a failed run: the table, then a failing exit

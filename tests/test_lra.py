@@ -235,14 +235,69 @@ def test_every_lra_mixer_builds_into_every_task_config(mixer):
 
 
 def test_sweep_table_sits_beside_published_numbers(tmp_path):
-    from seqzoo.eval.lra.command import markdown_table, write_outputs
+    from seqzoo.eval.lra.command import markdown_table, sweep_task
+    from seqzoo.eval.sweep import write_outputs
 
     rows = [
-        {"task": "listops", "mixer": "s4d", "test_acc": 0.41, "best_val_acc": 0.4, "steps": 10, "parameters": 1,
-         "wall_time_s": 1.0, "config": "cpu", "note": "S4D-LegS"},
+        {"task": "listops", "mixer": "s4d", "seed": 0, "test_acc": 0.41, "best_val_acc": 0.4, "steps": 10,
+         "parameters": 1, "wall_time_s": 1.0, "config": "cpu", "note": "S4D-LegS"},
     ]  # fmt: skip
-    table = markdown_table(rows, ["listops", "pathfinder"])
+    tasks = ["listops", "pathfinder"]
+    table = markdown_table(rows, tasks)
     assert "| s4d (seqzoo, cpu config) | 41.0 |  |" in table
     assert "60.5" in table and "36.4" in table and "| chance | 10.0 | 50.0 |" in table
-    write_outputs(tmp_path, rows, ["listops", "pathfinder"])
+    write_outputs(tmp_path, rows, sweep_task(tasks, cpu=True))
     assert (tmp_path / "results.csv").is_file() and "CPU configs" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "lra.png").is_file()
+    # Over seeds: the median and the range.
+    seeds = [{**rows[0], "seed": s, "test_acc": a} for s, a in enumerate([0.43, 0.39, 0.41])]
+    assert "| s4d (seqzoo, cpu config) | 41.0 [39.0-43.0] |  |" in markdown_table(seeds, tasks)
+
+
+def tiny_sweep_overrides(data_dir) -> list[str]:
+    return [
+        "model.d_model=16", "model.n_layers=1", f"data.data_dir={data_dir}",
+        "data.generate={num_train: 64, num_val: 16, num_test: 16, min_length: 10, max_length: 30}",
+        "train.steps=2", "train.batch_size=8", "train.eval_every=2", "train.eval_batches=1", "train.ckpt_every=2",
+        "train.threads=1", "log.progress=false", "log.tensorboard=false", "log.plot=false",
+    ]  # fmt: skip
+
+
+def test_sweep_plans_todays_folders_and_hashes_and_one_folder_per_seed(tmp_path):
+    """One seed (the config's own) keeps the folder and config hash earlier sweeps wrote; other seeds get
+    their own folders; the config a worker loads back is the one that was hashed."""
+    from seqzoo.eval.lra.command import build_config, plan_sweep
+    from seqzoo.eval.sweep import config_hash
+    from seqzoo.train.config import load_config
+
+    out = tmp_path / "sweep"
+    (run,) = plan_sweep(["listops"], ["s4d"], True, out)
+    name = "lra-listops-cpu-s4d"
+    today = build_config("listops", "s4d", True, name=name, overrides=[f"train.out_dir={out / name}"])
+    assert run["key"] == name and run["dir"] == out / name and run["seed"] == 0
+    assert run["hash"] == config_hash(json.loads(json.dumps(today.model_dump(mode="json"))))
+    assert load_config(run["config"]).model_dump(mode="json") == run["config"]
+    seeded = plan_sweep(["listops"], ["s4d"], True, out, seeds=[0, 2])
+    assert [r["key"] for r in seeded] == [name, name + "-seed2"] and seeded[0]["hash"] == run["hash"]
+    assert seeded[1]["config"]["train"]["seed"] == 2 and seeded[1]["hash"] != run["hash"]
+    with pytest.raises(ValueError, match="--seeds"):
+        plan_sweep(["listops"], ["s4d"], True, out, seeds=[1, 1])
+
+
+def test_two_seed_sweep_through_the_command(tmp_path, capsys):
+    from seqzoo.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["lra", "sweep", "--cpu", "--tasks", "listops", "--mixers", "s4d", "--seeds", "0", "1", "--out",
+            str(out), "--no-progress", *tiny_sweep_overrides(tmp_path / "listops")]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("task,mixer,seed,test_acc") and len(lines) == 3
+    accs = sorted(100 * float(line.split(",")[3]) for line in lines[1:])
+    cell = f"{sum(accs) / 2:.1f} [{accs[0]:.1f}-{accs[1]:.1f}]"
+    assert f"| s4d (seqzoo, cpu config) | {cell} |" in text and cell in (out / "results.md").read_text()
+    assert {p.name for p in out.iterdir()} >= {"lra-listops-cpu-s4d", "lra-listops-cpu-s4d-seed1", "lra.png"}
+    # A bad seed list is a usage error, before anything trains.
+    assert main(["lra", "sweep", "--cpu", "--tasks", "listops", "--seeds", "0", "0", "--out", str(out)]) == 2
+    assert "--seeds" in capsys.readouterr().err

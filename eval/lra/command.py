@@ -2,20 +2,22 @@
 
     seqzoo lra TASK [--mixer NAME] [--cpu] [--data-dir DIR] [key=value ...]   train one mixer on one task
     seqzoo lra generate TASK --out DIR [--num-train N ...] [key=value ...]    write ListOps / Pathfinder data
-    seqzoo lra sweep [--tasks ...] [--mixers ...] [--cpu] [--out DIR]         mixers x tasks, with a table
+    seqzoo lra sweep [--tasks ...] [--mixers ...] [--cpu] [--seeds ...] [--out DIR]   mixers x tasks, a table
     seqzoo lra list                                                           tasks, configs, published numbers
 
 TASK is listops, text, retrieval, image, pathfinder or pathx. A run trains the task's shipped config
 (``train/configs/lra-TASK.yaml``: the S4 paper's settings, a GPU-sized run) or with ``--cpu`` its CPU config
 (``lra-TASK-cpu.yaml``: generated data, small enough for 2 cores), with the mixer's LRA settings on top
-(``eval/lra/settings.py``). Overrides are the recipe's dotted keys (``train.steps=200``). The sweep writes
-``results.csv``, ``results.md`` (our test accuracy beside the published numbers) and ``lra.png``.
+(``eval/lra/settings.py``). Overrides are the recipe's dotted keys (``train.steps=200``). The sweep trains
+through the one sweep runner (``seqzoo.eval.sweep``: a finished run whose config hash matches is reused, a
+failed run is reported and the others go on; with ``--seeds 0 1 2`` every run once per seed) and writes
+``results.csv`` (a row per run), ``results.md`` (our test accuracy, the median over seeds with its range,
+beside the published numbers) and ``lra.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -177,63 +179,65 @@ def cmd_sweep(argv: list[str]) -> int:
     )
     p.add_argument("--mixers", nargs="+", default=["s4d", "attention"], help="default: s4d attention")
     p.add_argument("--cpu", action="store_true", help="the CPU configs (listops, pathfinder)")
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=None,
+        help="train every run once per seed and report the median [range] (default: the config's one seed)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="folder for runs and the table (default runs/lra-sweep[-cpu])")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=100")
     args = p.parse_intermixed_args(argv)
     tasks = args.tasks or (list(CPU_TASKS) if args.cpu else TASK_ORDER)
     out = Path(args.out or ("runs/lra-sweep-cpu" if args.cpu else "runs/lra-sweep"))
     try:
-        rows = run_sweep(tasks, args.mixers, args.cpu, out, args.overrides)
+        rows = run_sweep(tasks, args.mixers, args.cpu, out, args.overrides, args.seeds, not args.no_progress)
     except ValueError as e:
         print(f"seqzoo lra sweep: {e}", file=sys.stderr)
         return 2
-    print("\n" + markdown_table(rows, tasks))
+    print("\n" + markdown_table(rows, tasks) if rows else "no finished runs")
     print(f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'lra.png'}")
-    return 0
+    return 1 if rows.failures else 0  # the table holds what finished; the failed runs are named above
 
 
-def run_sweep(tasks, mixers, cpu: bool, out: Path, overrides=()) -> list[dict]:
-    """Train every (task, mixer) not already finished with the same config; write the table; return its rows."""
-    from seqzoo.eval.mqar import config_hash
-    from seqzoo.train.loop import train
+def plan_sweep(tasks, mixers, cpu: bool, out: Path, overrides=(), seeds=None) -> list[dict]:
+    """The sweep's planned runs (``seqzoo.eval.sweep``): every (task, mixer), once per seed. A run's folder
+    is ``OUT/lra-TASK[-cpu]-MIXER``, with ``-seedN`` for a seed other than the config's own, so that a
+    one-seed sweep's folders are the ones earlier sweeps wrote (and are reused when their hash matches)."""
+    from seqzoo.eval.sweep import config_hash
+
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"--seeds: each seed once, got {seeds}")
+    runs = []
+    for task in tasks:
+        for mixer in mixers:
+            base = f"{config_name(task, cpu)}-{mixer}"
+            own_seed = build_config(task, mixer, cpu, name=base, overrides=overrides).train.seed
+            for seed in seeds if seeds is not None else [own_seed]:
+                name = base if seed == own_seed else f"{base}-seed{seed}"
+                config = build_config(
+                    task, mixer, cpu, name=name,
+                    overrides=[f"train.out_dir={out / name}", *overrides, f"train.seed={seed}"],
+                )  # fmt: skip
+                as_dict = json.loads(json.dumps(config.model_dump(mode="json")))
+                runs.append(
+                    {"key": name, "task": task, "mixer": mixer, "seed": seed, "config": as_dict,
+                     "hash": config_hash(as_dict), "dir": config.out_path()}
+                )  # fmt: skip
+    return runs
+
+
+def run_sweep(tasks, mixers, cpu: bool, out: Path, overrides=(), seeds=None, progress: bool = True):
+    """Train every planned run not already finished with the same config, one at a time with the threads its
+    config gives; write the table; return the rows (``.failures``: the runs that raised)."""
+    from seqzoo.eval.sweep import run_sweep as run_all
 
     from .settings import lra_mixer
 
-    plans = []
-    for task in tasks:
-        for mixer in mixers:
-            name = f"{config_name(task, cpu)}-{mixer}"
-            config = build_config(
-                task, mixer, cpu, name=name, overrides=[f"train.out_dir={out / name}", *overrides]
-            )
-            plans.append((task, mixer, config))
-    rows = []
-    for task, mixer, config in plans:
-        run_dir = config.out_path()
-        digest = config_hash(json.loads(json.dumps(config.model_dump(mode="json"))))
-        summary_file, hash_file = run_dir / "summary.json", run_dir / "config.sha256"
-        if summary_file.is_file() and hash_file.is_file() and hash_file.read_text().strip() == digest:
-            summary = json.loads(summary_file.read_text())
-            print(f"{config.name}: finished before, reused")
-        else:
-            print(f"{config.name}: {lra_mixer(mixer).note}")
-            summary = train(config)
-            hash_file.write_text(digest)
-        rows.append(
-            {
-                "task": task,
-                "mixer": mixer,
-                "test_acc": summary["test_acc"],
-                "best_val_acc": summary.get("best_val_acc"),
-                "steps": summary["steps"],
-                "parameters": summary["parameters"],
-                "wall_time_s": summary["wall_time_s"],
-                "config": "cpu" if cpu else "paper",
-                "note": lra_mixer(mixer).note,
-            }
-        )
-        write_outputs(out, rows, tasks)
-    return rows
+    runs = plan_sweep(tasks, mixers, cpu, out, overrides, seeds)
+    for mixer in mixers:
+        print(f"{mixer}: {lra_mixer(mixer).note}")
+    task = sweep_task(tasks, cpu)
+    return run_all(runs, out, task, workers=1, threads=None, progress=progress)
 
 
 def _published_cell(acc) -> str:
@@ -242,31 +246,67 @@ def _published_cell(acc) -> str:
     return acc if isinstance(acc, str) else f"{acc:.1f}"
 
 
+def sweep_task(tasks, cpu: bool):
+    """The LRA sweep's hooks for the runner: a run's row, results.md and lra.png."""
+    from seqzoo.eval.sweep import SweepTask
+
+    from .settings import lra_mixer
+
+    def row(run: dict, summary: dict) -> dict:
+        return {
+            "task": run["task"],
+            "mixer": run["mixer"],
+            "seed": run["seed"],
+            "test_acc": summary["test_acc"],
+            "best_val_acc": summary.get("best_val_acc"),
+            "steps": summary["steps"],
+            "parameters": summary["parameters"],
+            "wall_time_s": summary["wall_time_s"],
+            "config": "cpu" if cpu else "paper",
+            "note": lra_mixer(run["mixer"]).note,
+        }
+
+    return SweepTask(
+        desc="lra runs",
+        row=row,
+        markdown=lambda rows: results_markdown(rows, tasks),
+        plot=lambda folder, rows: plot(folder, rows, tasks),
+        postfix=lambda r, s: f"{r['key']} test acc {s['test_acc']:.3f}",
+    )
+
+
+def cells(rows: list[dict]) -> dict[tuple, dict]:
+    """(task, mixer) -> the median test accuracy over seeds with its range (``seqzoo.eval.sweep``)."""
+    from seqzoo.eval.sweep import cell_medians
+
+    return {(c["task"], c["mixer"]): c for c in cell_medians(rows, ("task", "mixer"), "test_acc")}
+
+
 def markdown_table(rows: list[dict], tasks) -> str:
-    """Test accuracy (%) per mixer and task, ours first, then the published rows for the same tasks."""
+    """Test accuracy (%) per mixer and task, ours first (the median over seeds, with the range over several:
+    ``41.0 [40.2-42.0]``), then the published rows for the same tasks."""
+    from seqzoo.eval.sweep import format_median
+
     idx = {t: i for i, t in enumerate(TASK_ORDER)}
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
-    by = {(r["task"], r["mixer"]): r for r in rows}
+    by = cells(rows)
+    seeds = max((c["seeds"] for c in by.values()), default=1)
     lines = ["| model | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     for m in mixers:
-        cells = [f"{100 * by[(t, m)]['test_acc']:.1f}" if (t, m) in by else "" for t in tasks]
+        row = [format_median(by[(t, m)], "test_acc", 100, 1, seeds) if (t, m) in by else "" for t in tasks]
         config = next(r["config"] for r in rows if r["mixer"] == m)
-        lines.append(f"| {m} (seqzoo, {config} config) | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} (seqzoo, {config} config) | " + " | ".join(row) + " |")
     for m, pub in PUBLISHED.items():
-        cells = [_published_cell(pub["acc"][idx[t]]) for t in tasks]
-        lines.append(f"| {m} (published: {pub['source']}) | " + " | ".join(cells) + " |")
+        row = [_published_cell(pub["acc"][idx[t]]) for t in tasks]
+        lines.append(f"| {m} (published: {pub['source']}) | " + " | ".join(row) + " |")
     chance = [f"{100 / TASKS[t].n_classes:.1f}" for t in tasks]
     lines.append("| chance | " + " | ".join(chance) + " |")
     notes = "\n".join(f"- {m}: {next(r['note'] for r in rows if r['mixer'] == m)}" for m in mixers)
     return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
-def write_outputs(out: Path, rows: list[dict], tasks) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def results_markdown(rows: list[dict], tasks) -> str:
+    """The text of results.md: a heading, a caveat for the CPU configs, the table."""
     cpu = any(r["config"] == "cpu" for r in rows)
     head = "# Long Range Arena: test accuracy (%)\n\n" + (
         "CPU configs: generated data, shorter and easier than the paper's tasks (see the configs): the "
@@ -274,27 +314,24 @@ def write_outputs(out: Path, rows: list[dict], tasks) -> None:
         if cpu
         else ""
     )
-    (out / "results.md").write_text(head + markdown_table(rows, tasks))
-    plot(out, rows, tasks)
+    return head + markdown_table(rows, tasks)
 
 
 def plot(out: Path, rows: list[dict], tasks) -> Path | None:
-    try:
-        import matplotlib
+    """lra.png: a bar per mixer and task at the median test accuracy, error bars over the seeds' range."""
+    from seqzoo.eval.sweep import error_bars, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plot skipped: matplotlib is not installed (pip install 'seqzoo[eval]')")
+    plt = pyplot()
+    if plt is None:
         return None
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
-    by = {(r["task"], r["mixer"]): r["test_acc"] for r in rows}
+    by = cells(rows)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 3.2))
     width = 0.8 / max(1, len(mixers))
     for i, m in enumerate(mixers):
-        xs = [j + i * width for j, t in enumerate(tasks) if (t, m) in by]
-        ys = [100 * by[(t, m)] for t in tasks if (t, m) in by]
-        ax.bar(xs, ys, width, label=m)
+        here = [(j, by[(t, m)]) for j, t in enumerate(tasks) if (t, m) in by]
+        med, below, above = error_bars([c for _, c in here], "test_acc", 100)
+        ax.bar([j + i * width for j, _ in here], med, width, yerr=[below, above], capsize=2, label=m)
     for j, t in enumerate(tasks):
         ax.hlines(100 / TASKS[t].n_classes, j - width / 2, j + 0.8 - width / 2, colors="k", linestyles=":")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
