@@ -61,7 +61,7 @@ def _example(s: dict, draw) -> dict:
 SPEC = OpSpec(
     shapes={"q": "B T H D", "k": "B S G D", "v": "B S G E"},
     make=_example,
-    sizes={"B": 2, "T": 5, "H": 2, "D": 4, "G": 1, "E": 3},
+    sizes={"B": 2, "T": 5, "H": 2, "D": 4},
     # Keys as long as the queries, as many heads, values as wide as keys unless a call says otherwise.
     defaults={"S": "T", "G": "H", "E": "D"},
     bench=BenchGrid(cpu={"B": 2, "H": 4, "D": 64}, cuda={"H": 16, "D": 64}),
