@@ -116,15 +116,22 @@ class BenchGrid:
     cuda: dict | None = None
     cuda_t: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384)
     tokens: int = 16384
+    # GPU shapes beyond the grid (selective_scan's larger N).
+    cuda_extra: tuple[dict, ...] = ()
 
     def grids(self, variant: dict) -> tuple[list[dict], list[dict], list[dict]]:
         """(cpu, quick, cuda) lists of sizes for one variant."""
         quick = self.quick if self.quick is not None else {**self.cpu, "B": 1}
         cuda = self.cuda if self.cuda is not None else self.cpu
+
+        def shape(b, t, sizes):  # B and T first, as the tables print them
+            return {"B": b, "T": t, **{k: v for k, v in sizes.items() if k != "B"}, **variant}
+
         return (
-            [{**self.cpu, "T": t, **variant} for t in self.t],
-            [{**quick, "T": t, **variant} for t in self.quick_t],
-            [{**cuda, "B": max(1, self.tokens // t), "T": t, **variant} for t in self.cuda_t],
+            [shape(self.cpu.get("B", 1), t, self.cpu) for t in self.t],
+            [shape(quick.get("B", 1), t, quick) for t in self.quick_t],
+            [shape(max(1, self.tokens // t), t, cuda) for t in self.cuda_t]
+            + [{**extra, **variant} for extra in self.cuda_extra],
         )
 
 

@@ -83,16 +83,17 @@ def _example(s: dict, draw) -> dict:
 
 
 _FLOW_SPEC = OpSpec(
-    shapes={"q": "B T H K", "k": "B T H K", "v": "B T H V"},
+    shapes={"q": "B T H D", "k": "B T H D", "v": "B T H M"},
     make=_example,
-    sizes={"B": 2, "T": 5, "H": 2, "K": 4, "V": 3},
+    sizes={"B": 2, "T": 5, "H": 2, "D": 4, "M": 3},
+    defaults={"M": "D"},  # values as wide as the features unless a call says otherwise
     # The same B, H, D as the attention bench (and its GPU grid exactly), so the two tables line up.
-    bench=BenchGrid(cpu={"B": 2, "H": 4, "K": 64, "V": 64}, t=(1024, 2048, 4096, 8192, 16384), cuda={"H": 16, "K": 64, "V": 64}),
+    bench=BenchGrid(cpu={"B": 2, "H": 4, "D": 64}, t=(1024, 2048, 4096, 8192, 16384), cuda={"H": 16, "D": 64}),
     same_dtype=("q", "k", "v"),
     nonempty=("T",),
     variants={"": {"causal": True}, "flow_attention_noncausal": {"causal": False}},
-    extreme={"B": 1, "H": 1, "K": 4, "V": 4},
-    audit={"value_offset": {"B": 1, "T": 1024, "H": 1, "K": 16, "V": 8, "regime": "value_offset", "causal": False}},
+    extreme={"B": 1, "H": 1, "D": 4},
+    audit={"value_offset": {"B": 1, "T": 1024, "H": 1, "D": 16, "M": 8, "regime": "value_offset", "causal": False}},
     kernels_of="gla",
 )
 
@@ -180,8 +181,8 @@ def _step_example(s: dict, draw) -> dict:
     """One token after a prefill of T tokens."""
     prefix = _FLOW_SPEC.example(draw.dtype, draw.device, **s)
     _, state = _recurrent.prefill(prefix["q"], prefix["k"], prefix["v"])
-    q, k = (_pt.sigmoid(draw(n, dtype="fp32", shape="B H K")).to(draw.dtype) for n in ("q", "k"))
-    return dict(q=q, k=k, v=draw("v", shape="B H V"), state=state)
+    q, k = (_pt.sigmoid(draw(n, dtype="fp32", shape="B H D")).to(draw.dtype) for n in ("q", "k"))
+    return dict(q=q, k=k, v=draw("v", shape="B H M"), state=state)
 
 
 flow_attention_step = define_op(
@@ -189,9 +190,11 @@ flow_attention_step = define_op(
     __doc__,
     validate=_validate_step,
     spec=_FLOW_SPEC.derive(
-        shapes={"q": "B H K", "k": "B H K", "v": "B H V"},
+        shapes={"q": "B H D", "k": "B H D", "v": "B H M"},
         make=_step_example,
-        bench=BenchGrid(cpu={"B": 16, "H": 4, "K": 64, "V": 64}, t=(1,), quick_t=(1,), cuda_t=(1,), tokens=64),
+        # No bench of its own: its state is a dict of running sums, not a tensor a bench can make at each shape
+        # (flow_attention_prefill times the same recurrence over a segment).
+        bench=None,
         nonempty=(),
         extreme=None,
         **_DECODING,

@@ -213,6 +213,7 @@ SPEC = OpSpec(
     bench=BenchGrid(
         cpu={"B": 1, "D": 128, "N": 16}, quick={"B": 1, "D": 64, "N": 16}, cuda={"D": 1536, "N": 16},
         cuda_t=(512, 1024, 2048, 4096, 8192),
+        cuda_extra=tuple({"B": 4, "T": 2048, "D": 1536, "N": n} for n in (64, 256)),
     ),
     nonempty=("B", "T", "D"),
     states=(1,),
