@@ -283,15 +283,17 @@ KERNEL_GRIDS = {
     "gla": KernelGrid(
         {"B": 1, "T": 80, "H": 2},
         {("K", "V"): HEAD_DIMS, "decay": ("vector", "head", "none")},
-        representative=lambda s, dt: (s["K"], s["V"]) in _LARGEST_AND_SMALLEST
-        and s["decay"] == "vector"
-        and dt == "bfloat16",
+        representative=lambda s, dt: (
+            (s["K"], s["V"]) in _LARGEST_AND_SMALLEST and s["decay"] == "vector" and dt == "bfloat16"
+        ),
     ),
     # delta_rule: chunked and recurrent; DeltaNet and Gated DeltaNet.
     "delta_rule": KernelGrid(
         {"B": 1, "T": 80, "H": 2},
         {("K", "V"): HEAD_DIMS, "gated": (True, False)},
-        representative=lambda s, dt: (s["K"], s["V"]) in _LARGEST_AND_SMALLEST and s["gated"] and dt == "bfloat16",
+        representative=lambda s, dt: (
+            (s["K"], s["V"]) in _LARGEST_AND_SMALLEST and s["gated"] and dt == "bfloat16"
+        ),
     ),
     "causal_conv1d": KernelGrid(
         {"B": 2, "T": 70, "D": 96},

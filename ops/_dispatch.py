@@ -306,7 +306,8 @@ def define_step_op(
             returns_state_flag="",
             variants={k.replace(op.name, name): v for k, v in op.spec.variants.items()},
             # Decoding: a token, a few, a short prompt.
-            bench=op.spec.bench and replace(op.spec.bench, t=(1, 16, 256), quick_t=(1, 16), cuda_t=(1, 16, 256), tokens=1024),
+            bench=op.spec.bench
+            and replace(op.spec.bench, t=(1, 16, 256), quick_t=(1, 16), cuda_t=(1, 16, 256), tokens=1024),
             extreme=None,
             audit={},
             audit_exempt=f"the same reference as {op.name}, audited there",

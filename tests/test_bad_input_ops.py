@@ -25,7 +25,9 @@ OPS = {name: (op, lambda op=op: op.spec.example()) for name, op in LIBRARY_OPS.i
 SHAPE_REFERENCES = {name: op.spec.shape_references() for name, op in LIBRARY_OPS.items()}
 # Tensors that must share one dtype, and the dtypes that must not be mixed in.
 SAME_DTYPE = {
-    name: (op.spec.same_dtype, op.spec.foreign_dtypes) for name, op in LIBRARY_OPS.items() if op.spec.same_dtype
+    name: (op.spec.same_dtype, op.spec.foreign_dtypes)
+    for name, op in LIBRARY_OPS.items()
+    if op.spec.same_dtype
 }
 # (op, the size letter made 0): the tensors having it shrink with it, and the letter's first tensor is named.
 EMPTY_SIZES = [(name, letter) for name, op in LIBRARY_OPS.items() for letter in op.spec.nonempty]
@@ -187,10 +189,24 @@ def make_size(spec: OpSpec, letter: str) -> int:
 def test_empty_dimension_cases_cover_the_ops_that_refuse_them():
     """The spec's size letters that may not be 0 reach the ops that refused a 0 before the cases came from specs."""
     covered = set(EMPTY_SIZES)
-    for case in [("causal_conv1d", "T"), ("linear_scan", "T"), ("selective_scan", "B"), ("selective_scan", "T"),
-                 ("selective_scan", "D"), ("fft_conv", "B"), ("fft_conv", "T"), ("fft_conv", "H"),
-                 ("fft_conv", "L"), ("s4d_kernel", "H"), ("s4_kernel", "H"), ("flow_attention", "T"),
-                 ("gla", "T"), ("delta_rule", "T"), ("gla", "K"), ("delta_rule", "K")]:
+    for case in [
+        ("causal_conv1d", "T"),
+        ("linear_scan", "T"),
+        ("selective_scan", "B"),
+        ("selective_scan", "T"),
+        ("selective_scan", "D"),
+        ("fft_conv", "B"),
+        ("fft_conv", "T"),
+        ("fft_conv", "H"),
+        ("fft_conv", "L"),
+        ("s4d_kernel", "H"),
+        ("s4_kernel", "H"),
+        ("flow_attention", "T"),
+        ("gla", "T"),
+        ("delta_rule", "T"),
+        ("gla", "K"),
+        ("delta_rule", "K"),
+    ]:
         assert case in covered, case
 
 

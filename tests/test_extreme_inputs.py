@@ -226,7 +226,9 @@ def test_s4_kernel_long():
 # The reference over the whole length is affordable for the scans and the S4 kernels (not for the references that
 # materialise T x T: attention, flow_attention, fft_conv's Toeplitz product).
 FULL_REFERENCE = sorted(
-    label for label, (op, _) in LONG_CASES.items() if op.spec.state_arg or label in ("s4d_kernel", "s4_kernel")
+    label
+    for label, (op, _) in LONG_CASES.items()
+    if op.spec.state_arg or label in ("s4d_kernel", "s4_kernel")
 )
 
 

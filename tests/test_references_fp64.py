@@ -84,7 +84,10 @@ def test_fp32_inputs_give_the_fp64_answer(case):
     example = op.spec.example(**sizes)
     # Every tensor input is differentiable; the flags and sizes pass through.
     fn, inputs = op._backends["reference"].fn, tensors(example)
-    kwargs = {**options(example), **({op.spec.returns_state_flag: True} if op.spec.returns_state_flag else {})}
+    kwargs = {
+        **options(example),
+        **({op.spec.returns_state_flag: True} if op.spec.returns_state_flag else {}),
+    }
     outs, grads = _run(fn, inputs, kwargs, wide=False)
     outs64, grads64 = _run(fn, inputs, kwargs, wide=True)
     # The documented dtypes: the output in the input's dtype, the states in fp32 (complex64 for complex A).

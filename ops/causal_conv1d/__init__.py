@@ -67,7 +67,12 @@ SPEC = OpSpec(
     shapes={"x": "B T D", "weight": "D W", "bias": "D", "initial_state": "B D W-1"},
     make=_example,
     sizes={"B": 2, "T": 5, "D": 3, "W": 3},
-    bench=BenchGrid(cpu={"B": 2, "D": 512, "W": 4}, quick={"B": 1, "D": 256, "W": 4}, cuda={"D": 2048, "W": 4}, tokens=32768),
+    bench=BenchGrid(
+        cpu={"B": 2, "D": 512, "W": 4},
+        quick={"B": 1, "D": 256, "W": 4},
+        cuda={"D": 2048, "W": 4},
+        tokens=32768,
+    ),
     nonempty=("T",),
     states=(1,),
     state_arg="initial_state",

@@ -40,7 +40,6 @@ from .._dispatch import (
     triton_linear_attention_reason,
     triton_unavailable_reason,
 )
-from .._spec import OpSpec
 from ..gla import LINEAR_ATTENTION_SHAPES
 from ..gla import SPEC as _GLA_SPEC
 from . import reference as _reference

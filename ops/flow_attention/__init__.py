@@ -88,12 +88,24 @@ _FLOW_SPEC = OpSpec(
     sizes={"B": 2, "T": 5, "H": 2, "D": 4, "M": 3},
     defaults={"M": "D"},  # values as wide as the features unless a call says otherwise
     # The same B, H, D as the attention bench (and its GPU grid exactly), so the two tables line up.
-    bench=BenchGrid(cpu={"B": 2, "H": 4, "D": 64}, t=(1024, 2048, 4096, 8192, 16384), cuda={"H": 16, "D": 64}),
+    bench=BenchGrid(
+        cpu={"B": 2, "H": 4, "D": 64}, t=(1024, 2048, 4096, 8192, 16384), cuda={"H": 16, "D": 64}
+    ),
     same_dtype=("q", "k", "v"),
     nonempty=("T",),
     variants={"": {"causal": True}, "flow_attention_noncausal": {"causal": False}},
     extreme={"B": 1, "H": 1, "D": 4},
-    audit={"value_offset": {"B": 1, "T": 1024, "H": 1, "D": 16, "M": 8, "regime": "value_offset", "causal": False}},
+    audit={
+        "value_offset": {
+            "B": 1,
+            "T": 1024,
+            "H": 1,
+            "D": 16,
+            "M": 8,
+            "regime": "value_offset",
+            "causal": False,
+        }
+    },
     kernels_of="gla",
 )
 
@@ -176,6 +188,7 @@ flow_attention_prefill.register(
     unsupported=_triton_prefill_unsupported,
     description="prefix-sum normalisers, ops.gla_step on gla's Triton kernels",
 )
+
 
 def _step_example(s: dict, draw) -> dict:
     """One token after a prefill of T tokens."""

@@ -111,9 +111,7 @@ def _example(s: dict, draw) -> dict:
         g = draw("g", "log_decay", "fp32", shape="B T H")
     k = draw("k", "unit") if regime == "weak" else draw("k") * (s["K"] ** -0.5 if regime == "strong" else 1)
     state = draw("initial_state", dtype="fp32") * (10 if regime == "weak" else 1)
-    return dict(
-        q=draw("q"), k=k, v=draw("v"), g=g, scale=None, initial_state=state, output_final_state=True
-    )
+    return dict(q=draw("q"), k=k, v=draw("v"), g=g, scale=None, initial_state=state, output_final_state=True)
 
 
 LINEAR_ATTENTION_SHAPES = {
@@ -129,7 +127,9 @@ SPEC = OpSpec(
     make=_example,
     sizes={"B": 2, "T": 5, "H": 2, "K": 4, "V": 3, "decay": "vector"},
     bench=BenchGrid(
-        cpu={"B": 1, "H": 4, "K": 64, "V": 64}, cuda={"H": 16, "K": 64, "V": 64}, cuda_t=(512, 1024, 2048, 4096, 8192, 16384)
+        cpu={"B": 1, "H": 4, "K": 64, "V": 64},
+        cuda={"H": 16, "K": 64, "V": 64},
+        cuda_t=(512, 1024, 2048, 4096, 8192, 16384),
     ),
     same_dtype=("q", "k", "v"),
     nonempty=("T", "K", "V"),
@@ -139,8 +139,10 @@ SPEC = OpSpec(
     # Per-channel decays (GLA, HGRN2) and one decay per head (RetNet, lightning): different intra-chunk paths.
     variants={"": {"decay": "vector"}, "gla_head_decay": {"decay": "head"}},
     extreme={"B": 1, "H": 1, "K": 8, "V": 8, "regime": "strong"},
-    audit={"": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak"},
-           "per_head": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak", "decay": "head"}},
+    audit={
+        "": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak"},
+        "per_head": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak", "decay": "head"},
+    },
 )
 
 gla = define_op(

@@ -98,7 +98,11 @@ SPEC = OpSpec(
     make=_example,
     sizes={"B": 2, "T": 5, "D": 3},
     bench=BenchGrid(
-        cpu={"B": 2, "D": 256}, t=(1024, 2048, 4096, 8192), quick={"B": 1, "D": 256}, cuda={"D": 2048}, tokens=32768
+        cpu={"B": 2, "D": 256},
+        t=(1024, 2048, 4096, 8192),
+        quick={"B": 1, "D": 256},
+        cuda={"D": 2048},
+        tokens=32768,
     ),
     nonempty=("T",),
     references={},

@@ -130,7 +130,11 @@ def _modes(s: dict, draw, names: tuple[str, ...]) -> dict:
     out = {"log_dt": (_pt.empty(h, device=draw.device).uniform_(-6.9, -2.3)).to(draw.dtype)}
     for name in names:
         out[f"{name}_re"], out[f"{name}_im"] = draw(f"{name}_re"), draw(f"{name}_im")
-    re = -1e3 * _pt.exp(draw(f"{names[0]}_re", dtype="fp32")) if draw.regime == "strong" else _pt.full((h, n), -0.5)
+    re = (
+        -1e3 * _pt.exp(draw(f"{names[0]}_re", dtype="fp32"))
+        if draw.regime == "strong"
+        else _pt.full((h, n), -0.5)
+    )
     out[f"{names[0]}_re"] = re.to(device=draw.device, dtype=draw.dtype)
     out[f"{names[0]}_im"] = (math.pi * _pt.arange(n, device=draw.device)).expand(h, n).to(draw.dtype)
     return out
@@ -201,6 +205,7 @@ s4_kernel.register_lazy(
     description="Triton Cauchy sums (forward and backward); Woodbury and irfft in PyTorch",
 )
 
+
 def _fft_conv_example(s: dict, draw) -> dict:
     """A decaying kernel as an SSM makes one, in fp32 (the kernels' dtype) beside the inputs; ``bidirectional``:
     one kernel each way. Strong: a long, slowly decaying one."""
@@ -227,7 +232,10 @@ fft_conv = define_op(
         sizes={"B": 2, "T": 5, "H": 3},
         defaults={"L": "T"},  # a kernel as long as the sequence
         bench=BenchGrid(
-            cpu={"B": 2, "H": 256}, t=(1024, 2048, 4096, 8192), cuda={"H": 1024}, cuda_t=(1024, 4096, 16384),
+            cpu={"B": 2, "H": 256},
+            t=(1024, 2048, 4096, 8192),
+            cuda={"H": 1024},
+            cuda_t=(1024, 4096, 16384),
             tokens=32768,
         ),
         nonempty=("B", "T", "H", "L"),

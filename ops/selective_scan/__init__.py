@@ -179,7 +179,9 @@ def _example(s: dict, draw) -> dict:
     A = _a_matrix(s, draw)
     bc = "B T G N" if s.get("G") else "B T N"
     dt = _pt.exp(_pt.empty(s["D"], device=draw.device).uniform_(math.log(1e-3), math.log(1e-1)))
-    delta = draw("delta") * {"strong": 3.0, "layer": 0.1}.get(regime, 0.0) + (1e-3 if regime == "weak" else 0.0)
+    delta = draw("delta") * {"strong": 3.0, "layer": 0.1}.get(regime, 0.0) + (
+        1e-3 if regime == "weak" else 0.0
+    )
     state = _pt.randn(draw.shape("initial_state"), device=draw.device, dtype=A.dtype)
     return dict(
         u=draw("u"),
@@ -211,7 +213,9 @@ SPEC = OpSpec(
     make=_example,
     sizes={"B": 2, "T": 5, "D": 3, "N": 4},
     bench=BenchGrid(
-        cpu={"B": 1, "D": 128, "N": 16}, quick={"B": 1, "D": 64, "N": 16}, cuda={"D": 1536, "N": 16},
+        cpu={"B": 1, "D": 128, "N": 16},
+        quick={"B": 1, "D": 64, "N": 16},
+        cuda={"D": 1536, "N": 16},
         cuda_t=(512, 1024, 2048, 4096, 8192),
         cuda_extra=tuple({"B": 4, "T": 2048, "D": 1536, "N": n} for n in (64, 256)),
     ),
@@ -255,6 +259,7 @@ selective_scan.register_lazy(
     unsupported=_real_low_precision_only,
     description="csrc/selective_scan.cu through ctypes, forward and backward",
 )
+
 
 def _step_example(s: dict, draw) -> dict:
     """One decoding step from a state, with selective_scan's values (A as the mamba mixer makes it)."""
