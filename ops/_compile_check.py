@@ -13,8 +13,9 @@ interpreter and fails (or crawls) on the GPU. This check closes that gap without
 - every kernel launch (``kernel[grid](...)``) is turned into a compilation (Triton's ``warmup``): the real
   compiler (TTIR -> TTGIR -> LLVM -> PTX -> ptxas -> cubin) runs with the arguments, constants, tile sizes and
   ``num_warps`` / ``num_stages`` that the wrapper chose for that shape;
-- each op's Triton wrapper is called, forward and backward, on CPU tensors of documented shapes and dtypes
-  (the tensors only carry shapes, strides and alignment; nothing is computed, outputs are garbage);
+- each op's Triton backends are called, forward and backward, on the op's spec example (``ops/_spec.py``) at the
+  shapes and dtypes of :data:`KERNEL_GRIDS`, as CPU tensors (they only carry shapes, strides and alignment;
+  nothing is computed, outputs are garbage);
 - every compiled kernel is checked: its shared memory against the target's limit, and ``ptxas -v`` gives
   its registers and spill bytes (reported; a spill is a warning, not a failure).
 
