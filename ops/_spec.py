@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# The length the extreme-input tests run an op at, unless its spec affords less (attention is O(T^2)).
+# The length the extreme-input tests run an op at, unless its spec's ``extreme`` affords less (attention: O(T^2)).
 LONG_T = 65_536
 _TOKEN = re.compile(r"^([A-Za-z]+)([+-]\d+)?$")
 

@@ -22,9 +22,10 @@ import torch
 
 import seqzoo
 from seqzoo import ops
+from seqzoo.ops._spec import LONG_T
 from seqzoo.ops.s4 import reference as s4_reference
 
-T_LONG = 65_536
+T_LONG = LONG_T  # 65,536
 # Windows of positions compared with the reference: the start, the middle, the end.
 WINDOWS = ((0, 24), (T_LONG // 2 - 8, T_LONG // 2 + 24), (T_LONG - 32, T_LONG))
 
