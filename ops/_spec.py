@@ -4,12 +4,12 @@
         shapes={"q": "B T H K", "k": "B T H K", "v": "B T H V", "g": "B T H K", "initial_state": "B H K V"},
         make=_example,                       # (sizes, draw) -> every argument by keyword, valid
         sizes={"B": 2, "T": 5, "H": 2, "K": 4, "V": 3, "decay": "vector"},
-        bench={"B": 1, "H": 4, "K": 64, "V": 64}, ...))
+        bench=BenchGrid(cpu={"B": 1, "H": 4, "K": 64, "V": 64}), ...))
 
 The consumers read it instead of tables of their own:
 
-- the benches (``seqzoo bench``): one default bench per op, its inputs ``example`` at the bench sizes over
-  ``bench_t`` (``eval/benches.py``);
+- the benches (``seqzoo bench``): one bench per op and variant, its inputs the example at the sizes of its
+  :class:`BenchGrid` (``eval/benches.py``);
 - the bad-input tests: the valid call each bad case changes one argument of, which tensors fix a size for the
   others (``shape_references``), which must share a dtype, which sizes may not be 0 (``tests/test_bad_input_ops.py``);
 - the extreme-input tests: the op at long T with hard but valid values (``extreme``), its windows compared with the
