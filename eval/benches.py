@@ -1,9 +1,12 @@
-"""The benchmarks ``seqzoo bench`` runs: one ``register_bench`` call per op.
+"""The benchmarks ``seqzoo bench`` runs: one per op (and per variant of it) from its spec, and the composites.
 
-A new op adds a function that makes its inputs for one shape and a call to :func:`register_bench` with its
-grids. Inputs are drawn the way a layer would produce them (unit-variance activations, small weights,
-log-decays <= 0 where an op takes them): the values decide the work for some kernels, and a bench should time
-the case that matters.
+Every op of ``seqzoo.ops`` is benched from its spec (``ops/_spec.py``): its inputs are the spec's example (drawn the
+way a layer produces them: unit-variance activations, small weights, log-decays <= 0 where an op takes them; the
+values decide the work for some kernels, and a bench should time the case that matters) at the sizes of the
+spec's :class:`~seqzoo.ops._spec.BenchGrid`, one bench per variant, labelled as the variant (``gla``,
+``gla_head_decay``). :data:`BENCH_ARGUMENTS` leaves out what a bench should not time (the initial state training
+does not pass). Below them: the benches of composites (Mamba-2's SSD two ways, whole mixers, an S4D layer's SSM
+two ways) and the S4 kernels at several lengths.
 
 Grids: ``shapes`` is the CPU default (sizes a CPU finishes in minutes), ``cuda_shapes`` the GPU default
 (a fixed number of tokens per batch, so the time per token across T shows the scaling), ``quick_shapes``
@@ -16,163 +19,58 @@ import torch
 
 from .bench_registry import mixer_op, register_bench
 
-
-def attention_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, h, d = shape["B"], shape["T"], shape["H"], shape["D"]
-    hk = shape.get("Hk", h)  # fewer key/value heads: GQA/MQA
-    return {
-        "q": torch.randn(b, t, h, d, dtype=dtype, device=device),
-        "k": torch.randn(b, t, hk, d, dtype=dtype, device=device),
-        "v": torch.randn(b, t, hk, d, dtype=dtype, device=device),
-    }
-
-
-register_bench(
-    "attention",
-    attention_inputs,
-    shapes=[{"B": 2, "T": t, "H": 4, "D": 64} for t in (512, 1024, 2048, 4096)],
-    quick_shapes=[{"B": 1, "T": t, "H": 4, "D": 64} for t in (256, 1024)],
-    cuda_shapes=[
-        {"B": max(1, 16384 // t), "T": t, "H": 16, "D": 64} for t in (1024, 2048, 4096, 8192, 16384)
-    ],
-    kwargs={"causal": True},
-)
+# Arguments a bench passes instead of the example's: training runs from no state (the decoding benches are the
+# step ops').
+BENCH_ARGUMENTS = {
+    "causal_conv1d": {"initial_state": None, "output_final_state": False},
+    "gla": {"initial_state": None},
+    "delta_rule": {"initial_state": None},
+    "selective_scan": {"initial_state": None},
+}
 
 
-def causal_conv1d_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, d, w = shape["B"], shape["T"], shape["D"], shape["W"]
-    return {
-        "x": torch.randn(b, t, d, dtype=dtype, device=device),
-        # The scale of nn.Conv1d's default init for a depthwise filter of width w.
-        "weight": torch.randn(d, w, dtype=dtype, device=device) * w**-0.5,
-        "bias": torch.randn(d, dtype=dtype, device=device) * 0.1,
-    }
+def spec_inputs(op_name: str, leave_out=()):
+    """``make_inputs`` of a bench of ``seqzoo.ops.<op_name>``: the tensors of its spec's example at one shape."""
+
+    def make(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        from seqzoo.ops import list_ops
+        from seqzoo.ops._spec import tensors
+
+        example = list_ops()[op_name].spec.example(dtype, device, **shape)
+        return {k: v for k, v in tensors(example).items() if k not in leave_out}
+
+    return make
 
 
-register_bench(
-    "causal_conv1d",
-    causal_conv1d_inputs,
-    shapes=[{"B": 2, "T": t, "D": 512, "W": 4} for t in (512, 1024, 2048, 4096)],
-    quick_shapes=[{"B": 1, "T": t, "D": 256, "W": 4} for t in (256, 1024)],
-    cuda_shapes=[
-        {"B": max(1, 32768 // t), "T": t, "D": 2048, "W": 4} for t in (1024, 2048, 4096, 8192, 16384)
-    ],
-    kwargs={"activation": "silu"},
-)
+def register_spec_benches(op_name: str, spec) -> None:
+    """One bench per variant of the op from its spec (its grid; the example's flags as the bench's arguments)."""
+    from seqzoo.ops._spec import options
+
+    for label, variant in spec.labels(op_name).items():
+        kwargs = {**options(spec.example(**variant)), **BENCH_ARGUMENTS.get(op_name, {})}
+        # A variant that sets an argument (flow-attention's causal) is in the arguments, not the shape.
+        shape_keys = {k: v for k, v in variant.items() if k not in kwargs}
+        shapes, quick, cuda = spec.bench.grids(shape_keys)
+        register_bench(
+            op_name,
+            spec_inputs(op_name, leave_out=kwargs),
+            label=label,
+            shapes=shapes,
+            quick_shapes=quick,
+            cuda_shapes=cuda,
+            kwargs=kwargs,
+        )
 
 
-def flow_attention_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, h, d = shape["B"], shape["T"], shape["H"], shape["D"]
-    # q, k through the layer's sigmoid feature map (the op expects non-negative features).
-    return {
-        "q": torch.sigmoid(torch.randn(b, t, h, d, device=device)).to(dtype),
-        "k": torch.sigmoid(torch.randn(b, t, h, d, device=device)).to(dtype),
-        "v": torch.randn(b, t, h, d, dtype=dtype, device=device),
-    }
+def _register_op_benches() -> None:
+    from seqzoo.ops import list_ops
+
+    for name, op in list_ops().items():
+        if op.spec is not None and op.spec.bench is not None:
+            register_spec_benches(name, op.spec)
 
 
-# The same B, H, D as the attention bench (and its GPU grid exactly), so the two tables line up; on a CPU,
-# `seqzoo bench attention --set T=8192,16384` extends attention to the longer sequences.
-for _causal in (True, False):
-    register_bench(
-        "flow_attention",
-        flow_attention_inputs,
-        label="flow_attention" if _causal else "flow_attention_noncausal",
-        shapes=[{"B": 2, "T": t, "H": 4, "D": 64} for t in (1024, 2048, 4096, 8192, 16384)],
-        quick_shapes=[{"B": 1, "T": t, "H": 4, "D": 64} for t in (256, 1024)],
-        cuda_shapes=[
-            {"B": max(1, 16384 // t), "T": t, "H": 16, "D": 64} for t in (1024, 2048, 4096, 8192, 16384)
-        ],
-        kwargs={"causal": _causal},
-    )
-
-
-def linear_scan_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, d = shape["B"], shape["T"], shape["D"]
-    # Decays as RG-LRU makes them: a per-channel base in [0.9, 0.999] raised to c * r_t, c = 8, r_t a gate.
-    base = torch.empty(d, device=device).uniform_(0.9, 0.999)
-    a = base ** (8 * torch.sigmoid(torch.randn(b, t, d, device=device)))
-    return {
-        "a": a.to(dtype),
-        "x": torch.randn(b, t, d, dtype=dtype, device=device),
-        "initial_state": torch.randn(b, d, device=device),
-    }
-
-
-# reverse=False; the reverse scan runs the same kernels with the time index mirrored.
-register_bench(
-    "linear_scan",
-    linear_scan_inputs,
-    shapes=[{"B": 2, "T": t, "D": 256} for t in (1024, 2048, 4096, 8192)],
-    quick_shapes=[{"B": 1, "T": t, "D": 256} for t in (256, 1024)],
-    cuda_shapes=[{"B": max(1, 32768 // t), "T": t, "D": 2048} for t in (1024, 2048, 4096, 8192, 16384)],
-    kwargs={"output_final_state": True},
-)
-
-
-def gla_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, h, dk, dv = shape["B"], shape["T"], shape["H"], shape["K"], shape["V"]
-    inputs = {
-        "q": torch.randn(b, t, h, dk, dtype=dtype, device=device),
-        "k": torch.randn(b, t, h, dk, dtype=dtype, device=device),
-        "v": torch.randn(b, t, h, dv, dtype=dtype, device=device),
-    }
-    if shape.get("decay", "vector") == "vector":
-        # GLA's gate: logsigmoid of a projection, over its normaliser 16 (slow forgetting), per key channel.
-        inputs["g"] = torch.nn.functional.logsigmoid(torch.randn(b, t, h, dk, device=device)) / 16
-    else:
-        # RetNet's fixed per-head decays gamma_h = 1 - 2^(-5-h).
-        gamma = 1 - 2.0 ** (-5 - torch.arange(h, device=device, dtype=torch.float32))
-        inputs["g"] = gamma.log().expand(b, t, h).contiguous()
-    return inputs
-
-
-# Per-channel decays (GLA, HGRN2) and one decay per head (RetNet, lightning): the torch backend takes a
-# different intra-chunk path for each.
-for _decay in ("vector", "head"):
-    register_bench(
-        "gla",
-        gla_inputs,
-        label="gla" if _decay == "vector" else "gla_head_decay",
-        shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "decay": _decay} for t in (512, 1024, 2048, 4096)],
-        quick_shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "decay": _decay} for t in (256, 1024)],
-        cuda_shapes=[
-            {"B": max(1, 16384 // t), "T": t, "H": 16, "K": 64, "V": 64, "decay": _decay}
-            for t in (512, 1024, 2048, 4096, 8192, 16384)
-        ],
-        kwargs={"output_final_state": True},
-    )
-
-
-def delta_rule_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, h, dk, dv = shape["B"], shape["T"], shape["H"], shape["K"], shape["V"]
-    # As DeltaNet's layer makes them: L2-normalised q and k, beta = sigmoid of a projection.
-    inputs = {
-        "q": torch.nn.functional.normalize(torch.randn(b, t, h, dk, device=device), dim=-1).to(dtype),
-        "k": torch.nn.functional.normalize(torch.randn(b, t, h, dk, device=device), dim=-1).to(dtype),
-        "v": torch.randn(b, t, h, dv, dtype=dtype, device=device),
-        "beta": torch.sigmoid(torch.randn(b, t, h, device=device)).to(dtype),
-    }
-    if shape.get("gated", False):
-        # Gated DeltaNet's per-head gate, slow forgetting as for gla.
-        inputs["g"] = torch.nn.functional.logsigmoid(torch.randn(b, t, h, device=device)) / 16
-    return inputs
-
-
-# DeltaNet (no decay) and Gated DeltaNet (one log decay per head). The reference is timed up to --max-ref-T.
-for _gated in (False, True):
-    register_bench(
-        "delta_rule",
-        delta_rule_inputs,
-        label="gated_delta_rule" if _gated else "delta_rule",
-        shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "gated": _gated} for t in (512, 1024, 2048, 4096)],
-        quick_shapes=[{"B": 1, "T": t, "H": 4, "K": 64, "V": 64, "gated": _gated} for t in (256, 1024)],
-        cuda_shapes=[
-            {"B": max(1, 16384 // t), "T": t, "H": 16, "K": 64, "V": 64, "gated": _gated}
-            for t in (512, 1024, 2048, 4096, 8192, 16384)
-        ],
-        kwargs={"output_final_state": True},
-    )
+_register_op_benches()
 
 
 # -- Mamba-2's SSD: on ops.gla (what the mamba2 layer runs) or on Mamba's selective scan ----------------------
@@ -248,91 +146,28 @@ register_bench(
 )
 
 
-def ssm_kernel_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    """S4D-Lin / S4-LegS-like parameters: Re(A) = -1/2, Im(A) spread, log dt in [log 1e-3, log 1e-1]."""
-    h, n = shape["H"], shape["N"]
-    names = ("Lambda", "P", "B", "C") if shape.get("kind") == "s4" else ("A", "B", "C")
-    inputs = {"log_dt": torch.empty(h, device=device).uniform_(-6.9, -2.3).to(dtype)}
-    for name in names:
-        inputs[f"{name}_re"] = torch.randn(h, n, device=device).to(dtype)
-        inputs[f"{name}_im"] = torch.randn(h, n, device=device).to(dtype)
-    inputs[f"{names[0]}_re"] = torch.full((h, n), -0.5, device=device, dtype=dtype)
-    inputs[f"{names[0]}_im"] = (torch.pi * torch.arange(n, device=device)).expand(h, n).to(dtype)
-    return inputs
-
-
-# The kernel length is an argument, not a tensor: one bench per L. Each shape repeats it as "T" (the tables'
-# length column, and what --max-ref-T reads); --set T= does not change L. N counts the kept complex modes.
+# The S4 kernels: the kernel length is an argument (the example's L = T): one bench per L, with T = L in each shape
+# (the tables' length column, and what --max-ref-T reads); the bench's L stays fixed under --set T=. N counts the
+# kept complex modes.
 for _L in (1024, 4096, 16384):
     register_bench(
         "s4d_kernel",
-        ssm_kernel_inputs,
+        spec_inputs("s4d_kernel"),
         label=f"s4d_kernel_L{_L}",
         shapes=[{"H": h, "N": 32, "T": _L} for h in (256, 512)],
         quick_shapes=[{"H": 16, "N": 32, "T": _L}],
         cuda_shapes=[{"H": h, "N": 32, "T": _L} for h in (256, 1024, 2048)],
-        kwargs={"L": _L},
+        kwargs={"L": _L, "discretization": "zoh"},
     )
     register_bench(
         "s4_kernel",
-        ssm_kernel_inputs,
+        spec_inputs("s4_kernel"),
         label=f"s4_kernel_L{_L}",
         shapes=[{"H": h, "N": 32, "kind": "s4", "T": _L} for h in (256, 512)],
         quick_shapes=[{"H": 16, "N": 32, "kind": "s4", "T": _L}],
         cuda_shapes=[{"H": h, "N": 32, "kind": "s4", "T": _L} for h in (256, 1024, 2048)],
         kwargs={"L": _L},
     )
-
-
-def fft_conv_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    b, t, h = shape["B"], shape["T"], shape["H"]
-    # A decaying kernel as an SSM makes one; its scale does not change the work.
-    decay = torch.exp(-torch.arange(t, device=device) / t * 8.0)
-    return {
-        "u": torch.randn(b, t, h, dtype=dtype, device=device),
-        "K": (torch.randn(h, t, device=device) * decay / t**0.5).to(dtype),
-        "D": torch.randn(h, dtype=dtype, device=device),
-    }
-
-
-register_bench(
-    "fft_conv",
-    fft_conv_inputs,
-    shapes=[{"B": 2, "T": t, "H": 256} for t in (1024, 2048, 4096, 8192)],
-    quick_shapes=[{"B": 1, "T": t, "H": 256} for t in (256, 1024)],
-    cuda_shapes=[{"B": max(1, 32768 // t), "T": t, "H": 1024} for t in (1024, 4096, 16384)],
-)
-
-
-def selective_scan_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    import math
-
-    # As the mamba mixer makes them: A = -(1..N) (S4D-Real), delta before a softplus with dt's init bias
-    # (dt ~ 1e-3..1e-1), a gate z and D = 1; B, C shared by all channels (G = 1) unless shape["G"] says.
-    b, t, d, n, g = shape["B"], shape["T"], shape["D"], shape["N"], shape.get("G")
-    bc = (b, t, n) if g is None else (b, t, g, n)
-    dt = torch.exp(torch.empty(d, device=device).uniform_(math.log(1e-3), math.log(1e-1)))
-    return {
-        "u": torch.randn(b, t, d, dtype=dtype, device=device),
-        "delta": 0.1 * torch.randn(b, t, d, dtype=dtype, device=device),
-        "A": -torch.arange(1, n + 1, dtype=torch.float32, device=device).repeat(d, 1),
-        "B": torch.randn(bc, dtype=dtype, device=device),
-        "C": torch.randn(bc, dtype=dtype, device=device),
-        "D": torch.ones(d, device=device),
-        "z": torch.randn(b, t, d, dtype=dtype, device=device),
-        "delta_bias": dt + torch.log(-torch.expm1(-dt)),  # softplus^-1(dt)
-    }
-
-
-register_bench(
-    "selective_scan",
-    selective_scan_inputs,
-    shapes=[{"B": 1, "T": t, "D": 128, "N": 16} for t in (512, 1024, 2048, 4096)],
-    quick_shapes=[{"B": 1, "T": t, "D": 64, "N": 16} for t in (256, 1024)],
-    cuda_shapes=[{"B": max(1, 16384 // t), "T": t, "D": 1536, "N": 16} for t in (512, 1024, 2048, 4096, 8192)]
-    + [{"B": 4, "T": 2048, "D": 1536, "N": n} for n in (64, 256)],
-    kwargs={"delta_softplus": True, "output_final_state": True},
-)
 
 
 # -- whole mixers: what a backend is worth inside its layer ------------------------------------------------
@@ -405,7 +240,7 @@ def _s4d_ssm_op():
 
 def s4d_ssm_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     b, t, h = shape["B"], shape["T"], shape["H"]
-    inputs = ssm_kernel_inputs({"H": h, "N": shape["N"]}, dtype, device)  # S4D-Lin modes
+    inputs = spec_inputs("s4d_kernel")({"H": h, "N": shape["N"]}, dtype, device)  # S4D-Lin modes
     inputs["u"] = torch.randn(b, t, h, dtype=dtype, device=device)
     inputs["D"] = torch.randn(h, dtype=dtype, device=device)
     return inputs

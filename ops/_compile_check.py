@@ -13,8 +13,9 @@ interpreter and fails (or crawls) on the GPU. This check closes that gap without
 - every kernel launch (``kernel[grid](...)``) is turned into a compilation (Triton's ``warmup``): the real
   compiler (TTIR -> TTGIR -> LLVM -> PTX -> ptxas -> cubin) runs with the arguments, constants, tile sizes and
   ``num_warps`` / ``num_stages`` that the wrapper chose for that shape;
-- each op's Triton wrapper is called, forward and backward, on CPU tensors of documented shapes and dtypes
-  (the tensors only carry shapes, strides and alignment; nothing is computed, outputs are garbage);
+- each op's Triton backends are called, forward and backward, on the op's spec example (``ops/_spec.py``) at the
+  shapes and dtypes of :data:`KERNEL_GRIDS`, as CPU tensors (they only carry shapes, strides and alignment;
+  nothing is computed, outputs are garbage);
 - every compiled kernel is checked: its shared memory against the target's limit, and ``ptxas -v`` gives
   its registers and spill bytes (reported; a spill is a warning, not a failure).
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -238,7 +240,7 @@ class CompileOnly:
         )
 
 
-# -- the cases: each op's Triton wrapper, forward and backward, on documented shapes -------------------------
+# -- the cases: each op's Triton backends, forward and backward, on its spec's example at the shapes below -------
 
 
 @dataclasses.dataclass
@@ -249,165 +251,126 @@ class Case:
     full_only: bool = False
 
 
-def _t(*shape, dtype, grad=True, positive=False):
-    import torch
+@dataclasses.dataclass(frozen=True)
+class KernelGrid:
+    """The shapes and dtypes an op's Triton backends compile at: ``sizes`` with every combination of ``axes`` (a
+    tuple of keys takes tuples of values: head dims (K, V) together), in each of ``dtypes``; ``representative``
+    picks the subset the default check (and CI) compiles, the rest is ``--full``."""
 
-    x = torch.rand(*shape) if positive else torch.randn(*shape)
-    return x.to(dtype).requires_grad_(grad)
+    sizes: dict
+    axes: dict = dataclasses.field(default_factory=dict)
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    representative: Callable[[dict, str], bool] = lambda sizes, dtype: dtype == "float32"
+
+    def combinations(self):
+        keys = list(self.axes)
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            sizes = dict(self.sizes)
+            for key, value in zip(keys, values):
+                sizes.update(zip(key, value) if isinstance(key, tuple) else {key: value}.items())
+            for dtype in self.dtypes:
+                yield sizes, dtype
+
+
+# Head dims up to 256, square and not: the tiles the gla and delta_rule wrappers choose differ with each.
+HEAD_DIMS = ((64, 64), (128, 128), (256, 256), (64, 128), (256, 64))
+_LARGEST_AND_SMALLEST = ((64, 64), (256, 256))
+
+# Per op, what is kernel-specific: the shapes worth compiling (the scalar decay and no decay compile to other
+# kernels than the vector one; widths, reverse scans, state sizes N). An op with Triton backends that is not here
+# compiles at its spec's example sizes in fp32 (representative) and bf16.
+KERNEL_GRIDS = {
+    # gla: chunked (training) and recurrent (decoding); flow_attention and the step ops run these kernels.
+    "gla": KernelGrid(
+        {"B": 1, "T": 80, "H": 2},
+        {("K", "V"): HEAD_DIMS, "decay": ("vector", "head", "none")},
+        representative=lambda s, dt: (
+            (s["K"], s["V"]) in _LARGEST_AND_SMALLEST and s["decay"] == "vector" and dt == "bfloat16"
+        ),
+    ),
+    # delta_rule: chunked and recurrent; DeltaNet and Gated DeltaNet.
+    "delta_rule": KernelGrid(
+        {"B": 1, "T": 80, "H": 2},
+        {("K", "V"): HEAD_DIMS, "gated": (True, False)},
+        representative=lambda s, dt: (
+            (s["K"], s["V"]) in _LARGEST_AND_SMALLEST and s["gated"] and dt == "bfloat16"
+        ),
+    ),
+    "causal_conv1d": KernelGrid(
+        {"B": 2, "T": 70, "D": 96},
+        {"W": (2, 3, 4), "states": (False, True)},
+        representative=lambda s, dt: s["W"] == 4 and dt == "bfloat16",
+    ),
+    "linear_scan": KernelGrid(
+        {"B": 2, "T": 100, "D": 96},
+        {"reverse": (False, True)},
+        representative=lambda s, dt: dt == "float32" and not s["reverse"],
+    ),
+    # N from 16 to 256, B and C in groups.
+    "selective_scan": KernelGrid(
+        {"B": 2, "T": 40, "D": 64, "G": 2},
+        {"N": (16, 64, 256)},
+        representative=lambda s, dt: s["N"] in (16, 256) and dt == "bfloat16",
+    ),
+    "s4d_kernel": KernelGrid(
+        {"H": 64, "N": 32, "T": 300},
+        {"discretization": ("zoh", "bilinear")},
+        dtypes=("float32",),
+        representative=lambda s, dt: s["discretization"] == "zoh",
+    ),
+    "s4_kernel": KernelGrid({"H": 64, "N": 32, "T": 300}, dtypes=("float32",)),
+    # The tiled long convolution, one kernel or one each way.
+    "fft_conv": KernelGrid(
+        {"B": 2, "T": 300, "H": 64},
+        {"bidirectional": (False, True)},
+        representative=lambda s, dt: dt == "float32" and not s["bidirectional"],
+    ),
+}
 
 
 def _backward(*outs):
     import torch
 
-    outs = [o for o in outs if o is not None and o.requires_grad]
+    outs = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
 
-def cases() -> list[Case]:
-    import importlib
-
+def _run_backend(op, backend: str, sizes: dict, dtype: str) -> None:
+    """``op``'s backend on its example (every floating tensor differentiable), then the backward. The backend's
+    function is called directly: the dispatcher would refuse Triton on a CPU without the interpreter."""
     import torch
 
-    tri = {
-        name: importlib.import_module(f"seqzoo.ops.{name}.triton")
-        for name in (
-            "delta_rule",
-            "causal_conv1d",
-            "linear_scan",
-            "selective_scan",
-            "s4",
-        )
-    }
-    conv = importlib.import_module("seqzoo.ops.s4.triton_direct_conv")
-    gla_chunk = importlib.import_module("seqzoo.ops.gla.triton_chunk")
-    gla_recurrent = importlib.import_module("seqzoo.ops.gla.triton_recurrent")
-    f32, bf16 = torch.float32, torch.bfloat16
+    args = op.spec.example(getattr(torch, dtype), "cpu", **sizes)
+    for name, x in args.items():
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            args[name] = x.detach().requires_grad_()
+    out = op._backends[backend].fn(**args)
+    _backward(*(out if isinstance(out, tuple) else (out,)))
+
+
+def cases() -> list[Case]:
+    """Every op with Triton kernels of its own (not another op's: ``spec.kernels_of``), each Triton backend over
+    its :data:`KERNEL_GRIDS` entry."""
+    from seqzoo.ops import list_ops
+
     out: list[Case] = []
-
-    def add(op, name, fn, full_only=False):
-        out.append(Case(op, name, fn, full_only))
-
-    # gla: chunked (training; triton_chunk.py) and recurrent (decoding; triton_recurrent.py); vector, scalar and no
-    # decay; head dims to 256. flow_attention runs on these kernels (ops/flow_attention/torch.py).
-    for dt in (f32, bf16):
-        for kd, vd in ((64, 64), (128, 128), (256, 256), (64, 128), (256, 64)):
-            for gate in ("vector", "scalar", "none"):
-                for chunked in (True, False):
-                    # The scalar decay and no decay compile to the same kernels as the vector one.
-                    rep = (kd, vd) in ((64, 64), (256, 256)) and gate == "vector" and dt == bf16
-
-                    def run(kd=kd, vd=vd, gate=gate, dt=dt, chunked=chunked):
-                        b, t, h = 1, 80, 2
-                        q, k = _t(b, t, h, kd, dtype=dt), _t(b, t, h, kd, dtype=dt)
-                        v = _t(b, t, h, vd, dtype=dt)
-                        g = None
-                        if gate == "vector":
-                            g = (-_t(b, t, h, kd, dtype=f32, grad=False, positive=True)).requires_grad_()
-                        elif gate == "scalar":
-                            g = (-_t(b, t, h, dtype=f32, grad=False, positive=True)).requires_grad_()
-                        h0 = _t(b, h, kd, vd, dtype=f32)
-                        fn = gla_chunk.chunk_gla if chunked else gla_recurrent.recurrent_gla
-                        o, ht = fn(q, k, v, g, None, h0, True)
-                        _backward(o, ht)
-
-                    form = "chunk" if chunked else "recurrent"
-                    add("gla", f"{form} K{kd} V{vd} g={gate} {str(dt)[6:]}", run, full_only=not rep)
-    # delta_rule: chunked (training) and recurrent (decoding), forward and backward; DeltaNet and Gated DeltaNet;
-    # head dims to 256.
-    for dt in (f32, bf16):
-        for kd, vd in ((64, 64), (128, 128), (256, 256), (64, 128), (256, 64)):
-            for gate, chunked in itertools.product(("scalar", "none"), (True, False)):
-                rep = (kd, vd) in ((64, 64), (256, 256)) and gate == "scalar" and dt == bf16
-
-                def run(kd=kd, vd=vd, gate=gate, dt=dt, chunked=chunked):
-                    b, t, h = 1, 80, 2
-                    q, k = _t(b, t, h, kd, dtype=dt), _t(b, t, h, kd, dtype=dt)
-                    v = _t(b, t, h, vd, dtype=dt)
-                    beta = _t(b, t, h, dtype=dt, positive=True)
-                    g = (
-                        (-_t(b, t, h, dtype=f32, grad=False, positive=True)).requires_grad_()
-                        if gate == "scalar"
-                        else None
+    for name, op in list_ops().items():
+        triton_backends = [b for b in op.backend_names() if b.startswith("triton")]
+        if not triton_backends or op.spec is None or op.spec.kernels_of is not None:
+            continue
+        grid = KERNEL_GRIDS.get(name, KernelGrid({}))
+        for sizes, dtype in grid.combinations():
+            rep = grid.representative(sizes, dtype)
+            label = " ".join(f"{k}={v}" for k, v in sizes.items() if k not in grid.sizes)
+            for backend in triton_backends:
+                out.append(
+                    Case(
+                        name,
+                        f"{backend} {label} {dtype}".replace("  ", " "),
+                        functools.partial(_run_backend, op, backend, sizes, dtype),
+                        full_only=not rep,
                     )
-                    h0 = _t(b, h, kd, vd, dtype=f32)
-                    mod = tri["delta_rule"]
-                    fn = mod.chunk_delta_rule if chunked else mod.recurrent_delta_rule
-                    o, ht = fn(q, k, v, beta, g, None, h0, True)
-                    _backward(o, ht)
-
-                form = "chunk" if chunked else "recurrent"
-                add("delta_rule", f"{form} K{kd} V{vd} g={gate} {str(dt)[6:]}", run, full_only=not rep)
-    # causal_conv1d: widths 2..4, with and without states, silu.
-    for dt in (f32, bf16):
-        for width in (2, 3, 4):
-            for states in (False, True):
-                rep = width == 4 and dt == bf16
-
-                def run(width=width, dt=dt, states=states):
-                    x = _t(2, 70, 96, dtype=dt)
-                    w = _t(96, width, dtype=dt)
-                    bias = _t(96, dtype=dt)
-                    s0 = _t(2, 96, width - 1, dtype=dt) if states else None
-                    y, fin = tri["causal_conv1d"].causal_conv1d(x, w, bias, "silu", s0, states)
-                    _backward(y, fin)
-
-                add("causal_conv1d", f"W{width} states={states} {str(dt)[6:]}", run, full_only=not rep)
-    # linear_scan: forward and reverse, with an initial state.
-    for dt in (f32, bf16):
-        for reverse in (False, True):
-            rep = dt == f32 and not reverse
-
-            def run(dt=dt, reverse=reverse):
-                a = _t(2, 100, 96, dtype=dt, positive=True)
-                x = _t(2, 100, 96, dtype=dt)
-                h0 = _t(2, 96, dtype=f32)
-                h, fin = tri["linear_scan"].linear_scan(a, x, h0, True, reverse)
-                _backward(h, fin)
-
-            add("linear_scan", f"reverse={reverse} {str(dt)[6:]}", run, full_only=not rep)
-    # selective_scan: N from 16 to 256, grouped B/C, gate and D.
-    for dt in (f32, bf16):
-        for n in (16, 64, 256):
-            rep = n in (16, 256) and dt == bf16
-
-            def run(n=n, dt=dt):
-                b, t, d, g = 2, 40, 64, 2
-                u, delta, z = _t(b, t, d, dtype=dt), _t(b, t, d, dtype=dt), _t(b, t, d, dtype=dt)
-                A = (-_t(d, n, dtype=f32, grad=False, positive=True)).requires_grad_()
-                Bm, Cm = _t(b, t, g, n, dtype=dt), _t(b, t, g, n, dtype=dt)
-                D, bias = _t(d, dtype=f32), _t(d, dtype=f32)
-                h0 = _t(b, d, n, dtype=f32)
-                y, fin = tri["selective_scan"].selective_scan(u, delta, A, Bm, Cm, D, z, bias, True, h0, True)
-                _backward(y, fin)
-
-            add("selective_scan", f"N{n} groups {str(dt)[6:]}", run, full_only=not rep)
-    # s4: the S4D Vandermonde kernel (both discretisations), S4's Cauchy kernel, and the tiled long convolution.
-    for disc in ("zoh", "bilinear"):
-
-        def run(disc=disc):
-            h, n, L = 64, 32, 300
-            p = [_t(h, dtype=f32)] + [_t(h, n, dtype=f32) for _ in range(6)]
-            _backward(tri["s4"].s4d_kernel(*p, L, discretization=disc))
-
-        add("s4", f"s4d_kernel {disc}", run, full_only=disc != "zoh")
-
-    def run_s4():
-        h, n, L = 64, 32, 300
-        p = [_t(h, dtype=f32)] + [_t(h, n, dtype=f32) for _ in range(8)]
-        _backward(tri["s4"].s4_kernel(*p, L))
-
-    add("s4", "s4_kernel", run_s4)
-    for dt in (f32, bf16):
-        for bidir in (False, True):
-            rep = dt == f32 and not bidir
-
-            def run(dt=dt, bidir=bidir):
-                u = _t(2, 300, 64, dtype=dt)
-                K = _t(*((2,) if bidir else ()), 64, 300, dtype=f32)
-                D = _t(64, dtype=f32)
-                _backward(conv.fft_conv(u, K, D, bidir))
-
-            add("fft_conv", f"bidirectional={bidir} {str(dt)[6:]}", run, full_only=not rep)
+                )
     return out
 
 

@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -93,14 +93,12 @@ def beyond_recurrent_max_t(*args, **kwargs) -> str | None:
     return None
 
 
-def returning_state(fn: Callable | tuple[str, str], package: str | None = None) -> Callable:
+def returning_state(fn: Callable) -> Callable:
     """A step op's backend from its op's: ``fn(*args, **kwargs, output_final_state=True)``, so decoding always
-    gets the new state. ``fn`` may be ``(module, attr)``, imported on the first call (Triton modules load
-    lazily, as ``register_lazy`` does; ``package`` anchors a relative module)."""
+    gets the new state (a lazily registered ``fn`` still imports its module on the first call)."""
 
     def step(*args, **kwargs):
-        target = fn if callable(fn) else getattr(importlib.import_module(fn[0], package=package), fn[1])
-        return target(*args, **kwargs, output_final_state=True)
+        return fn(*args, **kwargs, output_final_state=True)
 
     return step
 
@@ -130,6 +128,9 @@ class Op:
     # Checks the arguments (shapes, dtypes, values) once, before any backend sees them; raises
     # ValueError/TypeError naming the argument.
     validate: Callable[..., None] | None = None
+    # The facts the benches, the bad-input, extreme-input and fp64 tests and the compile check read
+    # (:class:`~seqzoo.ops._spec.OpSpec`); None only for ops made outside the library (a bench's composite).
+    spec: Any = None
     _backends: dict[str, Backend] = field(default_factory=dict)
     last_backend: str | None = None
     _logged: set = field(default_factory=set)
@@ -258,11 +259,74 @@ def define_op(
     *,
     validate: Callable[..., None] | None = None,
     auto_order: dict[str, tuple[str, ...]] | None = None,
+    spec: Any = None,
 ) -> Op:
-    op = Op(name, signature_doc, auto_order=dict(auto_order or DEFAULT_AUTO_ORDER), validate=validate)
+    """The op ``name`` (registered for :func:`list_ops`), its ``spec`` an :class:`~seqzoo.ops._spec.OpSpec`."""
+    op = Op(
+        name, signature_doc, auto_order=dict(auto_order or DEFAULT_AUTO_ORDER), validate=validate, spec=spec
+    )
     op.__doc__ = signature_doc
     _REGISTRY[name] = op
     return op
+
+
+def define_step_op(
+    op: Op,
+    name: str,
+    signature_doc: str,
+    *,
+    validate: Callable[..., None] | None = None,
+    recurrent_backend: str = "triton_recurrent",
+) -> Op:
+    """The step op of ``op`` (an op with ``initial_state`` and ``output_final_state``): ``op`` from a state that
+    always returns the new one, for decoding (``gla_step`` from ``gla``).
+
+    Its backends are ``op``'s, under the same names and with the same availability and refusals, each called with
+    ``output_final_state=True``; ``auto`` on a GPU tries ``recurrent_backend`` (the fused recurrent kernel) first
+    and passes it over beyond RECURRENT_MAX_T new tokens (``auto_skip``: the chunked kernels are faster there), so
+    register ``op``'s backends before deriving. ``validate`` defaults to ``op``'s with ``output_final_state=True``
+    (pass one that names the step op in its messages). Its spec is ``op``'s without the flag, the state among
+    the outputs, on ``op``'s kernels; not audited or run long again (the same functions as ``op``).
+    """
+    if validate is None and op.validate is not None:
+        base = op.validate
+
+        def validate(*args, **kwargs):
+            base(*args, **kwargs, output_final_state=True)
+
+    auto_order = {device: tuple(order) for device, order in op.auto_order.items()}
+    if recurrent_backend in op._backends:
+        cuda = auto_order.get("cuda", ())
+        auto_order["cuda"] = (recurrent_backend, *(b for b in cuda if b != recurrent_backend))
+    spec = None
+    if op.spec is not None:
+        flag, make = op.spec.returns_state_flag, op.spec.make
+        spec = op.spec.derive(
+            make=lambda sizes, draw: {k: v for k, v in make(sizes, draw).items() if k != flag},
+            returns_state_flag="",
+            variants={k.replace(op.name, name): v for k, v in op.spec.variants.items()},
+            # Decoding: a token, a few, a short prompt.
+            bench=op.spec.bench
+            and replace(op.spec.bench, t=(1, 16, 256), quick_t=(1, 16), cuda_t=(1, 16, 256), tokens=1024),
+            extreme=None,
+            audit={},
+            audit_exempt=f"the same reference as {op.name}, audited there",
+            kernels_of=op.spec.kernels_of or op.name,
+        )
+    step = define_op(name, signature_doc, validate=validate, auto_order=auto_order, spec=spec)
+    for b in op._backends.values():
+        recurrent = b.name == recurrent_backend
+        step.register(
+            b.name,
+            returning_state(b.fn),
+            devices=b.devices,
+            unavailable=b.unavailable,
+            unsupported=b.unsupported,
+            auto_skip=beyond_recurrent_max_t if recurrent else b.auto_skip,
+            description=f"{op.name}'s {b.description}"
+            + (f" (auto: up to {RECURRENT_MAX_T} tokens)" if recurrent else ""),
+        )
+    return step
 
 
 def list_ops() -> dict[str, Op]:

@@ -59,7 +59,8 @@ def test_representative_kernels_compile_and_fit_on_h100_and_a100(tmp_path):
         "causal_conv1d",
         "linear_scan",
         "selective_scan",
-        "s4",
+        "s4d_kernel",
+        "s4_kernel",
         "fft_conv",
     }
     for k in kernels:

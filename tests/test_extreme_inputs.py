@@ -1,7 +1,7 @@
 """Long and extreme inputs: no NaN or inf, and the same numbers as the reference where it can be afforded.
 
-- Every op at T = 65,536 (B = H = 1, small widths) on its CPU default backend (``torch``): the output is finite
-  and, at a few windows of positions, agrees with the reference recomputed there (the stateful ops continue
+- Every op with a long case in its spec (``OpSpec.extreme``: T = 65,536, B = H = 1, small widths, the hardest
+  valid values) on its CPU default backend (``torch``): the output is finite and, at a few windows of positions, agrees with the reference recomputed there (the stateful ops continue
   from the state the op itself carried to the window's start, so a drift anywhere before it shows; attention
   and flow attention recompute the window's queries over the whole past; the convolution kernels are computed
   at a few lags directly).
@@ -19,13 +19,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import seqzoo
 from seqzoo import ops
+from seqzoo.ops._spec import LONG_T
 from seqzoo.ops.s4 import reference as s4_reference
 
-T_LONG = 65_536
+T_LONG = LONG_T  # 65,536
 # Windows of positions compared with the reference: the start, the middle, the end.
 WINDOWS = ((0, 24), (T_LONG // 2 - 8, T_LONG // 2 + 24), (T_LONG - 32, T_LONG))
 
@@ -54,76 +54,68 @@ def _slice_time(kwargs: dict, names, start: int, stop: int) -> dict:
 
 def check_stateful_op(op, kwargs: dict, time_args, state_key: str = "initial_state") -> None:
     """``op`` over the whole sequence is finite, and each window of it equals the reference run on the window
-    from the state the op reached at the window's start (the op itself, on the prefix)."""
-    full, final = op(**kwargs, output_final_state=True, backend="torch")
+    from the state the op reached at the window's start (the op itself, on the prefix). ``kwargs`` return the
+    final state."""
+    full, final = op(**kwargs, backend="torch")[:2]
     assert_finite("output", full)
     assert_finite("final state", final)
     for start, stop in WINDOWS:
         state = kwargs.get(state_key)
         if start > 0:
-            _, state = op(
-                **_slice_time(kwargs, time_args, 0, start), output_final_state=True, backend="torch"
-            )
+            _, state = op(**_slice_time(kwargs, time_args, 0, start), backend="torch")[:2]
         window = {**_slice_time(kwargs, time_args, start, stop), state_key: state}
-        ref, ref_final = op(**window, output_final_state=True, backend="reference")
+        ref, ref_final = op(**window, backend="reference")[:2]
         assert_close_scaled(full[:, start:stop], ref, what=f"positions {start}..{stop}")
         if stop == T_LONG:
             assert_close_scaled(final, ref_final, what="final state")
 
 
-def _log_decays(*shape) -> torch.Tensor:
-    """Log decays from none (0) to strong (-20): the sums over 65,536 steps reach -1e6."""
-    g = -20 * torch.rand(*shape) ** 3
-    g.view(-1)[::7] = 0.0  # some channels never forget
-    return g
+def _outputs(out) -> tuple:
+    return tuple(o for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, torch.Tensor))
 
 
-def test_linear_scan_long():
-    b, d = 1, 4
-    a = torch.exp(_log_decays(b, T_LONG, d))
-    x = torch.randn(b, T_LONG, d)
-    check_stateful_op(ops.linear_scan, dict(a=a, x=x, initial_state=torch.randn(b, d)), ("a", "x"))
+# Every op whose spec has a long, hard-but-valid case (``OpSpec.extreme``: log decays down to -20 with some at 0,
+# large dt, peaked softmax), each variant (gla's decay per key channel and per head, DeltaNet and Gated DeltaNet).
+LONG_CASES = {
+    label: (op, {"T": T_LONG, **op.spec.extreme, **variant})
+    for name, op in ops.list_ops().items()
+    if op.spec.extreme is not None
+    for label, variant in op.spec.labels(name).items()
+}
 
 
-def test_selective_scan_long():
-    b, d, n = 1, 3, 4
-    kwargs = dict(
-        u=torch.randn(b, T_LONG, d),
-        delta=torch.randn(b, T_LONG, d) * 3,
-        A=-torch.exp(torch.randn(d, n) * 2),
-        B=torch.randn(b, T_LONG, n),
-        C=torch.randn(b, T_LONG, n),
-        D=torch.randn(d),
-        z=torch.randn(b, T_LONG, d),
-        delta_bias=torch.randn(d),
-        delta_softplus=True,
-        initial_state=None,
-    )
-    check_stateful_op(ops.selective_scan, kwargs, ("u", "delta", "B", "C", "z"))
+@pytest.mark.parametrize("case", sorted(LONG_CASES))
+def test_op_long_and_extreme(case):
+    """The op at T = 65,536 (attention, O(T^2): its spec's 8,192) on its CPU default backend: finite outputs; an
+    op carrying a state (gla, delta_rule, linear_scan, selective_scan, causal_conv1d) also matches the reference
+    at windows of positions, started from the state the op itself carried there."""
+    op, sizes = LONG_CASES[case]
+    spec = op.spec
+    torch.manual_seed(0)
+    kwargs = spec.example(**sizes)
+    if spec.state_arg:
+        check_stateful_op(op, kwargs, spec.time_args(), spec.state_arg)
+    else:
+        for i, out in enumerate(_outputs(op(**kwargs, backend="torch"))):
+            assert_finite(f"output {i}", out)
 
 
-@pytest.mark.parametrize("per_head", [False, True], ids=["g_per_key", "g_per_head"])
-def test_gla_long(per_head):
-    b, h, dk, dv = 1, 1, 8, 8
-    q, k = torch.randn(b, T_LONG, h, dk), torch.randn(b, T_LONG, h, dk) / math.sqrt(dk)
-    g = _log_decays(b, T_LONG, h) if per_head else _log_decays(b, T_LONG, h, dk)
-    kwargs = dict(q=q, k=k, v=torch.randn(b, T_LONG, h, dv), g=g, initial_state=None)
-    check_stateful_op(ops.gla, kwargs, ("q", "k", "v", "g"))
-
-
-@pytest.mark.parametrize("gated", [False, True], ids=["deltanet", "gated_deltanet"])
-def test_delta_rule_long(gated):
-    b, h, dk, dv = 1, 1, 8, 8
-    k = F.normalize(torch.randn(b, T_LONG, h, dk), dim=-1)
-    kwargs = dict(
-        q=torch.randn(b, T_LONG, h, dk),
-        k=k,
-        v=torch.randn(b, T_LONG, h, dv),
-        beta=torch.rand(b, T_LONG, h),
-        g=_log_decays(b, T_LONG, h) if gated else None,
-        initial_state=None,
-    )
-    check_stateful_op(ops.delta_rule, kwargs, ("q", "k", "v", "beta", "g"))
+def test_long_cases_cover_the_ops():
+    """The ops that had a long test of their own before the cases came from the specs are all here."""
+    assert {
+        "linear_scan",
+        "selective_scan",
+        "gla",
+        "gla_head_decay",
+        "delta_rule",
+        "gated_delta_rule",
+        "causal_conv1d",
+        "attention",
+        "flow_attention",
+        "fft_conv",
+        "s4d_kernel",
+        "s4_kernel",
+    } <= set(LONG_CASES)
 
 
 def test_causal_conv1d_long():
@@ -232,64 +224,25 @@ def test_s4_kernel_long():
 # -- the full-length reference comparisons: minutes in all, so `pytest -m exhaustive` ---------------------
 
 
+# The reference over the whole length is affordable for the scans and the S4 kernels (not for the references that
+# materialise T x T: attention, flow_attention, fft_conv's Toeplitz product).
+FULL_REFERENCE = sorted(
+    label
+    for label, (op, _) in LONG_CASES.items()
+    if op.spec.state_arg or label in ("s4d_kernel", "s4_kernel")
+)
+
+
 @pytest.mark.slow
 @pytest.mark.exhaustive
-@pytest.mark.parametrize(
-    "op_name", ["linear_scan", "selective_scan", "gla", "delta_rule", "s4d_kernel", "s4_kernel"]
-)
-def test_long_matches_full_reference(op_name):
-    if op_name == "selective_scan":
-        b, d, n = 1, 3, 4
-        args = dict(
-            u=torch.randn(b, T_LONG, d),
-            delta=torch.randn(b, T_LONG, d) * 3,
-            A=-torch.exp(torch.randn(d, n) * 2),
-            B=torch.randn(b, T_LONG, n),
-            C=torch.randn(b, T_LONG, n),
-            delta_softplus=True,
-            output_final_state=True,
-        )
-        op = ops.selective_scan
-    elif op_name == "delta_rule":
-        b, h, dk = 1, 1, 8
-        args = dict(
-            q=torch.randn(b, T_LONG, h, dk),
-            k=F.normalize(torch.randn(b, T_LONG, h, dk), dim=-1),
-            v=torch.randn(b, T_LONG, h, dk),
-            beta=torch.rand(b, T_LONG, h),
-            g=_log_decays(b, T_LONG, h),
-            output_final_state=True,
-        )
-        op = ops.delta_rule
-    elif op_name == "linear_scan":
-        b, d = 1, 4
-        args = dict(
-            a=torch.exp(_log_decays(b, T_LONG, d)), x=torch.randn(b, T_LONG, d), output_final_state=True
-        )
-        op = ops.linear_scan
-    elif op_name == "gla":
-        b, h, dk = 1, 1, 8
-        args = dict(
-            q=torch.randn(b, T_LONG, h, dk),
-            k=torch.randn(b, T_LONG, h, dk) / math.sqrt(dk),
-            v=torch.randn(b, T_LONG, h, dk),
-            g=_log_decays(b, T_LONG, h, dk),
-            output_final_state=True,
-        )
-        op = ops.gla
-    elif op_name == "s4d_kernel":
-        args, op = (
-            dict(zip(("log_dt", "A_re", "A_im", "B_re", "B_im", "C_re", "C_im"), _s4d_params())),
-            ops.s4d_kernel,
-        )
-        args["L"] = T_LONG
-    else:
-        names = ("log_dt", "Lambda_re", "Lambda_im", "P_re", "P_im", "B_re", "B_im", "C_re", "C_im")
-        args, op = dict(zip(names, _s4_params())), ops.s4_kernel
-        args["L"] = T_LONG
+@pytest.mark.parametrize("case", FULL_REFERENCE)
+def test_long_matches_full_reference(case):
+    op, sizes = LONG_CASES[case]
+    torch.manual_seed(0)
+    args = op.spec.example(**sizes)
     out = op(**args, backend="torch")
     ref = op(**args, backend="reference")
-    for o, r in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+    for o, r in zip(_outputs(out), _outputs(ref)):
         assert_finite("output", o)
         assert_close_scaled(o, r, rtol=1e-3)
 

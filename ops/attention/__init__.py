@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .._checks import check_bool, check_same_device, check_tensor
 from .._dispatch import define_op, package_available
+from .._spec import BenchGrid, OpSpec
 from . import reference as _reference
 from . import torch as _torch
 
@@ -47,10 +48,37 @@ def _validate(q, k, v, causal=True, window=None, scale=None):
         raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
 
 
+def _example(s: dict, draw) -> dict:
+    """Queries over S keys of G heads (GQA when G < H). Regimes: "strong" and "large_logits" scale q and k (a
+    peaked softmax, logits ~1e2), "value_offset" shifts v by 1e3 (the softmax backward cancels in fp32)."""
+    scale = {"strong": 3.0, "large_logits": 10.0}.get(draw.regime, 1.0)
+    v = draw("v") * (3.0 if draw.regime == "strong" else 1.0)
+    if draw.regime == "value_offset":
+        v = v + 1e3
+    return dict(q=draw("q") * scale, k=draw("k") * scale, v=v, causal=True, window=None, scale=None)
+
+
+SPEC = OpSpec(
+    shapes={"q": "B T H D", "k": "B S G D", "v": "B S G E"},
+    make=_example,
+    sizes={"B": 2, "T": 5, "H": 2, "D": 4},
+    # Keys as long as the queries, as many heads, values as wide as keys unless a call says otherwise.
+    defaults={"S": "T", "G": "H", "E": "D"},
+    bench=BenchGrid(cpu={"B": 2, "H": 4, "D": 64}, cuda={"H": 16, "D": 64}),
+    same_dtype=("q", "k", "v"),
+    # O(T^2) on a CPU: 18 s at T = 65,536 (tests/test_extreme_inputs.py runs the full length as exhaustive).
+    extreme={"B": 1, "T": 8192, "H": 1, "D": 8, "regime": "strong"},
+    audit={
+        "large_logits": {"B": 1, "T": 64, "H": 2, "D": 32, "regime": "large_logits"},
+        "value_offset": {"B": 1, "T": 64, "H": 2, "D": 32, "regime": "value_offset"},
+    },
+)
+
 attention = define_op(
     "attention",
     __doc__,
     validate=_validate,
+    spec=SPEC,
     auto_order={"cuda": ("flash", "torch"), "cpu": ("torch",)},
 )
 attention.register("reference", _reference.attention, description="explicit softmax, fp64 inside")

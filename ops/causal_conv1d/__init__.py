@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .._checks import check_bool, check_same_device, check_shape, check_tensor
 from .._dispatch import define_op, package_available, triton_unavailable_reason
+from .._spec import BenchGrid, OpSpec
 from . import reference as _reference
 from . import torch as _torch
 
@@ -48,7 +49,40 @@ def _validate(x, weight, bias=None, activation=None, initial_state=None, output_
     check_same_device("causal_conv1d", x=x, weight=weight, bias=bias, initial_state=initial_state)
 
 
-causal_conv1d = define_op("causal_conv1d", __doc__, validate=_validate)
+def _example(s: dict, draw) -> dict:
+    """A depthwise filter at nn.Conv1d's init scale, a small bias, silu; with the decoding state unless
+    ``states`` is False."""
+    states = s.get("states", True)
+    return dict(
+        x=draw("x"),
+        weight=draw("weight") * s["W"] ** -0.5,
+        bias=draw("bias") * 0.1,
+        activation="silu",
+        initial_state=draw("initial_state") if states else None,
+        output_final_state=states,
+    )
+
+
+SPEC = OpSpec(
+    shapes={"x": "B T D", "weight": "D W", "bias": "D", "initial_state": "B D W-1"},
+    make=_example,
+    sizes={"B": 2, "T": 5, "D": 3, "W": 3},
+    bench=BenchGrid(
+        cpu={"B": 2, "D": 512, "W": 4},
+        quick={"B": 1, "D": 256, "W": 4},
+        cuda={"D": 2048, "W": 4},
+        tokens=32768,
+    ),
+    nonempty=("T",),
+    states=(1,),
+    state_arg="initial_state",
+    returns_state_flag="output_final_state",
+    extreme={"B": 1, "D": 4, "W": 4},
+    audit={},
+    audit_exempt="computes in fp32 by design: a sum of W terms (worst measured 1.5e-6 relative)",
+)
+
+causal_conv1d = define_op("causal_conv1d", __doc__, validate=_validate, spec=SPEC)
 causal_conv1d.register("reference", _reference.causal_conv1d, description="F.conv1d in fp32")
 causal_conv1d.register("torch", _torch.causal_conv1d, description="shifted multiply-adds")
 causal_conv1d.register_lazy(

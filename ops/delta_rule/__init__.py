@@ -35,12 +35,13 @@ import numbers
 from .._checks import check_bool, check_nonempty, check_same_device, check_shape, check_tensor
 from .._dispatch import (
     RECURRENT_MAX_T,
-    beyond_recurrent_max_t,
     define_op,
-    returning_state,
+    define_step_op,
     triton_linear_attention_reason,
     triton_unavailable_reason,
 )
+from ..gla import LINEAR_ATTENTION_SHAPES
+from ..gla import SPEC as _GLA_SPEC
 from . import reference as _reference
 from . import torch as _torch
 
@@ -88,8 +89,37 @@ def _triton_unsupported(*args, **kwargs) -> str | None:
     return triton_linear_attention_reason(a["q"], a["v"], MAX_TRITON_HEAD_DIM)
 
 
+def _example(s: dict, draw) -> dict:
+    """As DeltaNet's layer makes them: L2-normalised q and k, beta = sigmoid of a projection; g (Gated DeltaNet:
+    one log decay per head) when ``gated``. Weak regime: beta ~ 1e-2 and a decay of -1e-4 at every step."""
+    regime = draw.regime
+    beta = draw("beta", "uniform") * (1e-2 if regime == "weak" else 1)
+    state = draw("initial_state", dtype="fp32") * (10 if regime == "weak" else 1)
+    return dict(
+        q=draw("q", "normal" if regime == "strong" else "unit"),
+        k=draw("k", "unit"),
+        v=draw("v"),
+        beta=beta,
+        g=draw("g", "log_decay", "fp32") if s["gated"] else None,
+        scale=None,
+        initial_state=state,
+        output_final_state=True,
+    )
+
+
 delta_rule = define_op(
-    "delta_rule", __doc__, validate=_validate, auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)}
+    "delta_rule",
+    __doc__,
+    validate=_validate,
+    auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
+    spec=_GLA_SPEC.derive(
+        shapes={**LINEAR_ATTENTION_SHAPES, "beta": "B T H", "g": "B T H"},
+        make=_example,
+        sizes={"B": 2, "T": 5, "H": 2, "K": 4, "V": 3, "gated": True},
+        # DeltaNet (no decay) and Gated DeltaNet (one log decay per head).
+        variants={"": {"gated": False}, "gated_delta_rule": {"gated": True}},
+        audit={"": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak"}},
+    ),
 )
 delta_rule.register("reference", _reference.delta_rule, description="sequential recurrence, fp64 inside")
 delta_rule.register(
@@ -127,33 +157,7 @@ RECURRENT_MAX_T = {RECURRENT_MAX_T} tokens and the chunked kernels (``triton``) 
 """
 
 
-delta_rule_step = define_op(
-    "delta_rule_step",
-    DELTA_RULE_STEP_DOC,
-    validate=_validate_step,
-    auto_order={"cuda": ("triton_recurrent", "triton", "torch"), "cpu": ("torch",)},
-)
-delta_rule_step.register(
-    "reference", returning_state(_reference.delta_rule), description="the sequential recurrence"
-)
-delta_rule_step.register(
-    "torch", returning_state(_torch.delta_rule), description="delta_rule's chunked PyTorch"
-)
-delta_rule_step.register(
-    "triton",
-    returning_state((".triton", "chunk_delta_rule"), __package__),
-    unavailable=triton_unavailable_reason,
-    unsupported=_triton_unsupported,
-    description="delta_rule's Triton chunked kernels",
-)
-delta_rule_step.register(
-    "triton_recurrent",
-    returning_state((".triton", "recurrent_delta_rule"), __package__),
-    unavailable=triton_unavailable_reason,
-    unsupported=_triton_unsupported,
-    auto_skip=beyond_recurrent_max_t,
-    description=f"delta_rule's Triton fused recurrent kernel (auto: up to {RECURRENT_MAX_T} tokens)",
-)
+delta_rule_step = define_step_op(delta_rule, "delta_rule_step", DELTA_RULE_STEP_DOC, validate=_validate_step)
 
 
 __all__ = ["delta_rule", "delta_rule_step"]

@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import functools
 
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
 from .._checks import check_same_device, check_tensor
 from .._dispatch import define_op, triton_linear_attention_reason, triton_unavailable_reason
+from .._spec import BenchGrid, OpSpec
 from ..gla import MAX_TRITON_HEAD_DIM as MAX_HEAD_DIM  # the Triton backends run gla's kernels
 from . import recurrent as _recurrent
 from . import reference as _reference
@@ -71,10 +74,46 @@ def _triton_unsupported(q, k, v, causal=True):
     return triton_linear_attention_reason(q, v, MAX_HEAD_DIM)
 
 
+def _example(s: dict, draw) -> dict:
+    """q, k through the layer's sigmoid feature map (the op expects non-negative features); regime
+    "value_offset": values sharing an offset of 100 (the non-causal sums' gradients cancel in fp32)."""
+    v = draw("v") + (100.0 if draw.regime == "value_offset" else 0.0)
+    q, k = (_pt.sigmoid(draw(n, dtype="fp32")).to(draw.dtype) for n in ("q", "k"))
+    return dict(q=q, k=k, v=v, causal=s.get("causal", True))
+
+
+_FLOW_SPEC = OpSpec(
+    shapes={"q": "B T H D", "k": "B T H D", "v": "B T H M"},
+    make=_example,
+    sizes={"B": 2, "T": 5, "H": 2, "D": 4, "M": 3},
+    defaults={"M": "D"},  # values as wide as the features unless a call says otherwise
+    # The same B, H, D as the attention bench (and its GPU grid exactly), so the two tables line up.
+    bench=BenchGrid(
+        cpu={"B": 2, "H": 4, "D": 64}, t=(1024, 2048, 4096, 8192, 16384), cuda={"H": 16, "D": 64}
+    ),
+    same_dtype=("q", "k", "v"),
+    nonempty=("T",),
+    variants={"": {"causal": True}, "flow_attention_noncausal": {"causal": False}},
+    extreme={"B": 1, "H": 1, "D": 4},
+    audit={
+        "value_offset": {
+            "B": 1,
+            "T": 1024,
+            "H": 1,
+            "D": 16,
+            "M": 8,
+            "regime": "value_offset",
+            "causal": False,
+        }
+    },
+    kernels_of="gla",
+)
+
 flow_attention = define_op(
     "flow_attention",
     __doc__,
     validate=_validate,
+    spec=_FLOW_SPEC,
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
 )
 flow_attention.register(
@@ -118,10 +157,22 @@ def _triton_prefill_unsupported(q, k, v, state=None):
     return triton_linear_attention_reason(q, v, MAX_HEAD_DIM)
 
 
+_DECODING = dict(
+    variants={"": {}},
+    audit={},
+    audit_exempt="the running sums of flow_attention's equations, held to its audited reference in "
+    "tests/test_flow_attention.py",
+)
+
 flow_attention_prefill = define_op(
     "flow_attention_prefill",
     __doc__,
     validate=_validate_prefill,
+    spec=_FLOW_SPEC.derive(
+        make=lambda s, draw: {**{n: x for n, x in _example(s, draw).items() if n != "causal"}, "state": None},
+        extreme=None,  # flow_attention's long run covers the same prefix sums
+        **_DECODING,
+    ),
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
 )
 flow_attention_prefill.register(
@@ -138,10 +189,29 @@ flow_attention_prefill.register(
     description="prefix-sum normalisers, ops.gla_step on gla's Triton kernels",
 )
 
+
+def _step_example(s: dict, draw) -> dict:
+    """One token after a prefill of T tokens."""
+    prefix = _FLOW_SPEC.example(draw.dtype, draw.device, **s)
+    _, state = _recurrent.prefill(prefix["q"], prefix["k"], prefix["v"])
+    q, k = (_pt.sigmoid(draw(n, dtype="fp32", shape="B H D")).to(draw.dtype) for n in ("q", "k"))
+    return dict(q=q, k=k, v=draw("v", shape="B H M"), state=state)
+
+
 flow_attention_step = define_op(
     "flow_attention_step",
     __doc__,
     validate=_validate_step,
+    spec=_FLOW_SPEC.derive(
+        shapes={"q": "B H D", "k": "B H D", "v": "B H M"},
+        make=_step_example,
+        # No bench of its own: its state is a dict of running sums, not a tensor a bench can make at each shape
+        # (flow_attention_prefill times the same recurrence over a segment).
+        bench=None,
+        nonempty=(),
+        extreme=None,
+        **_DECODING,
+    ),
     auto_order={"cuda": ("torch",), "cpu": ("torch",)},
 )
 flow_attention_step.register("reference", _recurrent.step, description="the recurrence (one token)")

@@ -29,15 +29,17 @@ from __future__ import annotations
 import inspect
 import numbers
 
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
 from .._checks import check_bool, check_nonempty, check_same_device, check_shape, check_tensor
 from .._dispatch import (
     RECURRENT_MAX_T,
-    beyond_recurrent_max_t,
     define_op,
-    returning_state,
+    define_step_op,
     triton_linear_attention_reason,
     triton_unavailable_reason,
 )
+from .._spec import BenchGrid, OpSpec
 from . import reference as _reference
 from . import torch as _torch
 
@@ -94,8 +96,61 @@ def _triton_unsupported(*args, **kwargs) -> str | None:
     return triton_linear_attention_reason(a["q"], a["v"], MAX_TRITON_HEAD_DIM)
 
 
+def _example(s: dict, draw) -> dict:
+    """q, k, v as projections make them; g per key channel ("vector"), per head ("head") or none; every
+    regime of the module docstring of ``ops._spec`` (strong: log decays to -20, weak: -1e-4 at every step)."""
+    decay, regime = s["decay"], draw.regime
+    g = None
+    if decay == "vector":
+        g = draw("g", "log_decay", "fp32")
+    elif decay == "head" and regime == "layer":
+        # RetNet's fixed per-head decays gamma_h = 1 - 2^(-5-h).
+        gamma = 1 - 2.0 ** (-5 - _pt.arange(s["H"], device=draw.device, dtype=_pt.float32))
+        g = gamma.log().expand(s["B"], s["T"], s["H"]).contiguous()
+    elif decay == "head":
+        g = draw("g", "log_decay", "fp32", shape="B T H")
+    k = draw("k", "unit") if regime == "weak" else draw("k") * (s["K"] ** -0.5 if regime == "strong" else 1)
+    state = draw("initial_state", dtype="fp32") * (10 if regime == "weak" else 1)
+    return dict(q=draw("q"), k=k, v=draw("v"), g=g, scale=None, initial_state=state, output_final_state=True)
+
+
+LINEAR_ATTENTION_SHAPES = {
+    "q": "B T H K",
+    "k": "B T H K",
+    "v": "B T H V",
+    "g": "B T H K",
+    "initial_state": "B H K V",
+}
+
+SPEC = OpSpec(
+    shapes=LINEAR_ATTENTION_SHAPES,
+    make=_example,
+    sizes={"B": 2, "T": 5, "H": 2, "K": 4, "V": 3, "decay": "vector"},
+    bench=BenchGrid(
+        cpu={"B": 1, "H": 4, "K": 64, "V": 64},
+        cuda={"H": 16, "K": 64, "V": 64},
+        cuda_t=(512, 1024, 2048, 4096, 8192, 16384),
+    ),
+    same_dtype=("q", "k", "v"),
+    nonempty=("T", "K", "V"),
+    states=(1,),
+    state_arg="initial_state",
+    returns_state_flag="output_final_state",
+    # Per-channel decays (GLA, HGRN2) and one decay per head (RetNet, lightning): different intra-chunk paths.
+    variants={"": {"decay": "vector"}, "gla_head_decay": {"decay": "head"}},
+    extreme={"B": 1, "H": 1, "K": 8, "V": 8, "regime": "strong"},
+    audit={
+        "": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak"},
+        "per_head": {"T": 256, "B": 1, "H": 2, "K": 8, "V": 8, "regime": "weak", "decay": "head"},
+    },
+)
+
 gla = define_op(
-    "gla", __doc__, validate=_validate, auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)}
+    "gla",
+    __doc__,
+    validate=_validate,
+    auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
+    spec=SPEC,
 )
 gla.register("reference", _reference.gla, description="sequential recurrence, fp64 inside")
 gla.register("torch", _torch.gla, description="chunked PyTorch, exponents kept <= 0")
@@ -130,29 +185,7 @@ for a longer segment, and ``torch`` on a CPU. Layers decode through it with thei
 """
 
 
-gla_step = define_op(
-    "gla_step",
-    GLA_STEP_DOC,
-    validate=_validate_step,
-    auto_order={"cuda": ("triton_recurrent", "triton", "torch"), "cpu": ("torch",)},
-)
-gla_step.register("reference", returning_state(_reference.gla), description="gla's sequential recurrence")
-gla_step.register("torch", returning_state(_torch.gla), description="gla's chunked PyTorch")
-gla_step.register(
-    "triton",
-    returning_state((".triton_chunk", "chunk_gla"), __package__),
-    unavailable=triton_unavailable_reason,
-    unsupported=_triton_unsupported,
-    description="gla's Triton chunked kernels",
-)
-gla_step.register(
-    "triton_recurrent",
-    returning_state((".triton_recurrent", "recurrent_gla"), __package__),
-    unavailable=triton_unavailable_reason,
-    unsupported=_triton_unsupported,
-    auto_skip=beyond_recurrent_max_t,
-    description=f"gla's Triton fused recurrent kernel (auto: up to {RECURRENT_MAX_T} tokens)",
-)
+gla_step = define_step_op(gla, "gla_step", GLA_STEP_DOC, validate=_validate_step)
 
 
 __all__ = ["gla", "gla_step"]

@@ -25,9 +25,12 @@ GPU default), ``cuda`` (``csrc/linear_scan.cu``, compiled by nvcc on first use).
 
 from __future__ import annotations
 
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
 from .._checks import check_same_device, check_shape, check_tensor, no_float64
 from .._cuda_binding import csrc_unavailable
 from .._dispatch import define_op, triton_unavailable_reason
+from .._spec import BenchGrid, OpSpec
 from . import reference as _reference
 from . import torch as _torch
 
@@ -68,10 +71,53 @@ def _real_low_precision_only(a, x, initial_state=None, *args, **kwargs) -> str |
     return no_float64(*tensors)
 
 
+def _example(s: dict, draw) -> dict:
+    """Decays as RG-LRU makes them (a per-channel base in [0.9, 0.999] raised to 8 r_t, r_t a gate); strong: exp of
+    log decays down to -20; weak: a = 1 - 1e-6 with a state far larger than x (a h rounds alike at every step)."""
+    shape = draw.shape("a")
+    if draw.regime == "strong":
+        a = _pt.exp(draw("a", "log_decay", "fp32"))
+    elif draw.regime == "weak":
+        a = _pt.full(shape, 1 - 1e-6, device=draw.device)
+    else:
+        base = _pt.empty(shape[-1], device=draw.device).uniform_(0.9, 0.999)
+        a = base ** (8 * _pt.sigmoid(_pt.randn(shape, device=draw.device)))
+    weak = draw.regime == "weak"
+    return dict(
+        x=draw("x") * (0.1 if weak else 1) + (1 if weak else 0),
+        a=a.to(draw.dtype),
+        initial_state=draw("initial_state", dtype="fp32") * (1e3 if weak else 1),
+        output_final_state=True,
+        reverse=s.get("reverse", False),
+    )
+
+
+SPEC = OpSpec(
+    # x first: the checks name x for a size of 0 (a and x must match: a change to either names both).
+    shapes={"x": "B T D", "a": "B T D", "initial_state": "B D"},
+    make=_example,
+    sizes={"B": 2, "T": 5, "D": 3},
+    bench=BenchGrid(
+        cpu={"B": 2, "D": 256},
+        t=(1024, 2048, 4096, 8192),
+        quick={"B": 1, "D": 256},
+        cuda={"D": 2048},
+        tokens=32768,
+    ),
+    nonempty=("T",),
+    references={},
+    states=(1,),
+    state_arg="initial_state",
+    returns_state_flag="output_final_state",
+    extreme={"B": 1, "D": 4, "regime": "strong"},
+    audit={"": {"B": 1, "T": 4096, "D": 2, "regime": "weak"}},
+)
+
 linear_scan = define_op(
     "linear_scan",
     __doc__,
     validate=_validate,
+    spec=SPEC,
     # Triton first on a GPU: it needs no compiler beyond the package, while the cuda backend builds with nvcc
     # on first use (and is there to be chosen by name, or when Triton is missing).
     auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},

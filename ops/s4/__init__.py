@@ -38,6 +38,8 @@ and backward; auto prefers cuFFT through torch on a GPU).
 
 from __future__ import annotations
 
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
 from .._checks import (
     check_float64_all_or_none,
     check_nonempty,
@@ -47,6 +49,7 @@ from .._checks import (
     no_float64,
 )
 from .._dispatch import define_op, triton_unavailable_reason
+from .._spec import BenchGrid, OpSpec
 from . import reference as _reference
 from . import torch as _torch
 
@@ -118,7 +121,55 @@ def _validate_fft_conv(u, K, D=None, bidirectional=False):
     check_same_device("fft_conv", u=u, K=K, D=D)
 
 
-s4d_kernel = define_op("s4d_kernel", __doc__, validate=_validate_s4d)
+def _modes(s: dict, draw, names: tuple[str, ...]) -> dict:
+    """S4D-Lin / S4-LegS-like parameters for the kernels: Re(A) = -1/2 (strong: -1e3 exp(randn), fast modes),
+    Im(A) = pi n, log dt in [log 1e-3, log 1e-1]; the others N(0, 1)."""
+    import math
+
+    h, n = s["H"], s["N"]
+    out = {"log_dt": (_pt.empty(h, device=draw.device).uniform_(-6.9, -2.3)).to(draw.dtype)}
+    for name in names:
+        out[f"{name}_re"], out[f"{name}_im"] = draw(f"{name}_re"), draw(f"{name}_im")
+    re = (
+        -1e3 * _pt.exp(draw(f"{names[0]}_re", dtype="fp32"))
+        if draw.regime == "strong"
+        else _pt.full((h, n), -0.5)
+    )
+    out[f"{names[0]}_re"] = re.to(device=draw.device, dtype=draw.dtype)
+    out[f"{names[0]}_im"] = (math.pi * _pt.arange(n, device=draw.device)).expand(h, n).to(draw.dtype)
+    return out
+
+
+def _mode_shapes(names: tuple[str, ...]) -> dict[str, str]:
+    return {"log_dt": "H", **{f"{n}_{part}": "H N" for n in names for part in ("re", "im")}}
+
+
+_S4D = ("A", "B", "C")
+_S4 = ("Lambda", "P", "B", "C")
+_KERNEL_SPEC = dict(
+    sizes={"H": 3, "N": 4, "T": 5},
+    nonempty=("H",),
+    foreign_dtypes=(_pt.float64,),
+    extreme={"H": 2, "N": 4, "regime": "strong"},
+    audit={},
+    audit_exempt="tested against the recurrence in fp64 in tests/test_s4.py",
+)
+
+s4d_kernel = define_op(
+    "s4d_kernel",
+    __doc__,
+    validate=_validate_s4d,
+    spec=OpSpec(
+        shapes=_mode_shapes(_S4D),
+        make=lambda s, draw: {
+            **_modes(s, draw, _S4D),
+            "L": s["T"],  # the kernel's length is the sequence length it convolves
+            "discretization": s.get("discretization", "zoh"),
+        },
+        same_dtype=tuple(_mode_shapes(_S4D)),
+        **_KERNEL_SPEC,
+    ),
+)
 s4d_kernel.register("reference", _reference.s4d_kernel, description="every power Abar^l materialised")
 s4d_kernel.register("torch", _torch.s4d_kernel, description="Vandermonde product as a blocked complex matmul")
 s4d_kernel.register_lazy(
@@ -130,7 +181,17 @@ s4d_kernel.register_lazy(
     description="Triton Vandermonde kernels, forward and backward",
 )
 
-s4_kernel = define_op("s4_kernel", __doc__, validate=_validate_s4)
+s4_kernel = define_op(
+    "s4_kernel",
+    __doc__,
+    validate=_validate_s4,
+    spec=OpSpec(
+        shapes=_mode_shapes(_S4),
+        make=lambda s, draw: {**_modes(s, draw, _S4), "L": s["T"]},
+        same_dtype=tuple(_mode_shapes(_S4)),
+        **_KERNEL_SPEC,
+    ),
+)
 s4_kernel.register("reference", _reference.s4_kernel, description="dense DPLR matrices, one product per l")
 s4_kernel.register(
     "torch", _torch.s4_kernel, description="Cauchy sums + Woodbury at the roots of unity, irfft"
@@ -144,8 +205,44 @@ s4_kernel.register_lazy(
     description="Triton Cauchy sums (forward and backward); Woodbury and irfft in PyTorch",
 )
 
+
+def _fft_conv_example(s: dict, draw) -> dict:
+    """A decaying kernel as an SSM makes one, in fp32 (the kernels' dtype) beside the inputs; ``bidirectional``:
+    one kernel each way. Strong: a long, slowly decaying one."""
+    bidirectional = s.get("bidirectional", False)
+    shape = ("2 " if bidirectional else "") + "H L"
+    L = draw.shape("K", shape)[-1]
+    decay = _pt.exp(-_pt.arange(L, device=draw.device) / (20_000.0 if draw.regime == "strong" else L / 8.0))
+    return dict(
+        u=draw("u"),
+        K=draw("K", dtype="fp32", shape=shape) * decay / L**0.5,
+        D=draw("D", dtype="fp32"),
+        bidirectional=bidirectional,
+    )
+
+
 fft_conv = define_op(
-    "fft_conv", __doc__, validate=_validate_fft_conv, auto_order={"cuda": ("torch",), "cpu": ("torch",)}
+    "fft_conv",
+    __doc__,
+    validate=_validate_fft_conv,
+    auto_order={"cuda": ("torch",), "cpu": ("torch",)},
+    spec=OpSpec(
+        shapes={"u": "B T H", "K": "H L", "D": "H"},
+        make=_fft_conv_example,
+        sizes={"B": 2, "T": 5, "H": 3},
+        defaults={"L": "T"},  # a kernel as long as the sequence
+        bench=BenchGrid(
+            cpu={"B": 2, "H": 256},
+            t=(1024, 2048, 4096, 8192),
+            cuda={"H": 1024},
+            cuda_t=(1024, 4096, 16384),
+            tokens=32768,
+        ),
+        nonempty=("B", "T", "H", "L"),
+        extreme={"B": 1, "H": 2, "regime": "strong"},
+        audit={},
+        audit_exempt="tested against the direct sum in fp64 in tests/test_s4.py and tests/test_extreme_inputs.py",
+    ),
 )
 fft_conv.register("reference", _reference.fft_conv, description="explicit O(T^2) Toeplitz convolution")
 fft_conv.register("torch", _torch.fft_conv, description="real FFTs of length 2T")

@@ -42,6 +42,7 @@ import torch as _pt  # not `torch`: that name is this package's torch.py backend
 from .._checks import check_nonempty, check_same_device, check_shape, check_tensor, no_float64
 from .._cuda_binding import csrc_unavailable
 from .._dispatch import define_op, triton_unavailable_reason
+from .._spec import BenchGrid, OpSpec
 from . import reference as _reference
 from . import step as _step
 from . import torch as _torch
@@ -155,10 +156,85 @@ def _real_low_precision_only(*args, **kwargs) -> str | None:
     return no_float64(*tensors)
 
 
+def _a_matrix(s: dict, draw) -> _pt.Tensor:
+    """A [D, N] as the mamba mixer makes it (S4D-Real: -(1..N)); strong: -exp(2 randn) (poles to -3000);
+    weak: -(2 rand + 0.1); ``complex``: with an imaginary part."""
+    d, n = s["D"], s["N"]
+    if draw.regime == "strong":
+        A = -_pt.exp(draw("A", dtype="fp32") * 2)
+    elif draw.regime == "weak":
+        A = -(draw("A", "uniform", "fp32") * 2 + 0.1)
+    else:
+        A = -_pt.arange(1, n + 1, dtype=_pt.float32, device=draw.device).repeat(d, 1)
+    return _pt.complex(A, draw("A", dtype="fp32")) if s.get("complex") else A
+
+
+def _example(s: dict, draw) -> dict:
+    """As the mamba mixer makes them: delta before a softplus with dt's init bias (dt ~ 1e-3..1e-1), a gate z,
+    D = 1; B, C shared by all channels unless G groups. Strong: delta 3 randn; weak: dt = 1e-3 (Mamba's dt_min:
+    exp(dt A) just below 1, the same at every step) with a state 10x the inputs."""
+    import math
+
+    regime = draw.regime
+    A = _a_matrix(s, draw)
+    bc = "B T G N" if s.get("G") else "B T N"
+    dt = _pt.exp(_pt.empty(s["D"], device=draw.device).uniform_(math.log(1e-3), math.log(1e-1)))
+    delta = draw("delta") * {"strong": 3.0, "layer": 0.1}.get(regime, 0.0) + (
+        1e-3 if regime == "weak" else 0.0
+    )
+    state = _pt.randn(draw.shape("initial_state"), device=draw.device, dtype=A.dtype)
+    return dict(
+        u=draw("u"),
+        delta=delta,
+        A=A,
+        B=draw("B", shape=bc),
+        C=draw("C", shape=bc),
+        D=draw("D", dtype="fp32") if regime != "layer" else _pt.ones(s["D"], device=draw.device),
+        z=draw("z"),
+        delta_bias=None if regime == "weak" else dt + _pt.log(-_pt.expm1(-dt)),  # softplus^-1(dt)
+        delta_softplus=regime != "weak",
+        initial_state=state * (10 if regime == "weak" else 1),
+        output_final_state=True,
+    )
+
+
+SPEC = OpSpec(
+    shapes={
+        "u": "B T D",
+        "delta": "B T D",
+        "A": "D N",
+        "B": "B T N",
+        "C": "B T N",
+        "D": "D",
+        "z": "B T D",
+        "delta_bias": "D",
+        "initial_state": "B D N",
+    },
+    make=_example,
+    sizes={"B": 2, "T": 5, "D": 3, "N": 4},
+    bench=BenchGrid(
+        cpu={"B": 1, "D": 128, "N": 16},
+        quick={"B": 1, "D": 64, "N": 16},
+        cuda={"D": 1536, "N": 16},
+        cuda_t=(512, 1024, 2048, 4096, 8192),
+        cuda_extra=tuple({"B": 4, "T": 2048, "D": 1536, "N": n} for n in (64, 256)),
+    ),
+    nonempty=("B", "T", "D"),
+    states=(1,),
+    state_arg="initial_state",
+    returns_state_flag="output_final_state",
+    extreme={"B": 1, "D": 3, "N": 4, "regime": "strong"},
+    audit={
+        "": {"B": 1, "T": 256, "D": 4, "N": 8, "regime": "weak"},
+        "complex_A": {"B": 1, "T": 256, "D": 4, "N": 8, "regime": "weak", "complex": True},
+    },
+)
+
 selective_scan = define_op(
     "selective_scan",
     __doc__,
     validate=_validate,
+    spec=SPEC,
     # Triton first on a GPU: it needs no compiler beyond the package (the cuda backend builds with nvcc on
     # first use, and is there to be chosen by name or when Triton is missing).
     auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},
@@ -184,10 +260,47 @@ selective_scan.register_lazy(
     description="csrc/selective_scan.cu through ctypes, forward and backward",
 )
 
+
+def _step_example(s: dict, draw) -> dict:
+    """One decoding step from a state, with selective_scan's values (A as the mamba mixer makes it)."""
+    return dict(
+        state=draw("state", dtype="fp32"),
+        x=draw("x"),
+        dt=draw("dt") * 0.1,
+        A=_a_matrix(s, draw),
+        B=draw("B"),
+        C=draw("C"),
+        D=draw("D", dtype="fp32"),
+        z=draw("z"),
+        dt_bias=draw("dt_bias", dtype="fp32"),
+        dt_softplus=True,
+    )
+
+
 selective_state_update = define_op(
     "selective_state_update",
     __doc__,
     validate=_validate_step,
+    spec=OpSpec(
+        # x first: it fixes B and D for the others (the state is checked against x and A).
+        shapes={
+            "x": "B D",
+            "dt": "B D",
+            "A": "D N",
+            "state": "B D N",
+            "B": "B N",
+            "C": "B N",
+            "D": "D",
+            "z": "B D",
+            "dt_bias": "D",
+        },
+        make=_step_example,
+        sizes={"B": 2, "D": 3, "N": 4},
+        bench=BenchGrid(cpu={"B": 16, "D": 1536, "N": 16}, t=(1,), quick_t=(1,), cuda_t=(1,), tokens=64),
+        states=(1,),
+        audit={},
+        audit_exempt="its reference is selective_scan's for one token, audited there",
+    ),
     auto_order={"cuda": ("torch",), "cpu": ("torch",)},
 )
 selective_state_update.register(
