@@ -271,7 +271,6 @@ def cases() -> list[Case]:
     tri = {
         name: importlib.import_module(f"seqzoo.ops.{name}.triton")
         for name in (
-            "delta_rule",
             "causal_conv1d",
             "linear_scan",
             "selective_scan",
@@ -281,6 +280,8 @@ def cases() -> list[Case]:
     conv = importlib.import_module("seqzoo.ops.s4.triton_direct_conv")
     gla_chunk = importlib.import_module("seqzoo.ops.gla.triton_chunk")
     gla_recurrent = importlib.import_module("seqzoo.ops.gla.triton_recurrent")
+    delta_chunk = importlib.import_module("seqzoo.ops.delta_rule.triton_chunk")
+    delta_recurrent = importlib.import_module("seqzoo.ops.delta_rule.triton_recurrent")
     f32, bf16 = torch.float32, torch.bfloat16
     out: list[Case] = []
 
@@ -330,8 +331,7 @@ def cases() -> list[Case]:
                         else None
                     )
                     h0 = _t(b, h, kd, vd, dtype=f32)
-                    mod = tri["delta_rule"]
-                    fn = mod.chunk_delta_rule if chunked else mod.recurrent_delta_rule
+                    fn = delta_chunk.chunk_delta_rule if chunked else delta_recurrent.recurrent_delta_rule
                     o, ht = fn(q, k, v, beta, g, None, h0, True)
                     _backward(o, ht)
 

@@ -98,7 +98,7 @@ delta_rule.register(
 
 delta_rule.register_lazy(
     "triton",
-    ".delta_rule.triton",
+    ".delta_rule.triton_chunk",
     "chunk_delta_rule",
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
@@ -106,7 +106,7 @@ delta_rule.register_lazy(
 )
 delta_rule.register_lazy(
     "triton_recurrent",
-    ".delta_rule.triton",
+    ".delta_rule.triton_recurrent",
     "recurrent_delta_rule",
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
@@ -141,14 +141,14 @@ delta_rule_step.register(
 )
 delta_rule_step.register(
     "triton",
-    returning_state((".triton", "chunk_delta_rule"), __package__),
+    returning_state((".triton_chunk", "chunk_delta_rule"), __package__),
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
     description="delta_rule's Triton chunked kernels",
 )
 delta_rule_step.register(
     "triton_recurrent",
-    returning_state((".triton", "recurrent_delta_rule"), __package__),
+    returning_state((".triton_recurrent", "recurrent_delta_rule"), __package__),
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
     auto_skip=beyond_recurrent_max_t,
