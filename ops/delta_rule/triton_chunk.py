@@ -43,6 +43,7 @@ from .._dispatch import triton_interpreting
 from .._triton_utils import device_guarded, row_offset
 from ..common.triton_chunk import (
     carry_state,
+    chunk_tile,
     decayed_dot,
     from_chunk_start,
     head_decays,
@@ -279,8 +280,10 @@ def _chunk_fwd_o_kernel(
     if USE_G:
         # One decay per row: applied once after the key loop, not per key tile.
         b_o = b_o * from_chunk_start(tl.load(G + i_bh * NT * BT + o_t), False)
-    b_u = load_padded_rows(u + i_bh * NT * BT * V, o_t, o_v, m_v, V)
-    b_o = intra_output(b_o, Aqk + (i_bh * NT + i_n) * BT * BT, b_u, BT, DT)
+    b_A = chunk_tile(Aqk + (i_bh * NT + i_n) * BT * BT, BT)
+    # Unmasked rows, no `other`: u is chunk-padded, and the masked columns' garbage stays out of o's store.
+    b_u = tl.load(u + i_bh * NT * BT * V + row_offset(o_t[:, None], V) + o_v[None, :], mask=m_v[None, :])
+    b_o = intra_output(b_o, b_A, b_u, DT)
     tl.store(
         o + row_offset(o_t[:, None], (H * V)) + o_v[None, :],
         (b_o * scale).to(o.dtype.element_ty),
@@ -340,7 +343,7 @@ def _chunk_bwd_dh_kernel(
         o_t = i_n * BT + o_r
         m_t = o_t < T
         b_do = load_rows(do, o_t, m_t, o_v, m_v, H * V).to(DT)
-        b_du = intra_values_grad(Aqk + (i_bh * NT + i_n) * BT * BT, b_do, scale, BT, DT)
+        b_du = intra_values_grad(chunk_tile(Aqk + (i_bh * NT + i_n) * BT * BT, BT), b_do, scale, DT)
         b_e, b_gl, b_s = 1.0, 1.0, 1.0  # read only with USE_G
         if USE_G:
             b_G, b_Gl = head_decays(G, i_n, o_t, BT)

@@ -42,6 +42,7 @@ import triton.language as tl
 from .._triton_utils import device_guarded, row_offset
 from ..common.triton_chunk import (
     carry_state,
+    chunk_tile,
     decayed_dot,
     from_chunk_start,
     intra_output,
@@ -239,7 +240,7 @@ def _chunk_fwd_o_kernel(
         b_G = load_padded_rows(G, o_t, o_k, m_k, K)
         b_h = load_state(h, o_k, m_k, o_v, m_v, V)
         b_o += decayed_dot(b_q, from_chunk_start(b_G, True), b_h, True, b_v.dtype)
-    b_o = intra_output(b_o, A, b_v, BT, b_v.dtype)
+    b_o = intra_output(b_o, chunk_tile(A, BT), b_v, b_v.dtype)
     tl.store(
         o + row_offset(o_t[:, None], (H * V)) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv
     )
@@ -355,8 +356,9 @@ def _chunk_bwd_dv_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_t, m_v = o_t < T, o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
+    b_A = chunk_tile(A + (i_bh * NT + i_n) * BT * BT, BT)
     b_do = load_rows(do, o_t, m_t, o_v, m_v, H * V)
-    b_dv = intra_values_grad(A + (i_bh * NT + i_n) * BT * BT, b_do, scale, BT, b_do.dtype)
+    b_dv = intra_values_grad(b_A, b_do, scale, b_do.dtype)
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K

@@ -115,7 +115,9 @@ def _recurrent_bwd_kernel(
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
 
-    # Forward walk: dq_t = scale * S_t do_t.
+    # Forward walk: dq_t = scale * S_t do_t. Written out rather than with write / apply: with those two
+    # inlined here ptxas took 119 registers instead of 110 on sm_90 at K = V = 64 (the compile check), with
+    # the same arithmetic; everywhere else they compile as before.
     b_S = starting_state(h0 + i_bh * K * V, o_kv, m_kv, USE_H0, BK, BV)
     for t in range(T):
         b_k = load_step(k, t, H * K, o_k, m_k)
@@ -124,8 +126,8 @@ def _recurrent_bwd_kernel(
         if USE_G:
             b_g = load_step(g, t, H * K, o_k, m_k)
             b_S = b_S * tl.exp(b_g)[:, None]
-        b_S = write(b_S, b_k, b_v)
-        tl.store(dq + row_offset(t, (H * K)) + o_k, apply(b_S, b_do) * scale, mask=m_k)
+        b_S += b_k[:, None] * b_v[None, :]
+        tl.store(dq + row_offset(t, (H * K)) + o_k, tl.sum(b_S * b_do[None, :], axis=1) * scale, mask=m_k)
 
     # Backward walk: dS_t = scale q_t^T do_t + exp(g_{t+1}) dS_{t+1}; dk_t = dS_t v_t, dv_t = k_t dS_t.
     b_dS = starting_state(dht + i_bh * K * V, o_kv, m_kv, USE_DHT, BK, BV)
