@@ -26,9 +26,11 @@ state tile in registers; the delta rule's needs the whole key dimension for u = 
 owns a value tile and keeps the state in global memory, read back key tile by key tile (head dims up to
 256 without a [256, BV] register tile). One kernel for both would carry two loop structures behind a
 switch, sharing nothing but its name. The arithmetic inside the loops is the same, and that is what lives
-here: inlined, each kernel compiles to the code it had (the register / spill / shared-memory report of the
-compile check is unchanged, bench_results/compile-check-sm90-sm80.md), and a per-key or per-head decay is
-the caller's broadcast ([BT, BK] against [BT, 1]), not a branch. Nothing here has run on a GPU: the
+here: inlined, each kernel keeps its registers, spills and shared memory (the compile check's report before
+and after, bench_results/compile-check-sm90-sm80.md: all equal but sm_90 gla ``_chunk_bwd_dh_kernel``, 94 ->
+92 registers), and a per-key or per-head decay is the caller's broadcast ([BT, BK] against [BT, 1]), not a
+branch. Where an inlined piece moved ptxas's choices the caller keeps the order it had: the [BT, BT] tile
+is loaded by the caller (``chunk_tile``), and gla's recurrent backward writes its forward walk out. Nothing here has run on a GPU: the
 kernels are checked under the interpreter (tests/test_gla.py, tests/test_delta_rule.py) and compiled for
 sm_90 / sm_80 by ``make compile-check``.
 """
