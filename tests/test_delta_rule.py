@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from seqzoo import ops
 from seqzoo.ops.delta_rule import torch as delta_torch
-from seqzoo.ops.delta_rule import triton as delta_triton
+from seqzoo.ops.delta_rule import triton_chunk as delta_triton
 from seqzoo.ops.testing import assert_matches_reference
 
 GATES = ["none", "gated", "strong"]

@@ -45,7 +45,18 @@ def test_row_offset_passes_int32():
     assert not torch.equal(wrapped, expected)
 
 
-@pytest.mark.parametrize("path", ["gla/triton_chunk.py", "gla/triton_recurrent.py", "delta_rule/triton.py"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "gla/triton_chunk.py",
+        "gla/triton_recurrent.py",
+        "delta_rule/triton_chunk.py",
+        "delta_rule/triton_recurrent.py",
+        "common/triton_tiles.py",
+        "common/triton_chunk.py",
+        "common/triton_recurrent.py",
+    ],
+)
 def test_time_offsets_go_through_row_offset(path):
     """No kernel multiplies a time index by a row stride in int32: every `rows[:, None] * stride` tile and
     every `t * (H * K)` scalar is inside row_offset (the reviewed wrap at ~1M tokens)."""

@@ -128,7 +128,7 @@ delta_rule.register(
 
 delta_rule.register_lazy(
     "triton",
-    ".delta_rule.triton",
+    ".delta_rule.triton_chunk",
     "chunk_delta_rule",
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,
@@ -136,7 +136,7 @@ delta_rule.register_lazy(
 )
 delta_rule.register_lazy(
     "triton_recurrent",
-    ".delta_rule.triton",
+    ".delta_rule.triton_recurrent",
     "recurrent_delta_rule",
     unavailable=triton_unavailable_reason,
     unsupported=_triton_unsupported,

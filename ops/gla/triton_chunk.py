@@ -40,6 +40,26 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import device_guarded, row_offset
+from ..common.triton_chunk import (
+    carry_state,
+    chunk_tile,
+    decayed_dot,
+    from_chunk_start,
+    intra_output,
+    intra_values_grad,
+    key_decays,
+    over_chunk,
+    to_chunk_end,
+)
+from ..common.triton_tiles import (
+    ChunkShapes,
+    load_padded_rows,
+    load_rows,
+    load_state,
+    split_bh,
+    starting_state,
+)
+from ..common.triton_tiles import block as _block
 from .triton_common import prepare_inputs
 
 CHUNK = 64  # BT
@@ -48,11 +68,6 @@ CHUNK = 64  # BT
 WIDE_WARPS = 8
 SUB_CHUNK = 16  # BC
 N_SUB = CHUNK // SUB_CHUNK  # NC
-
-
-def _block(dim: int, cap: int) -> int:
-    # tl.dot needs every dimension >= 16; masks cover the padding.
-    return min(cap, max(16, triton.next_power_of_2(dim)))
 
 
 # -- chunked forward --------------------------------------------------------------------------------------
@@ -104,8 +119,7 @@ def _chunk_fwd_h_kernel(
     STORE_HT: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     k += (i_b * T * H + i_h) * K
     v += (i_b * T * H + i_h) * V
     G += i_bh * NT * BT * K
@@ -115,23 +129,17 @@ def _chunk_fwd_h_kernel(
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
-    b_S = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    b_S = starting_state(h0 + i_bh * K * V, o_kv, m_kv, USE_H0, BK, BV)
     for i_n in range(NT):
         tl.store(h + row_offset(i_n, K * V) + o_kv, b_S, mask=m_kv)
         o_t = i_n * BT + tl.arange(0, BT)
         m_t = o_t < T
-        b_k = tl.load(
-            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
+        b_k = load_rows(k, o_t, m_t, o_k, m_k, H * K)
+        b_v = load_rows(v, o_t, m_t, o_v, m_v, H * V)
+        b_G, b_Gl = key_decays(G, i_n, o_t, o_k, m_k, BT, K)
+        b_S = carry_state(
+            b_S, over_chunk(b_Gl, True), b_k, to_chunk_end(b_G, b_Gl, True), b_v, True, b_v.dtype
         )
-        b_v = tl.load(
-            v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
-        )
-        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_Gl = tl.load(G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
-        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gl[None, :] - b_G)).to(b_v.dtype)
-        b_S = b_S * tl.exp(b_Gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision="ieee")
     if STORE_HT:
         tl.store(ht + i_bh * K * V + o_kv, b_S, mask=m_kv)
 
@@ -153,8 +161,7 @@ def _chunk_intra_A_kernel(
 ):
     # One program per (query sub-chunk, key sub-chunk) block of one chunk's [BT, BT] score matrix.
     i_c, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     q += (i_b * T * H + i_h) * K
     k += (i_b * T * H + i_h) * K
     G += i_bh * NT * BT * K
@@ -170,18 +177,10 @@ def _chunk_intra_A_kernel(
         for i_k in range(0, K, BK):
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
-            b_q = tl.load(
-                q + row_offset(o_i[:, None], (H * K)) + o_k[None, :],
-                mask=m_i[:, None] & m_k[None, :],
-                other=0.0,
-            )
-            b_k = tl.load(
-                k + row_offset(o_j[:, None], (H * K)) + o_k[None, :],
-                mask=m_j[:, None] & m_k[None, :],
-                other=0.0,
-            )
-            b_Gi = tl.load(G + row_offset(o_i[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
-            b_Gj = tl.load(G + row_offset(o_j[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_q = load_rows(q, o_i, m_i, o_k, m_k, H * K)
+            b_k = load_rows(k, o_j, m_j, o_k, m_k, H * K)
+            b_Gi = load_padded_rows(G, o_i, o_k, m_k, K)
+            b_Gj = load_padded_rows(G, o_j, o_k, m_k, K)
             b_Gr = tl.load(G + r * K + o_k, mask=m_k, other=0.0)
             b_qg = b_q.to(tl.float32) * tl.exp(b_Gi - b_Gr[None, :])
             b_kg = b_k.to(tl.float32) * tl.exp(b_Gr[None, :] - b_Gj)
@@ -191,17 +190,9 @@ def _chunk_intra_A_kernel(
         for i_k in range(0, K, BK):
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
-            b_q = tl.load(
-                q + row_offset(o_i[:, None], (H * K)) + o_k[None, :],
-                mask=m_i[:, None] & m_k[None, :],
-                other=0.0,
-            )
-            b_k = tl.load(
-                k + row_offset(o_i[:, None], (H * K)) + o_k[None, :],
-                mask=m_i[:, None] & m_k[None, :],
-                other=0.0,
-            )
-            b_G = tl.load(G + row_offset(o_i[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_q = load_rows(q, o_i, m_i, o_k, m_k, H * K)
+            b_k = load_rows(k, o_i, m_i, o_k, m_k, H * K)
+            b_G = load_padded_rows(G, o_i, o_k, m_k, K)
             # [BC, BC, BK]: masked before the exponential, so above the diagonal it is exp(-inf) = 0,
             # never inf.
             b_w = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
@@ -229,8 +220,7 @@ def _chunk_fwd_o_kernel(
     BV: tl.constexpr,
 ):
     i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     q += (i_b * T * H + i_h) * K
     v += (i_b * T * H + i_h) * V
     o += (i_b * T * H + i_h) * V
@@ -241,21 +231,16 @@ def _chunk_fwd_o_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_t, m_v = o_t < T, o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    b_v = tl.load(v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
+    b_v = load_rows(v, o_t, m_t, o_v, m_v, H * V)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(
-            q + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
-        )
-        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_qg = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_v.dtype)
-        b_o += tl.dot(b_qg, b_h.to(b_v.dtype), input_precision="ieee")
-    o_r = tl.arange(0, BT)
-    b_A = tl.load(A + o_r[:, None] * BT + o_r[None, :])
-    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision="ieee")
+        b_q = load_rows(q, o_t, m_t, o_k, m_k, H * K)
+        b_G = load_padded_rows(G, o_t, o_k, m_k, K)
+        b_h = load_state(h, o_k, m_k, o_v, m_v, V)
+        b_o += decayed_dot(b_q, from_chunk_start(b_G, True), b_h, True, b_v.dtype)
+    b_o = intra_output(b_o, chunk_tile(A, BT), b_v, b_v.dtype)
     tl.store(
         o + row_offset(o_t[:, None], (H * V)) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv
     )
@@ -286,8 +271,7 @@ def _chunk_bwd_dh_kernel(
 ):
     # dh[n] is the gradient of the state after chunk n (before chunk n + 1), walking the chunks backwards.
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     q += (i_b * T * H + i_h) * K
     do += (i_b * T * H + i_h) * V
     G += i_bh * NT * BT * K
@@ -297,24 +281,18 @@ def _chunk_bwd_dh_kernel(
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
-    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        b_dS += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    b_dS = starting_state(dht + i_bh * K * V, o_kv, m_kv, USE_DHT, BK, BV)
     for i in range(NT):
         i_n = NT - 1 - i
         tl.store(dh + row_offset(i_n, K * V) + o_kv, b_dS, mask=m_kv)
         o_t = i_n * BT + tl.arange(0, BT)
         m_t = o_t < T
-        b_q = tl.load(
-            q + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
+        b_q = load_rows(q, o_t, m_t, o_k, m_k, H * K).to(tl.float32) * scale
+        b_do = load_rows(do, o_t, m_t, o_v, m_v, H * V)
+        b_G, b_Gl = key_decays(G, i_n, o_t, o_k, m_k, BT, K)
+        b_dS = carry_state(
+            b_dS, over_chunk(b_Gl, True), b_q, from_chunk_start(b_G, True), b_do, True, b_do.dtype
         )
-        b_do = tl.load(
-            do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
-        )
-        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_Gl = tl.load(G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
-        b_qg = (b_q.to(tl.float32) * tl.exp(b_G) * scale).to(b_do.dtype)
-        b_dS = b_dS * tl.exp(b_Gl)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision="ieee")
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + o_kv, b_dS, mask=m_kv)
 
@@ -333,8 +311,7 @@ def _chunk_bwd_dA_kernel(
     BV: tl.constexpr,
 ):
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     v += (i_b * T * H + i_h) * V
     do += (i_b * T * H + i_h) * V
     o_t = i_n * BT + tl.arange(0, BT)
@@ -342,9 +319,8 @@ def _chunk_bwd_dA_kernel(
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
     for i_v in range(0, V, BV):
         o_v = i_v + tl.arange(0, BV)
-        m = m_t[:, None] & (o_v < V)[None, :]
-        b_do = tl.load(do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m, other=0.0)
-        b_v = tl.load(v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m, other=0.0)
+        b_do = load_rows(do, o_t, m_t, o_v, o_v < V, H * V)
+        b_v = load_rows(v, o_t, m_t, o_v, o_v < V, H * V)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
     o_r = tl.arange(0, BT)
     b_dA = tl.where(o_r[:, None] >= o_r[None, :], b_dA * scale, 0.0)
@@ -370,8 +346,7 @@ def _chunk_bwd_dv_kernel(
     BV: tl.constexpr,
 ):
     i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     k += (i_b * T * H + i_h) * K
     do += (i_b * T * H + i_h) * V
     dv += (i_b * T * H + i_h) * V
@@ -381,21 +356,16 @@ def _chunk_bwd_dv_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_t, m_v = o_t < T, o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    o_r = tl.arange(0, BT)
-    b_A = tl.load(A + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :])
-    b_do = tl.load(do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
-    b_dv = tl.dot(tl.trans(b_A).to(b_do.dtype), b_do, input_precision="ieee") * scale
+    b_A = chunk_tile(A + (i_bh * NT + i_n) * BT * BT, BT)
+    b_do = load_rows(do, o_t, m_t, o_v, m_v, H * V)
+    b_dv = intra_values_grad(b_A, b_do, scale, b_do.dtype)
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
-        b_k = tl.load(
-            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
-        )
-        b_G = tl.load(G + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
-        b_Gl = tl.load(G + (row_offset(i_n, BT) + BT - 1) * K + o_k, mask=m_k, other=0.0)
-        b_dh = tl.load(dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gl[None, :] - b_G)).to(b_do.dtype)
-        b_dv += tl.dot(b_kd, b_dh.to(b_do.dtype), input_precision="ieee")
+        b_k = load_rows(k, o_t, m_t, o_k, m_k, H * K)
+        b_G, b_Gl = key_decays(G, i_n, o_t, o_k, m_k, BT, K)
+        b_dh = load_state(dh, o_k, m_k, o_v, m_v, V)
+        b_dv += decayed_dot(b_k, to_chunk_end(b_G, b_Gl, True), b_dh, True, b_do.dtype)
     tl.store(dv + row_offset(o_t[:, None], (H * V)) + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
@@ -418,8 +388,7 @@ def _chunk_bwd_intra_kernel(
 ):
     # Intra-chunk parts of dq and dk for one sub-chunk of rows, written to fp32 [B, H, T_pad, K] buffers.
     i_k, i_nc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     i_n, i_i = i_nc // NC, i_nc % NC
     q += (i_b * T * H + i_h) * K
     k += (i_b * T * H + i_h) * K
@@ -431,21 +400,17 @@ def _chunk_bwd_intra_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     o_i = i_n * BT + i_i * BC + o_c
-    m_ik = (o_i < T)[:, None] & m_k[None, :]
-    b_q = tl.load(q + row_offset(o_i[:, None], (H * K)) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
-    b_k = tl.load(k + row_offset(o_i[:, None], (H * K)) + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
-    b_G = tl.load(G + row_offset(o_i[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+    b_q = load_rows(q, o_i, o_i < T, o_k, m_k, H * K).to(tl.float32)
+    b_k = load_rows(k, o_i, o_i < T, o_k, m_k, H * K).to(tl.float32)
+    b_G = load_padded_rows(G, o_i, o_k, m_k, K)
 
     # dq_i = sum_{j < sub-chunk} dA_ij k_j exp(G_i - G_j), through the pivot r = first row of this sub-chunk.
     b_Gr = tl.load(G + (row_offset(i_n, BT) + i_i * BC) * K + o_k, mask=m_k, other=0.0)
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     for i_j in range(0, i_i):
         o_j = i_n * BT + i_j * BC + o_c
-        m_jk = (o_j < T)[:, None] & m_k[None, :]
-        b_kj = tl.load(k + row_offset(o_j[:, None], (H * K)) + o_k[None, :], mask=m_jk, other=0.0).to(
-            tl.float32
-        )
-        b_Gj = tl.load(G + row_offset(o_j[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_kj = load_rows(k, o_j, o_j < T, o_k, m_k, H * K).to(tl.float32)
+        b_Gj = load_padded_rows(G, o_j, o_k, m_k, K)
         b_dA = tl.load(dA + (i_i * BC + o_c[:, None]) * BT + i_j * BC + o_c[None, :])
         b_dq += tl.dot(b_dA, b_kj * tl.exp(b_Gr[None, :] - b_Gj), input_precision="ieee")
     b_dq *= tl.exp(b_G - b_Gr[None, :])
@@ -455,11 +420,8 @@ def _chunk_bwd_intra_kernel(
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
     for i_j in range(i_i + 1, NC):
         o_j = i_n * BT + i_j * BC + o_c
-        m_jk = (o_j < T)[:, None] & m_k[None, :]
-        b_qj = tl.load(q + row_offset(o_j[:, None], (H * K)) + o_k[None, :], mask=m_jk, other=0.0).to(
-            tl.float32
-        )
-        b_Gj = tl.load(G + row_offset(o_j[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+        b_qj = load_rows(q, o_j, o_j < T, o_k, m_k, H * K).to(tl.float32)
+        b_Gj = load_padded_rows(G, o_j, o_k, m_k, K)
         b_dA = tl.load(dA + (i_j * BC + o_c[:, None]) * BT + i_i * BC + o_c[None, :])
         b_dk += tl.dot(tl.trans(b_dA), b_qj * tl.exp(b_Gj - b_Ge[None, :]), input_precision="ieee")
     b_dk *= tl.exp(b_Ge[None, :] - b_G)
@@ -499,8 +461,7 @@ def _chunk_bwd_inter_kernel(
     BV: tl.constexpr,
 ):
     i_k, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     x_k = (i_b * T * H + i_h) * K  # q, k, dq, dk
     x_v = (i_b * T * H + i_h) * V  # v, do
     x_G = i_bh * NT * BT * K  # G, dq_intra, dk_intra, dB
@@ -515,11 +476,10 @@ def _chunk_bwd_inter_kernel(
     for i_v in range(0, V, BV):
         o_v = i_v + tl.arange(0, BV)
         m_v = o_v < V
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_do = tl.load(do + x_v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
-        b_v = tl.load(v + x_v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_tv, other=0.0)
-        b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_dh = tl.load(dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_do = load_rows(do + x_v, o_t, m_t, o_v, m_v, H * V)
+        b_v = load_rows(v + x_v, o_t, m_t, o_v, m_v, H * V)
+        b_h = load_state(h, o_k, m_k, o_v, m_v, V)
+        b_dh = load_state(dh, o_k, m_k, o_v, m_v, V)
         b_dq += tl.dot(b_do, tl.trans(b_h.to(b_do.dtype)), input_precision="ieee")
         b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision="ieee")
     o_G = row_offset(o_t[:, None], K) + o_k[None, :]
@@ -551,8 +511,7 @@ def _reverse_cumsum_kernel(
 ):
     # dg_t = sum_{s >= t} dB_s (+ dg_last, the final state's share, at every t): chunks walked backwards.
     i_k, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     dB += i_bh * NT * BT * K
     dg += (i_b * T * H + i_h) * K
     o_k = i_k * BK + tl.arange(0, BK)
@@ -577,15 +536,9 @@ def _reverse_cumsum_kernel(
 # -- host side of the chunked kernels ---------------------------------------------------------------------
 
 
-class _Shapes:
+class _Shapes(ChunkShapes):
     def __init__(self, q, v):
-        self.B, self.T, self.H, self.K = q.shape
-        self.V = v.shape[-1]
-        self.NT = triton.cdiv(self.T, CHUNK)
-        self.BK = _block(self.K, 64)
-        self.BV = _block(self.V, 64)
-        self.NK = triton.cdiv(self.K, self.BK)
-        self.NV = triton.cdiv(self.V, self.BV)
+        super().__init__(q, v, CHUNK)
         # The [BC, BC, BK] pairwise blocks are the register-hungry part: smaller key tiles there.
         self.BKI = _block(self.K, 32)
 
@@ -611,12 +564,7 @@ def _states(k, v, G, initial_state, output_final_state, s: _Shapes):
         ht if ht is not None else h,
         s.T,
         s.NT,
-        H=s.H,
-        K=s.K,
-        V=s.V,
-        BT=CHUNK,
-        BK=s.BK,
-        BV=s.BV,
+        **s.consts(),
         USE_H0=initial_state is not None,
         STORE_HT=ht is not None,
         num_warps=WIDE_WARPS,
@@ -651,12 +599,7 @@ class ChunkGLAFunction(torch.autograd.Function):
             scale,
             s.T,
             s.NT,
-            H=s.H,
-            K=s.K,
-            V=s.V,
-            BT=CHUNK,
-            BK=s.BK,
-            BV=s.BV,
+            **s.consts(),
             num_warps=WIDE_WARPS,
         )
         ctx.save_for_backward(q, k, v, g, initial_state, ht)
@@ -689,12 +632,7 @@ class ChunkGLAFunction(torch.autograd.Function):
             scale,
             s.T,
             s.NT,
-            H=s.H,
-            K=s.K,
-            V=s.V,
-            BT=CHUNK,
-            BK=s.BK,
-            BV=s.BV,
+            **s.consts(),
             USE_DHT=dht is not None,
             STORE_DH0=want_dh0,
             num_warps=WIDE_WARPS,
@@ -714,12 +652,7 @@ class ChunkGLAFunction(torch.autograd.Function):
             scale,
             s.T,
             s.NT,
-            H=s.H,
-            K=s.K,
-            V=s.V,
-            BT=CHUNK,
-            BK=s.BK,
-            BV=s.BV,
+            **s.consts(),
             num_warps=WIDE_WARPS,
         )
         dq_intra = torch.empty_like(G)
@@ -758,12 +691,7 @@ class ChunkGLAFunction(torch.autograd.Function):
             scale,
             s.T,
             s.NT,
-            H=s.H,
-            K=s.K,
-            V=s.V,
-            BT=CHUNK,
-            BK=s.BK,
-            BV=s.BV,
+            **s.consts(),
             num_warps=WIDE_WARPS,
         )
         dg = None

@@ -1,12 +1,12 @@
-"""The delta rule (DeltaNet, Gated DeltaNet) in Triton: chunked kernels and a fused recurrent kernel, each with
-its backward.
+"""The delta rule (DeltaNet, Gated DeltaNet) in Triton, chunked: forward and backward kernels
+(``chunk_delta_rule``, the ``triton`` backend).
 
     S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T ;   o_t = scale * q_t^T S_t   (see reference.py)
 
 a_t = exp(g_t) (g [B, T, H], one log decay per head) or 1 (g=None). S [K, V] per (batch, head), fp32.
 
-Chunked (``chunk_delta_rule``, chunks of BT = 64 positions): the WY / UT form of torch.py. In a chunk, with h
-the state before it, G the log decays summed from the chunk start, D_ij = exp(G_i - G_j) (j <= i) and
+Chunks of BT = 64 positions (``chunk``): the WY / UT form of torch.py. In a chunk, with h the state before
+it, G the log decays summed from the chunk start, D_ij = exp(G_i - G_j) (j <= i) and
 L_ij = beta_i D_ij k_i . k_j (j < i):
 
     X = (I + L)^-1   (forward substitution, row by row, in fp32)          (_chunk_prep_kernel, per chunk)
@@ -23,29 +23,14 @@ Every exponent is masked to j <= i before exp: none is positive. u = U - W h nee
 dimension of the state: the sequential kernels keep their program's state columns in h / dh (global
 memory) and read them back key tile by key tile, so head dims up to 256 need no [256, BV] register tile.
 
-Recurrent (``recurrent_delta_rule``): each value column s_j of the state evolves on its own,
+The state recurrence, the state gradient's, the output's inter- and intra-chunk terms and du are GLA's
+with a per-head decay and x = u in place of v: they are ``ops/common/triton_chunk.py``'s device functions,
+which gla's chunked kernels call too.
 
-    s_j <- a s_j ;   p_j = k . s_j ;   u_j = beta (v_j - p_j) ;   s_j <- s_j + k u_j ;   o_j = scale q . s_j
-
-so one program owns (batch, head, a tile of value columns) with the whole key dimension, and walks the
-sequence with the state tile in registers: the decoding path (a few tokens, no chunk padding).
-
-Its backward needs S_{t-1} at every step in reverse order. (I - beta k k^T) is singular for beta |k|^2 = 1
-(beta = 1 and a unit key: the write replaces what k stored), so the state is never recovered by inverting a
-step. The forward stores the state every SEGMENT steps (``hs`` [B, H, NS, K, V], only when a gradient is
-wanted); the backward walks the segments from last to first, recomputes each segment forward from its
-checkpoint into a per-program scratch buffer (SEGMENT states of the program's tile), then walks it backwards:
-
-    dS_t += scale q_t do_t^T ;              dq_t = scale S_t do_t
-    du    = dS_t^T k_t ;                    dv_t = beta_t du ;   dbeta_t = du . (v_t - p)
-    dp    = -beta_t du ;                    dk_t = dS_t u + S'_t dp        (S'_t = a_t S_{t-1})
-    dS'   = dS_t + k_t dp^T ;               dg_t = <S'_t, dS'> ;   dS_{t-1} = a_t dS'
-
-dq, dk, dbeta and dg sum over the value columns: every program writes its tile's share (fp32
-[NV, B, T, H, ...]) and torch sums them (deterministic, no atomics). dv is whole per program.
-
-All states and accumulations are fp32; inputs may be fp32, fp16 or bf16 (the chunked kernels' matmul
-operands take the inputs' type, fp32 ones run in IEEE precision).
+All states and accumulations are fp32; inputs may be fp32, fp16 or bf16 (the matmul operands take the
+inputs' type, fp32 ones run in IEEE precision). Nothing here has run on a GPU in this repository's checks:
+the kernels run under the interpreter (tests/test_delta_rule.py) and are compiled for sm_90 / sm_80 without
+one (``make compile-check``).
 """
 
 from __future__ import annotations
@@ -56,10 +41,29 @@ import triton.language as tl
 
 from .._dispatch import triton_interpreting
 from .._triton_utils import device_guarded, row_offset
+from ..common.triton_chunk import (
+    carry_state,
+    chunk_tile,
+    decayed_dot,
+    from_chunk_start,
+    head_decays,
+    intra_output,
+    intra_values_grad,
+    over_chunk,
+    to_chunk_end,
+)
+from ..common.triton_tiles import (
+    ChunkShapes,
+    load_padded_rows,
+    load_rows,
+    load_state,
+    split_bh,
+    starting_state,
+)
+from ..common.triton_tiles import block as _block
+from .triton_common import prepare_inputs
 
-# Steps between the recurrent forward's state checkpoints (and the backward's scratch depth).
-SEGMENT = 32
-# Positions per chunk of the chunked kernels (BT).
+# Positions per chunk (BT).
 CHUNK = 64
 # Warps for the chunked kernels, which hold [BT, BT] and [BT, 64] fp32 tiles.
 WIDE_WARPS = 8
@@ -70,300 +74,6 @@ BWD_TILE = 32
 # software pipelining: a load prefetched for a later iteration must not pass the barrier before it. It also
 # keeps their shared memory small (A100: 163 KiB per block).
 SELF_READ_STAGES = 1
-
-
-# -- fused recurrent kernels ------------------------------------------------------------------------------
-#
-# Layouts: q, k, dq, dk [B, T, H, K]; v, o, do, dv [B, T, H, V]; beta, g [B, T, H]; h0, ht, dh0, dht
-# [B, H, K, V]; hs [B, H, NS, K, V]; partial gradients carry a leading [NV] axis. Positions in time turn into
-# int64 before they multiply a row stride (row_offset).
-
-
-@triton.jit
-def _recurrent_fwd_kernel(
-    q,
-    k,
-    v,
-    beta,
-    g,
-    o,
-    h0,
-    ht,
-    hs,
-    scale,
-    T,
-    NS,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    SEG: tl.constexpr,
-    USE_G: tl.constexpr,
-    USE_H0: tl.constexpr,
-    STORE_HT: tl.constexpr,
-    SAVE: tl.constexpr,
-):
-    # One program per (value tile, batch * head), the whole key dimension in registers.
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
-    x_s = i_b * T * H + i_h
-    q += x_s * K
-    k += x_s * K
-    v += x_s * V
-    o += x_s * V
-    beta += x_s
-    g += x_s
-    hs += i_bh * NS * K * V
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    b_S = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_S += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-    for t in range(T):
-        if SAVE:
-            if t % SEG == 0:
-                tl.store(hs + row_offset(t // SEG, K * V) + o_kv, b_S, mask=m_kv)
-        b_q = tl.load(q + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
-        b_k = tl.load(k + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
-        b_beta = tl.load(beta + row_offset(t, H)).to(tl.float32)
-        if USE_G:
-            b_S = b_S * tl.exp(tl.load(g + row_offset(t, H)).to(tl.float32))
-        b_p = tl.sum(b_S * b_k[:, None], axis=0)
-        b_u = b_beta * (b_v - b_p)
-        b_S += b_k[:, None] * b_u[None, :]
-        b_o = tl.sum(b_S * b_q[:, None], axis=0)
-        tl.store(o + row_offset(t, (H * V)) + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
-    if STORE_HT:
-        tl.store(ht + i_bh * K * V + o_kv, b_S, mask=m_kv)
-
-
-@triton.jit
-def _recurrent_bwd_kernel(
-    q,
-    k,
-    v,
-    beta,
-    g,
-    do,
-    hs,
-    dht,
-    dq,
-    dk,
-    dv,
-    dbeta,
-    dg,
-    dh0,
-    scratch,
-    scale,
-    T,
-    NS,
-    B,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    SEG: tl.constexpr,
-    USE_G: tl.constexpr,
-    USE_DHT: tl.constexpr,
-    STORE_DH0: tl.constexpr,
-):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    NV = tl.num_programs(0)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
-    x_s = i_b * T * H + i_h
-    x_nv = i_v.to(tl.int64) * B * T * H  # this value tile's slice of the partial gradients
-    q += x_s * K
-    k += x_s * K
-    v += x_s * V
-    do += x_s * V
-    dv += x_s * V
-    beta += x_s
-    g += x_s
-    dq += (x_nv + x_s) * K
-    dk += (x_nv + x_s) * K
-    dbeta += x_nv + x_s
-    dg += x_nv + x_s
-    hs += i_bh * NS * K * V
-    scratch += (i_bh * NV + i_v) * SEG * BK * BV
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    o_sc = o_k[:, None] * BV + tl.arange(0, BV)[None, :]  # a scratch tile: [BK, BV], padded, unmasked
-
-    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        b_dS += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-    for i_n in range(NS):
-        n = NS - 1 - i_n
-        # Forward through the segment from its checkpoint, keeping the state before every step.
-        b_S = tl.load(hs + row_offset(n, K * V) + o_kv, mask=m_kv, other=0.0)
-        for s in range(SEG):
-            t = n * SEG + s
-            if t < T:
-                tl.store(scratch + s * BK * BV + o_sc, b_S)
-                b_k = tl.load(k + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
-                b_v = tl.load(v + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
-                b_beta = tl.load(beta + row_offset(t, H)).to(tl.float32)
-                if USE_G:
-                    b_S = b_S * tl.exp(tl.load(g + row_offset(t, H)).to(tl.float32))
-                b_u = b_beta * (b_v - tl.sum(b_S * b_k[:, None], axis=0))
-                b_S += b_k[:, None] * b_u[None, :]
-        # The stores above are read back below by other threads of the program.
-        tl.debug_barrier()
-        for j in range(SEG):
-            s = SEG - 1 - j
-            t = n * SEG + s
-            if t < T:
-                b_S = tl.load(scratch + s * BK * BV + o_sc)  # S_{t-1}
-                b_q = tl.load(q + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
-                b_k = tl.load(k + row_offset(t, (H * K)) + o_k, mask=m_k, other=0.0).to(tl.float32)
-                b_v = tl.load(v + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
-                b_do = tl.load(do + row_offset(t, (H * V)) + o_v, mask=m_v, other=0.0).to(tl.float32)
-                b_beta = tl.load(beta + row_offset(t, H)).to(tl.float32)
-                if USE_G:
-                    b_a = tl.exp(tl.load(g + row_offset(t, H)).to(tl.float32))
-                    b_S = b_S * b_a  # S'_t
-                b_r = b_v - tl.sum(b_S * b_k[:, None], axis=0)  # v - p
-                b_u = b_beta * b_r
-                b_dS += b_q[:, None] * b_do[None, :]
-                # dq_t = scale S_t do_t with S_t = S' + k u^T
-                b_dq = tl.sum(b_S * b_do[None, :], axis=1) + b_k * tl.sum(b_u * b_do)
-                tl.store(dq + row_offset(t, (H * K)) + o_k, b_dq * scale, mask=m_k)
-                b_du = tl.sum(b_dS * b_k[:, None], axis=0)
-                tl.store(dv + row_offset(t, (H * V)) + o_v, (b_beta * b_du).to(dv.dtype.element_ty), mask=m_v)
-                tl.store(dbeta + row_offset(t, H), tl.sum(b_du * b_r))
-                b_dp = -b_beta * b_du
-                b_dk = tl.sum(b_dS * b_u[None, :], axis=1) + tl.sum(b_S * b_dp[None, :], axis=1)
-                tl.store(dk + row_offset(t, (H * K)) + o_k, b_dk, mask=m_k)
-                b_dS += b_k[:, None] * b_dp[None, :]
-                if USE_G:
-                    tl.store(dg + row_offset(t, H), tl.sum(b_S * b_dS))
-                    b_dS = b_dS * b_a
-        # The scratch is overwritten by the next segment.
-        tl.debug_barrier()
-    if STORE_DH0:
-        tl.store(dh0 + i_bh * K * V + o_kv, b_dS, mask=m_kv)
-
-
-def _recurrent_blocks(K, V, backward):
-    BK = triton.next_power_of_2(K)
-    # The state tiles [BK, BV] live in registers (three of them in the backward): narrower value tiles and
-    # more warps for wide keys.
-    if backward:
-        BV = min(triton.next_power_of_2(V), 32 if BK <= 64 else 16)
-    else:
-        BV = min(triton.next_power_of_2(V), 64 if BK <= 64 else 32)
-    return BK, BV, 4 if BK <= 64 else 8
-
-
-class RecurrentDeltaRuleFunction(torch.autograd.Function):
-    @staticmethod
-    @device_guarded
-    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state):
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        BK, BV, warps = _recurrent_blocks(K, V, backward=False)
-        NV = triton.cdiv(V, BV)
-        NS = triton.cdiv(T, SEGMENT)
-        save = any(ctx.needs_input_grad)
-        o = torch.empty_like(v)
-        ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if output_final_state else None
-        hs = torch.empty(B, H, NS, K, V, device=q.device, dtype=torch.float32) if save else None
-        _recurrent_fwd_kernel[(NV, B * H)](
-            q,
-            k,
-            v,
-            beta,
-            g if g is not None else beta,
-            o,
-            initial_state if initial_state is not None else o,
-            ht if ht is not None else o,
-            hs if hs is not None else o,
-            scale,
-            T,
-            NS,
-            H=H,
-            K=K,
-            V=V,
-            BK=BK,
-            BV=BV,
-            SEG=SEGMENT,
-            USE_G=g is not None,
-            USE_H0=initial_state is not None,
-            STORE_HT=ht is not None,
-            SAVE=save,
-            num_warps=warps,
-        )
-        ctx.save_for_backward(q, k, v, beta, g, hs)
-        ctx.scale = scale
-        ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
-        return o, ht
-
-    @staticmethod
-    @device_guarded
-    def backward(ctx, do, dht):
-        q, k, v, beta, g, hs = ctx.saved_tensors
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        BK, BV, warps = _recurrent_blocks(K, V, backward=True)
-        NV = triton.cdiv(V, BV)
-        NS = hs.shape[2]
-        do = do.contiguous()
-        dht = dht.contiguous() if dht is not None else None
-        f32 = dict(device=q.device, dtype=torch.float32)
-        dq = torch.empty(NV, B, T, H, K, **f32)
-        dk = torch.empty_like(dq)
-        dbeta = torch.empty(NV, B, T, H, **f32)
-        dg = torch.empty_like(dbeta) if g is not None else None
-        dv = torch.empty_like(v)
-        want_dh0 = ctx.h0_dtype is not None and ctx.needs_input_grad[6]
-        dh0 = torch.empty(B, H, K, V, **f32) if want_dh0 else None
-        scratch = torch.empty(B * H * NV, SEGMENT, BK, BV, **f32)
-        _recurrent_bwd_kernel[(NV, B * H)](
-            q,
-            k,
-            v,
-            beta,
-            g if g is not None else beta,
-            do,
-            hs,
-            dht if dht is not None else hs,
-            dq,
-            dk,
-            dv,
-            dbeta,
-            dg if dg is not None else dbeta,
-            dh0 if dh0 is not None else hs,
-            scratch,
-            ctx.scale,
-            T,
-            NS,
-            B,
-            H=H,
-            K=K,
-            V=V,
-            BK=BK,
-            BV=BV,
-            SEG=SEGMENT,
-            USE_G=g is not None,
-            USE_DHT=dht is not None,
-            STORE_DH0=want_dh0,
-            num_warps=warps,
-        )
-        dq, dk, dbeta = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dbeta.sum(0).to(beta.dtype)
-        dg = dg.sum(0).to(g.dtype) if dg is not None else None
-        dh0 = dh0.to(ctx.h0_dtype) if dh0 is not None else None
-        return dq, dk, dv, dbeta, dg, None, dh0, None
 
 
 # -- chunked kernels --------------------------------------------------------------------------------------
@@ -400,8 +110,7 @@ def _chunk_prep_kernel(
 ):
     # One program per (chunk, batch * head): the scores, the triangular solve, W and U.
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     x_s = i_b * T * H + i_h
     q += x_s * K
     k += x_s * K
@@ -450,17 +159,13 @@ def _chunk_prep_kernel(
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
-        b_k = tl.load(
-            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
-        ).to(tl.float32)
+        b_k = load_rows(k, o_t, m_t, o_k, m_k, H * K).to(tl.float32)
         b_w = tl.dot(b_Xd, (b_k * (b_beta * b_gamma)[:, None]).to(DT), input_precision="ieee")
         tl.store(W + i_bh * NT * BT * K + row_offset(o_t[:, None], K) + o_k[None, :], b_w, mask=m_k[None, :])
     for i_v in range(0, V, BV):
         o_v = i_v + tl.arange(0, BV)
         m_v = o_v < V
-        b_v = tl.load(
-            v + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
-        ).to(tl.float32)
+        b_v = load_rows(v, o_t, m_t, o_v, m_v, H * V).to(tl.float32)
         b_u = tl.dot(b_Xd, (b_v * b_beta[:, None]).to(DT), input_precision="ieee")
         tl.store(U + i_bh * NT * BT * V + row_offset(o_t[:, None], V) + o_v[None, :], b_u, mask=m_v[None, :])
 
@@ -490,8 +195,7 @@ def _chunk_fwd_h_kernel(
     # whole key dimension of the state: the state lives in h (global memory, the program's own columns),
     # read back key tile by key tile.
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     k += (i_b * T * H + i_h) * K
     G += i_bh * NT * BT
     W += i_bh * NT * BT * K
@@ -505,10 +209,7 @@ def _chunk_fwd_h_kernel(
         o_k = i_k + tl.arange(0, BK)
         m_kv = (o_k < K)[:, None] & m_v[None, :]
         o_kv = o_k[:, None] * V + o_v[None, :]
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_h += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        tl.store(h + o_kv, b_h, mask=m_kv)
+        tl.store(h + o_kv, starting_state(h0 + i_bh * K * V, o_kv, m_kv, USE_H0, BK, BV), mask=m_kv)
     tl.debug_barrier()
     for i_n in range(NT):
         o_t = i_n * BT + o_r
@@ -518,35 +219,23 @@ def _chunk_fwd_h_kernel(
         for i_k in range(0, K, BK):
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
-            b_w = tl.load(W + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
-            b_h = tl.load(
-                h + row_offset(i_n, K * V) + o_k[:, None] * V + o_v[None, :],
-                mask=m_k[:, None] & m_v[None, :],
-                other=0.0,
-            )
+            b_w = load_padded_rows(W, o_t, o_k, m_k, K)
+            b_h = load_state(h + row_offset(i_n, K * V), o_k, m_k, o_v, m_v, V)
             b_u -= tl.dot(b_w.to(DT), b_h.to(DT), input_precision="ieee")
         tl.store(u + o_tv, b_u, mask=m_v[None, :])
         b_ud = b_u.to(DT)
+        b_e, b_gl = 1.0, 1.0  # read only with USE_G
         if USE_G:
-            b_G = tl.load(G + o_t)
-            b_Gl = tl.load(G + i_n * BT + BT - 1)
-            b_e = tl.exp(b_Gl - b_G)
-            b_gl = tl.exp(b_Gl)
+            b_G, b_Gl = head_decays(G, i_n, o_t, BT)
+            b_e, b_gl = to_chunk_end(b_G, b_Gl, False), over_chunk(b_Gl, False)
         for i_k in range(0, K, BK):
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
             m_kv = m_k[:, None] & m_v[None, :]
             o_kv = o_k[:, None] * V + o_v[None, :]
-            b_k = tl.load(
-                k + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
-                mask=m_t[:, None] & m_k[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            b_k = load_rows(k, o_t, m_t, o_k, m_k, H * K)
             b_h = tl.load(h + row_offset(i_n, K * V) + o_kv, mask=m_kv, other=0.0)
-            if USE_G:
-                b_k = b_k * b_e[:, None]
-                b_h = b_h * b_gl
-            b_h += tl.dot(tl.trans(b_k.to(DT)), b_ud, input_precision="ieee")
+            b_h = carry_state(b_h, b_gl, b_k, b_e, b_ud, USE_G, DT)
             tl.store(h + row_offset(i_n + 1, K * V) + o_kv, b_h, mask=m_kv)
         tl.debug_barrier()
 
@@ -573,8 +262,7 @@ def _chunk_fwd_o_kernel(
 ):
     # o = scale (diag(exp G) Q h_n + Aqk u), Aqk = (Q K^T) * D on and below the diagonal.
     i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     q += (i_b * T * H + i_h) * K
     o += (i_b * T * H + i_h) * V
     h += (i_bh * (NT + 1) + i_n) * K * V
@@ -586,16 +274,16 @@ def _chunk_fwd_o_kernel(
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(
-            q + row_offset(o_t[:, None], (H * K)) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0
-        )
-        b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_o += tl.dot(b_q.to(DT), b_h.to(DT), input_precision="ieee")
+        b_q = load_rows(q, o_t, m_t, o_k, m_k, H * K)
+        b_h = load_state(h, o_k, m_k, o_v, m_v, V)
+        b_o += decayed_dot(b_q, 1.0, b_h, False, DT)
     if USE_G:
-        b_o = b_o * tl.exp(tl.load(G + i_bh * NT * BT + o_t))[:, None]
-    b_A = tl.load(Aqk + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :])
+        # One decay per row: applied once after the key loop, not per key tile.
+        b_o = b_o * from_chunk_start(tl.load(G + i_bh * NT * BT + o_t), False)
+    b_A = chunk_tile(Aqk + (i_bh * NT + i_n) * BT * BT, BT)
+    # Unmasked rows, no `other`: u is chunk-padded, and the masked columns' garbage stays out of o's store.
     b_u = tl.load(u + i_bh * NT * BT * V + row_offset(o_t[:, None], V) + o_v[None, :], mask=m_v[None, :])
-    b_o += tl.dot(b_A.to(DT), b_u.to(DT), input_precision="ieee")
+    b_o = intra_output(b_o, b_A, b_u, DT)
     tl.store(
         o + row_offset(o_t[:, None], (H * V)) + o_v[None, :],
         (b_o * scale).to(o.dtype.element_ty),
@@ -632,8 +320,7 @@ def _chunk_bwd_dh_kernel(
     #   dh_n = exp(G_last) dh' + scale (q exp(G))^T do - W^T du
     # the gradient lives in dh (global memory, the program's own columns), as the state in the forward.
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     q += (i_b * T * H + i_h) * K
     k += (i_b * T * H + i_h) * K
     do += (i_b * T * H + i_h) * V
@@ -648,41 +335,29 @@ def _chunk_bwd_dh_kernel(
         o_k = i_k + tl.arange(0, BK)
         m_kv = (o_k < K)[:, None] & m_v[None, :]
         o_kv = o_k[:, None] * V + o_v[None, :]
-        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_dh += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_dh = starting_state(dht + i_bh * K * V, o_kv, m_kv, USE_DHT, BK, BV)
         tl.store(dh + row_offset(NT, K * V) + o_kv, b_dh, mask=m_kv)
     tl.debug_barrier()
     for i in range(NT):
         i_n = NT - 1 - i
         o_t = i_n * BT + o_r
         m_t = o_t < T
-        b_do = tl.load(
-            do + row_offset(o_t[:, None], (H * V)) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
-        ).to(DT)
-        b_A = tl.load(Aqk + (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :])
-        b_du = tl.dot(tl.trans(b_A).to(DT), b_do, input_precision="ieee") * scale
+        b_do = load_rows(do, o_t, m_t, o_v, m_v, H * V).to(DT)
+        b_du = intra_values_grad(chunk_tile(Aqk + (i_bh * NT + i_n) * BT * BT, BT), b_do, scale, DT)
+        b_e, b_gl, b_s = 1.0, 1.0, 1.0  # read only with USE_G
         if USE_G:
-            b_G = tl.load(G + o_t)
-            b_Gl = tl.load(G + i_n * BT + BT - 1)
-            b_e = tl.exp(b_Gl - b_G)
-            b_gl = tl.exp(b_Gl)
+            b_G, b_Gl = head_decays(G, i_n, o_t, BT)
+            b_e, b_gl, b_s = (
+                to_chunk_end(b_G, b_Gl, False),
+                over_chunk(b_Gl, False),
+                from_chunk_start(b_G, False),
+            )
         for i_k in range(0, K, BK):
             o_k = i_k + tl.arange(0, BK)
             m_k = o_k < K
-            b_k = tl.load(
-                k + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
-                mask=m_t[:, None] & m_k[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            if USE_G:
-                b_k = b_k * b_e[:, None]
-            b_dh = tl.load(
-                dh + row_offset(i_n + 1, K * V) + o_k[:, None] * V + o_v[None, :],
-                mask=m_k[:, None] & m_v[None, :],
-                other=0.0,
-            )
-            b_du += tl.dot(b_k.to(DT), b_dh.to(DT), input_precision="ieee")
+            b_k = load_rows(k, o_t, m_t, o_k, m_k, H * K)
+            b_dh = load_state(dh + row_offset(i_n + 1, K * V), o_k, m_k, o_v, m_v, V)
+            b_du += decayed_dot(b_k, b_e, b_dh, USE_G, DT)
         tl.store(du + row_offset(o_t[:, None], V) + o_v[None, :], b_du, mask=m_v[None, :])
         b_dud = b_du.to(DT)
         for i_k in range(0, K, BK):
@@ -690,18 +365,10 @@ def _chunk_bwd_dh_kernel(
             m_k = o_k < K
             m_kv = m_k[:, None] & m_v[None, :]
             o_kv = o_k[:, None] * V + o_v[None, :]
-            b_q = tl.load(
-                q + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
-                mask=m_t[:, None] & m_k[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            b_w = tl.load(W + row_offset(o_t[:, None], K) + o_k[None, :], mask=m_k[None, :], other=0.0)
+            b_q = load_rows(q, o_t, m_t, o_k, m_k, H * K).to(tl.float32) * scale
+            b_w = load_padded_rows(W, o_t, o_k, m_k, K)
             b_dh = tl.load(dh + row_offset(i_n + 1, K * V) + o_kv, mask=m_kv, other=0.0)
-            b_q = b_q * scale
-            if USE_G:
-                b_q = b_q * tl.exp(b_G)[:, None]
-                b_dh = b_dh * b_gl
-            b_dh += tl.dot(tl.trans(b_q.to(DT)), b_do, input_precision="ieee")
+            b_dh = carry_state(b_dh, b_gl, b_q, b_s, b_do, USE_G, DT)
             b_dh -= tl.dot(tl.trans(b_w.to(DT)), b_dud, input_precision="ieee")
             tl.store(dh + row_offset(i_n, K * V) + o_kv, b_dh, mask=m_kv)
         tl.debug_barrier()
@@ -750,8 +417,7 @@ def _chunk_bwd_kernel(
     # none but X^T; dL and dP are summed in the value loop, K K^T in a loop of its own, D is made after
     # the loops and Q K^T * D read back from Aqk.
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_bh = i_bh.to(tl.int64)
+    i_b, i_h, i_bh = split_bh(i_bh, H)
     x_s = i_b * T * H + i_h
     q += x_s * K
     k += x_s * K
@@ -774,8 +440,7 @@ def _chunk_bwd_kernel(
     o_cc = (i_bh * NT + i_n) * BT * BT + o_r[:, None] * BT + o_r[None, :]
     b_beta = tl.load(beta + row_offset(o_t, H), mask=m_t, other=0.0).to(tl.float32)
     if USE_G:
-        b_G = tl.load(G + o_t)
-        b_Gl = tl.load(G + i_n * BT + BT - 1)
+        b_G, b_Gl = head_decays(G, i_n, o_t, BT)
         b_gamma = tl.exp(b_G)
         b_e = tl.exp(b_Gl - b_G)
     else:
@@ -804,11 +469,7 @@ def _chunk_bwd_kernel(
             o_sv = row_offset(o_t[:, None], V) + o_v[None, :]
             b_du = tl.load(du + o_sv, mask=m_v[None, :], other=0.0).to(DT)
             b_u = tl.load(u + o_sv, mask=m_v[None, :], other=0.0).to(DT)
-            b_do = tl.load(
-                do + row_offset(o_t[:, None], (H * V)) + o_v[None, :],
-                mask=m_t[:, None] & m_v[None, :],
-                other=0.0,
-            ).to(DT)
+            b_do = load_rows(do, o_t, m_t, o_v, m_v, H * V).to(DT)
             b_h = tl.load(h + o_kv, mask=m_kv, other=0.0)
             b_dh = tl.load(dh + o_kv, mask=m_kv, other=0.0)
             b_hT = tl.trans(b_h.to(DT))
@@ -851,11 +512,7 @@ def _chunk_bwd_kernel(
     b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, K, BK):
         o_k = i_k + tl.arange(0, BK)
-        b_k = tl.load(
-            k + row_offset(o_t[:, None], (H * K)) + o_k[None, :],
-            mask=m_t[:, None] & (o_k < K)[None, :],
-            other=0.0,
-        ).to(DT)
+        b_k = load_rows(k, o_t, m_t, o_k, o_k < K, H * K).to(DT)
         b_kk += tl.dot(b_k, tl.trans(b_k), input_precision="ieee")
     lower = o_r[:, None] >= o_r[None, :]
     strict = o_r[:, None] > o_r[None, :]
@@ -906,11 +563,6 @@ def _chunk_bwd_kernel(
 # -- host side of the chunked kernels ---------------------------------------------------------------------
 
 
-def _block(dim: int, cap: int) -> int:
-    # tl.dot needs every dimension >= 16; masks cover the padding.
-    return min(cap, max(16, triton.next_power_of_2(dim)))
-
-
 def _dot_dtype(x: torch.Tensor):
     """The matmul operand type: fp32 (IEEE) for fp32 inputs, the inputs' own for fp16 / bf16 - except bf16
     under the interpreter, whose bf16 matmuls are wrong (numpy has no bf16): fp32 there."""
@@ -936,19 +588,15 @@ def _dh_key_tile(K: int) -> int:
     return _block(K, 64)
 
 
-class _ChunkShapes:
+class _ChunkShapes(ChunkShapes):
+    """ChunkShapes with the matmul operand type DT, a constexpr of every chunked kernel here."""
+
     def __init__(self, q, v, chunk):
-        self.B, self.T, self.H, self.K = q.shape
-        self.V = v.shape[-1]
-        self.BT = chunk
-        self.NT = triton.cdiv(self.T, chunk)
-        self.BK = _block(self.K, 64)
-        self.BV = _block(self.V, 64)
-        self.NV = triton.cdiv(self.V, self.BV)
+        super().__init__(q, v, chunk)
         self.DT = _dot_dtype(q)
 
     def consts(self, **extra):
-        return {**dict(H=self.H, K=self.K, V=self.V, BT=self.BT, BK=self.BK, BV=self.BV, DT=self.DT), **extra}
+        return super().consts(**{"DT": self.DT, **extra})
 
 
 def _chunk_parts(q, k, v, beta, g, initial_state, s: _ChunkShapes):
@@ -1089,26 +737,10 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv, dbeta.to(beta.dtype), dg, None, dh0, None, None
 
 
-# -- the backends -----------------------------------------------------------------------------------------
-
-
-def _prepare(q, k, v, beta, g, scale, initial_state):
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
-    g = g.contiguous() if g is not None else None
-    initial_state = initial_state.contiguous() if initial_state is not None else None
-    return q, k, v, beta, g, scale, initial_state
-
-
-def recurrent_delta_rule(q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False):
-    q, k, v, beta, g, scale, initial_state = _prepare(q, k, v, beta, g, scale, initial_state)
-    return RecurrentDeltaRuleFunction.apply(q, k, v, beta, g, scale, initial_state, output_final_state)
-
-
 def chunk_delta_rule(
     q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False, chunk=CHUNK
 ):
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk_delta_rule: chunk must be a power of two >= 16, got {chunk}")
-    q, k, v, beta, g, scale, initial_state = _prepare(q, k, v, beta, g, scale, initial_state)
+    q, k, v, beta, g, scale, initial_state = prepare_inputs(q, k, v, beta, g, scale, initial_state)
     return ChunkDeltaRuleFunction.apply(q, k, v, beta, g, scale, initial_state, output_final_state, chunk)
