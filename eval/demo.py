@@ -61,7 +61,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="lm: the runs' seed")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="mqar: the seeds each cell is the median of (default: the sweep's, 0 1 2); --seeds 0 is a third "
+        "of the time, one seed and no range",
+    )
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--out-dir", default=None, help="where the runs go (default: a temporary folder)")
 
@@ -108,6 +116,8 @@ def mqar_demo(args) -> int:
     mixers = args.mixers or demo_mqar_mixers()
     if mixers != ["all"]:
         overrides.append("mixers=[" + ", ".join(mixers) + "]")
+    if args.seeds:
+        overrides.append("seeds=[" + ", ".join(map(str, args.seeds)) + "]")
     sweep = load_sweep("mqar-cpu", overrides)
     rows = run_sweep(sweep)
     print("\n" + markdown_table(rows))

@@ -95,5 +95,7 @@ def test_demo_mqar_runs_one_mixer_per_family_or_all(monkeypatch, tmp_path):
     assert set(demo.demo_mqar_mixers()) < set(grid)
     assert main(["demo", "--mixers", "all", "--out-dir", str(tmp_path)]) == 0
     assert seen["mixers"] == grid and seen["seeds"] == [0, 1, 2]  # each cell: the median of three seeds
+    assert main(["demo", "--seeds", "0", "--out-dir", str(tmp_path)]) == 0
+    assert seen["seeds"] == [0]  # a quicker look: one seed
     seen["failures"] = ["mamba-...: RuntimeError: boom"]
     assert main(["demo", "--out-dir", str(tmp_path)]) == 1  # a failed run: the table, then a failing exit
