@@ -365,3 +365,23 @@ def test_zoology_protocol_learns_as_slowly_as_zoology(tmp_path):
         acc[protocol] = row["accuracy"]
     assert acc["seqzoo"] > 0.9, acc
     assert acc["zoology"] < 0.5, acc
+
+
+def test_readme_mqar_table_is_the_committed_result():
+    """The README's demo table is bench_results/mqar-cpu.md's (the committed 3-seed sweep), not a copy that can
+    drift from it; and the committed table is what markdown_table makes of the committed CSV."""
+    import csv
+    from pathlib import Path
+
+    from seqzoo.eval.mqar import markdown_table
+
+    root = Path(__file__).parents[1]
+    committed = (root / "bench_results" / "mqar-cpu.md").read_text().split("\n\n", 2)[2].strip()
+    assert committed in (root / "README.md").read_text()
+    with open(root / "bench_results" / "mqar-cpu.csv") as f:
+        rows = [
+            {**r, **{k: int(r[k]) for k in ("d_model", "seq_len", "num_kv_pairs", "seed", "state_size")},
+             "lr": float(r["lr"]), "accuracy": float(r["accuracy"])}
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+    assert markdown_table(rows).strip() == committed
