@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from ._checks import no_float64
+from ._varlen import check_cu_seqlens, run_per_sequence, state_rows, take_row
 
 log = logging.getLogger("seqzoo.ops")
 
@@ -97,6 +99,7 @@ def returning_state(fn: Callable) -> Callable:
     """A step op's backend from its op's: ``fn(*args, **kwargs, output_final_state=True)``, so decoding always
     gets the new state (a lazily registered ``fn`` still imports its module on the first call)."""
 
+    @functools.wraps(fn)
     def step(*args, **kwargs):
         return fn(*args, **kwargs, output_final_state=True)
 
@@ -116,6 +119,9 @@ class Backend:
     # Why ``auto`` passes it over for these arguments although it could run them (a kernel that is slower
     # there); an explicit ``backend=`` still runs it. None: ``auto`` may take it.
     auto_skip: Callable[..., str | None] = lambda *args, **kwargs: None
+    # True when ``fn`` takes ``cu_seqlens=`` itself (one pass over the packed row); otherwise the op runs it once
+    # per sequence (``ops/_varlen.py``): the same numbers, more launches.
+    varlen: bool = False
 
 
 @dataclass
@@ -133,6 +139,8 @@ class Op:
     spec: Any = None
     _backends: dict[str, Backend] = field(default_factory=dict)
     last_backend: str | None = None
+    # With cu_seqlens: "native" (the backend took the packed row) or "per-sequence" (one run per sequence).
+    last_packing: str | None = None
     _logged: set = field(default_factory=set)
 
     def register(
@@ -145,8 +153,10 @@ class Op:
         unsupported: Callable[..., str | None] | None = None,
         description: str = "",
         auto_skip: Callable[..., str | None] | None = None,
+        varlen: bool = False,
     ):
-        """Register ``fn`` as backend ``name``. Usable as a decorator when ``fn`` is omitted."""
+        """Register ``fn`` as backend ``name``. Usable as a decorator when ``fn`` is omitted. ``varlen``: ``fn``
+        takes ``cu_seqlens=`` itself (else the op runs it once per sequence of a packed call)."""
 
         def add(f):
             self._backends[name] = Backend(
@@ -157,6 +167,7 @@ class Op:
                 unsupported or (lambda *a, **k: None),
                 description,
                 auto_skip or (lambda *a, **k: None),
+                varlen,
             )
             return f
 
@@ -228,16 +239,81 @@ class Op:
             raise ValueError(f"{self.name}: backend {backend!r} cannot run here: {reason}")
         return b
 
-    def __call__(self, *args, backend: str = "auto", **kwargs):
+    def __call__(self, *args, backend: str = "auto", cu_seqlens=None, **kwargs):
+        if cu_seqlens is not None:
+            return self._call_packed(args, kwargs, backend, cu_seqlens)
         if self.validate is not None:
             self.validate(*args, **kwargs)
         device = _first_tensor_device(args, kwargs)
         b = self.resolve(backend, device, args, kwargs)
-        self.last_backend = b.name
-        if os.environ.get("SEQZOO_LOG_BACKENDS") and (b.name, device.type) not in self._logged:
-            self._logged.add((b.name, device.type))
-            log.warning("seqzoo.ops.%s: backend %r on %s", self.name, b.name, device.type)
+        self._ran(b, device, None)
         return b.fn(*args, **kwargs)
+
+    def _ran(self, b: Backend, device: torch.device, packing: str | None) -> None:
+        self.last_backend, self.last_packing = b.name, packing
+        if os.environ.get("SEQZOO_LOG_BACKENDS") and (b.name, device.type, packing) not in self._logged:
+            self._logged.add((b.name, device.type, packing))
+            how = f" ({packing} packed)" if packing else ""
+            log.warning("seqzoo.ops.%s: backend %r on %s%s", self.name, b.name, device.type, how)
+
+    def parameters(self) -> list[str]:
+        """The op's argument names in call order (its reference backend's signature)."""
+        for b in self._backends.values():
+            try:
+                sig = inspect.signature(b.fn)
+            except (TypeError, ValueError):
+                continue
+            names = [
+                p.name
+                for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
+            ]
+            if names and not any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
+                return names
+        raise RuntimeError(f"{self.name}: no backend with a plain signature to name its arguments by")
+
+    def packed_args(self) -> tuple[str, ...]:
+        """The arguments with a time axis that cu_seqlens cuts (empty: the op takes no cu_seqlens)."""
+        if self.spec is None:
+            return ()
+        return self.spec.packing_args()
+
+    def _call_packed(self, args, kwargs, backend, cu_seqlens):
+        """Sequences packed in one row (``ops/_varlen.py``): check cu_seqlens and the per-sequence states, then
+        run the backend on the row (``varlen``) or once per sequence."""
+        packed = self.packed_args()
+        if not packed:
+            raise TypeError(f"{self.name}: takes no cu_seqlens (it has no time axis to pack sequences along)")
+        names = self.parameters()
+        if len(args) > len(names):
+            raise TypeError(f"{self.name}: takes at most {len(names)} positional arguments, got {len(args)}")
+        dup = [n for n in names[: len(args)] if n in kwargs]
+        if dup:
+            raise TypeError(f"{self.name}: got multiple values for argument {dup[0]!r}")
+        kw = {**dict(zip(names, args)), **kwargs}
+        first = next((n for n in packed if kw.get(n) is not None), packed[0])
+        bounds = check_cu_seqlens(self.name, cu_seqlens, kw.get(first), first)
+        n_seq = len(bounds) - 1
+        state_arg = self.spec.state_arg
+        state = kw.get(state_arg) if state_arg else None
+        checked = kw
+        if state is not None:
+            rows = state_rows(state)
+            if rows is not None and rows != n_seq:
+                raise ValueError(
+                    f"{self.name}: with cu_seqlens, {state_arg} holds one state per sequence: expected "
+                    f"{n_seq} rows (cu_seqlens has {n_seq} sequences), got {rows}"
+                )
+            checked = {**kw, state_arg: take_row(state, 0) if rows is not None else state}
+        if self.validate is not None:
+            self.validate(**checked)
+        device = _first_tensor_device((), kw)
+        b = self.resolve(backend, device, (), checked)
+        if b.varlen:
+            self._ran(b, device, "native")
+            return b.fn(**kw, cu_seqlens=cu_seqlens)
+        self._ran(b, device, "per-sequence")
+        return run_per_sequence(b.fn, kw, bounds, packed, state_arg, self.spec.states)
 
     def __repr__(self) -> str:
         return f"<seqzoo op {self.name}: backends {self.backend_names()}>"
@@ -325,6 +401,7 @@ def define_step_op(
             auto_skip=beyond_recurrent_max_t if recurrent else b.auto_skip,
             description=f"{op.name}'s {b.description}"
             + (f" (auto: up to {RECURRENT_MAX_T} tokens)" if recurrent else ""),
+            varlen=b.varlen,
         )
     return step
 

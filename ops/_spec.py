@@ -172,6 +172,9 @@ class OpSpec:
     # audit_exempt saying why (a reference in fp32 by design, one audited through another op).
     audit: dict[str, dict] = field(default_factory=lambda: {"": {"T": 256, "regime": "weak"}})
     audit_exempt: str = ""
+    # The tensors cu_seqlens cuts along time (None: those with T at dimension 1; () for an op without a time axis,
+    # which takes no cu_seqlens): attention's k and v have their own letter S.
+    packed_args: tuple[str, ...] | None = None
     # The op whose Triton kernels this op's Triton backends run (a step op, flow-attention on gla's): the compile
     # check compiles them there.
     kernels_of: str | None = None
@@ -199,6 +202,10 @@ class OpSpec:
     def time_args(self) -> tuple[str, ...]:
         """The tensors with a time axis (T at dimension 1): what a window of positions slices."""
         return tuple(n for n, s in self.shapes.items() if s.split()[1:2] == ["T"])
+
+    def packing_args(self) -> tuple[str, ...]:
+        """The tensors a packed call (``cu_seqlens``) cuts into sequences along dimension 1."""
+        return self.time_args() if self.packed_args is None else tuple(self.packed_args)
 
     def first_with(self, letter: str) -> str:
         """The first tensor that has size ``letter``."""

@@ -186,3 +186,124 @@ def assert_matches_reference(
         report = "\n  ".join(str(c) for c in comparisons)
         raise AssertionError(f"{op.name}[{backend}] differs from the reference:\n  {report}")
     return comparisons
+
+
+# -- packed sequences: one call with cu_seqlens against one call per sequence ------------------------------------
+
+# Issue 27's bounds for a packed call against separate ones (relative to the largest magnitude).
+PACKED_TOLERANCES: dict[torch.dtype, float] = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _leaf(value):
+    if _is_inexact(value):
+        return value.detach().clone().requires_grad_(True)
+    if isinstance(value, dict):
+        return {k: _leaf(v) for k, v in value.items()}
+    return value
+
+
+def _grad_leaves(inputs: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in inputs.items():
+        if isinstance(value, dict):
+            out.update({f"{name}[{k!r}]": v for k, v in value.items() if _is_inexact(v)})
+        elif _is_inexact(value):
+            out[name] = value
+    return out
+
+
+def _flat(out) -> list:
+    flat = []
+    for o in _as_tuple(out):
+        flat.extend(o.values() if isinstance(o, dict) else [o])
+    return flat
+
+
+def _cotangent_loss(outs: list, cots: list) -> torch.Tensor | float:
+    loss = 0.0
+    for o, c in zip(outs, cots):
+        if isinstance(o, torch.Tensor) and o.requires_grad:
+            loss = loss + (o.real * c.real.to(o.real.dtype)).sum()
+            if o.is_complex():
+                loss = loss + (o.imag * c.imag.to(o.real.dtype)).sum()
+    return loss
+
+
+def compare_packed_with_separate(
+    op: Op, backend: str, inputs: Mapping[str, object], cu_seqlens: torch.Tensor, *, seed: int = 0
+) -> list[Comparison]:
+    """``op(**inputs, cu_seqlens=cu_seqlens)`` (inputs packed in one row, states one row per sequence) against
+    ``op`` once per sequence on the same leaves (slices of the packed tensors, a row of the states), both on
+    ``backend``: the outputs (per-position outputs joined, states row under row) and the gradient of every
+    floating-point input (including the states' and parameters', which the separate runs accumulate)."""
+    packed_args, state_arg = op.packed_args(), op.spec.state_arg
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    floats = [v.dtype for v in _grad_leaves(inputs).values()]
+    tol = max(PACKED_TOLERANCES.get(d, TOLERANCES.get(d, 1e-4)) for d in floats)
+    leaves = {k: _leaf(v) for k, v in inputs.items()}
+    grads_of = _grad_leaves(leaves)
+
+    packed = _flat(op(**leaves, cu_seqlens=cu_seqlens, backend=backend))
+    gen = torch.Generator().manual_seed(seed)
+    cots = [
+        None if o is None else torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)
+        for o in packed
+    ]
+    loss = _cotangent_loss(packed, cots)
+    packed_grads = torch.autograd.grad(loss, list(grads_of.values()), allow_unused=True) if grads_of else ()
+
+    separate_runs = []
+    for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        kw = dict(leaves)
+        for name in packed_args:
+            if kw.get(name) is not None:
+                kw[name] = kw[name][:, s:e]
+        if state_arg and kw.get(state_arg) is not None:
+            st = kw[state_arg]
+            kw[state_arg] = {k: v[n : n + 1] for k, v in st.items()} if isinstance(st, dict) else st[n : n + 1]
+        separate_runs.append(_as_tuple(op(**kw, backend=backend)))
+    n_out = len(separate_runs[0])
+    joined = []
+    for i in range(n_out):
+        parts = [r[i] for r in separate_runs]
+        if all(p is None for p in parts):
+            joined.append(None)
+        elif i in op.spec.states:
+            joined.append(
+                {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                if isinstance(parts[0], dict)
+                else torch.cat(parts)
+            )
+        else:
+            joined.append(torch.cat(parts, dim=1))
+    separate = _flat(tuple(joined) if n_out > 1 or isinstance(joined[0], dict) else joined[0])
+    if len(separate) != len(packed):
+        raise AssertionError(f"packed call gave {len(packed)} outputs, the separate calls {len(separate)}")
+    loss = _cotangent_loss(separate, cots)
+    separate_grads = torch.autograd.grad(loss, list(grads_of.values()), allow_unused=True) if grads_of else ()
+
+    comparisons = []
+    for i, (p, s) in enumerate(zip(packed, separate)):
+        if (p is None) != (s is None):
+            raise AssertionError(f"output[{i}]: packed gave {type(p).__name__}, separate {type(s).__name__}")
+        if p is not None:
+            comparisons.append(Comparison(f"output[{i}]", relative_error(p, s), tol))
+    for name, p, s in zip(grads_of, packed_grads, separate_grads):
+        if p is None and s is None:
+            continue
+        if p is None or s is None:
+            raise AssertionError(f"grad[{name}]: only the {'separate' if p is None else 'packed'} calls reach it")
+        comparisons.append(Comparison(f"grad[{name}]", relative_error(p, s), tol))
+    return comparisons
+
+
+def assert_packed_matches_separate(
+    op: Op, backend: str, inputs: Mapping[str, object], cu_seqlens: torch.Tensor, **kwargs
+) -> list[Comparison]:
+    """:func:`compare_packed_with_separate`, raising ``AssertionError`` listing every mismatch."""
+    comparisons = compare_packed_with_separate(op, backend, inputs, cu_seqlens, **kwargs)
+    bad = [c for c in comparisons if not c.ok]
+    if bad:
+        report = "\n  ".join(str(c) for c in comparisons)
+        raise AssertionError(f"{op.name}[{backend}] packed differs from separate runs:\n  {report}")
+    return comparisons

@@ -66,6 +66,7 @@ SPEC = OpSpec(
     defaults={"S": "T", "G": "H", "E": "D"},
     bench=BenchGrid(cpu={"B": 2, "H": 4, "D": 64}, cuda={"H": 16, "D": 64}),
     same_dtype=("q", "k", "v"),
+    packed_args=("q", "k", "v"),  # self-attention: keys and values packed as the queries
     # O(T^2) on a CPU: 18 s at T = 65,536 (tests/test_extreme_inputs.py runs the full length as exhaustive).
     extreme={"B": 1, "T": 8192, "H": 1, "D": 8, "regime": "strong"},
     audit={

@@ -171,6 +171,8 @@ flow_attention_prefill = define_op(
     spec=_FLOW_SPEC.derive(
         make=lambda s, draw: {**{n: x for n, x in _example(s, draw).items() if n != "causal"}, "state": None},
         extreme=None,  # flow_attention's long run covers the same prefix sums
+        states=(1,),
+        state_arg="state",
         **_DECODING,
     ),
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
