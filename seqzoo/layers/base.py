@@ -3,6 +3,8 @@
     y = mixer(x)                               # x, y: [B, T, d_model]
     y, state = mixer.prefill(x, state=None)    # same y as forward, plus the state after the last token
     y_t, state = mixer.step(x_t, state)        # x_t: [B, d_model], one decoding step
+    y = mixer(x, cu_seqlens=cu)                # packed: x [1, T, d_model] holds N sequences (ops/_varlen.py)
+    y, state = mixer.prefill(x, state, cu_seqlens=cu)   # state: one row per sequence, [N, ...]
     state = mixer.init_state(batch_size, device=..., dtype=...)
     n = mixer.state_size(seq_len)              # numbers held per sequence to decode
 
@@ -17,6 +19,8 @@ import math
 
 import torch
 from torch import nn
+
+from ..ops._varlen import check_cu_seqlens
 
 State = dict[str, torch.Tensor]
 
@@ -91,11 +95,21 @@ class Mixer(nn.Module):
                 f"{self.mixer_name}: {name} has last dimension {x.shape[-1]}, expected d_model={self.d_model}"
             )
 
+    def check_packed(self, x, cu_seqlens, state=None, keys=()) -> list[int] | None:
+        """The boundaries of a packed ``x`` [1, T, d_model] (None when ``cu_seqlens`` is None), after checking
+        them and that ``state`` holds one row per sequence; errors name ``cu_seqlens``, ``x`` or the state."""
+        if cu_seqlens is None:
+            return None
+        bounds = check_cu_seqlens(self.mixer_name, cu_seqlens, x, "x")
+        if state is not None:
+            self.check_state(state, len(bounds) - 1, keys, what="sequences in cu_seqlens")
+        return bounds
+
     def check_decodable(self) -> None:
         if self.bidirectional:
             raise RuntimeError(f"{self.mixer_name}: a bidirectional mixer sees the future and cannot decode")
 
-    def check_state(self, state, batch_size: int, keys) -> None:
+    def check_state(self, state, batch_size: int, keys, what: str = "the input's batch") -> None:
         if not isinstance(state, dict):
             raise TypeError(f"{self.mixer_name}: state must be a dict of tensors, got {type(state).__name__}")
         missing = [k for k in keys if k not in state]
@@ -106,15 +120,18 @@ class Mixer(nn.Module):
         for k in keys:
             if state[k].shape[0] != batch_size:
                 raise ValueError(
-                    f"{self.mixer_name}: state[{k!r}] has batch {state[k].shape[0]}, the input has {batch_size}"
+                    f"{self.mixer_name}: state[{k!r}] has batch {state[k].shape[0]}, expected {batch_size} "
+                    f"({what})"
                 )
 
     # -- the contract ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
         raise NotImplementedError(f"{self.mixer_name} does not implement prefill")
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -128,3 +145,44 @@ class Mixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"
+
+
+# -- packed sequences for a mixer that does not take cu_seqlens itself (a user's own) -----------------------------
+
+
+def takes_cu_seqlens(mixer: nn.Module) -> bool:
+    """Whether ``mixer.forward`` and ``mixer.prefill`` take ``cu_seqlens=`` (every built-in mixer does)."""
+    import inspect
+
+    def has(fn):
+        try:
+            return "cu_seqlens" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return False
+
+    return has(mixer.forward) and has(getattr(mixer, "prefill", None) or mixer.forward)
+
+
+def mix_per_sequence(mixer: nn.Module, x: torch.Tensor, bounds: list[int], state: State | None = None,
+                     prefill: bool = False):
+    """A packed ``x`` [1, T, d] through a mixer that does not take ``cu_seqlens``, one sequence at a time (the
+    same numbers, one call per sequence); ``prefill`` also returns the states, one row per sequence."""
+    ys, states = [], []
+    for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if prefill:
+            row = None if state is None else {k: v[n : n + 1] for k, v in state.items()}
+            y, st = mixer.prefill(x[:, s:e], row)
+            states.append(st)
+        else:
+            y = mixer(x[:, s:e])
+        ys.append(y)
+    y = torch.cat(ys, dim=1)
+    if not prefill:
+        return y
+    try:
+        return y, {k: torch.cat([st[k] for st in states]) for k in states[0]}
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{getattr(mixer, 'mixer_name', type(mixer).__name__)}: the per-sequence states of a packed prefill "
+            f"differ in shape and cannot be stacked ({e}); give the mixer a cu_seqlens argument"
+        ) from e

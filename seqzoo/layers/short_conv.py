@@ -46,12 +46,13 @@ class ShortConv(Mixer):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, width={self.width}, activation={self.activation}"
 
-    def _conv(self, u, initial_state=None, output_final_state=False):
-        return self.conv(u, initial_state, output_final_state)
+    def _conv(self, u, initial_state=None, output_final_state=False, cu_seqlens=None):
+        return self.conv(u, initial_state, output_final_state, cu_seqlens=cu_seqlens)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
-        h, _ = self._conv(self.in_proj(x))
+        self.check_packed(x, cu_seqlens)
+        h, _ = self._conv(self.in_proj(x), cu_seqlens=cu_seqlens)
         return self.out_proj(h)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -59,12 +60,16 @@ class ShortConv(Mixer):
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         return {"conv": torch.zeros(batch_size, self.d_model, self.width - 1, device=device, dtype=dtype)}
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
         self.check_input(x)
-        if state is not None:
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, ("conv",))
+        elif state is not None:
             self.check_state(state, x.shape[0], ("conv",))
         h, conv = self._conv(
-            self.in_proj(x), None if state is None else state["conv"], output_final_state=True
+            self.in_proj(x), None if state is None else state["conv"], True, cu_seqlens=cu_seqlens
         )
         return self.out_proj(h), {"conv": conv}
 

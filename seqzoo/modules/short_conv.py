@@ -47,7 +47,9 @@ class ShortConvolution(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, width={self.width}, activation={self.activation}"
 
-    def forward(self, u, state=None, output_state=False):
+    def forward(self, u, state=None, output_state=False, cu_seqlens=None):
+        """``cu_seqlens``: u [1, T, C] packs sequences; no tap reaches across a boundary, and ``state`` / the
+        returned state hold one row per sequence."""
         return ops.causal_conv1d(
             u,
             self.weight,
@@ -56,6 +58,7 @@ class ShortConvolution(nn.Module):
             initial_state=state,
             output_final_state=output_state,
             backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
 
 
