@@ -34,15 +34,26 @@ def rank_slice(batch: int, rank: int, world: int) -> slice:
 
 @dataclass
 class LMData:
-    """Packed train/validation token streams and how many bytes of text each token stands for."""
+    """Packed train/validation token streams and how many bytes of text each token stands for.
+
+    ``pack`` (``data.pack: true``): every batch also says where its documents start, so that the model runs each
+    document as if alone (``cu_seqlens``), and no label predicts across a boundary. Batches are then
+    ``(inputs, labels, starts)``: ``starts`` [B, T] bool is True at each row's first position and after every
+    end-of-text token (``eot_id``); the label at an end-of-text position (the next document's first token) is
+    IGNORE_INDEX. Without ``pack`` batches are ``(inputs, labels)`` and documents run into each other as one text.
+    """
 
     train: torch.Tensor
     val: torch.Tensor
     seq_len: int
     bytes_per_token: float
     vocab_size: int
+    pack: bool = False
+    eot_id: int | None = None
 
     def __post_init__(self):
+        if self.pack and self.eot_id is None:
+            raise ValueError("LMData: pack=True needs the tokenizer's end-of-text id (eot_id)")
         for name, stream in (("train", self.train), ("validation", self.val)):
             if stream.numel() < self.seq_len + 2:
                 raise ValueError(
@@ -54,7 +65,12 @@ class LMData:
         """This rank's share of the global batch for ``step``: (inputs, labels) [B / world, T] int64."""
         x, y = random_windows(self.train, batch_size, self.seq_len, step_generator(seed, step))
         part = rank_slice(batch_size, rank, world)
-        return x[part], y[part]
+        return self._batch(x[part], y[part])
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        if not self.pack:
+            return x, y
+        return (x, *document_boundaries(x, y, self.eot_id))
 
     def val_batches(self, n_batches: int, batch_size: int):
         """Fixed, non-overlapping windows from the start of the validation stream."""
@@ -64,7 +80,7 @@ class LMData:
             starts = torch.arange(lo, min(lo + batch_size, total)) * self.seq_len
             idx = starts[:, None] + torch.arange(self.seq_len + 1)
             chunk = self.val[idx].long()
-            yield chunk[:, :-1], chunk[:, 1:]
+            yield self._batch(chunk[:, :-1], chunk[:, 1:])
 
     def unigram_entropy_bits(self) -> float:
         """Entropy of the validation token histogram in bits per token."""
@@ -175,6 +191,27 @@ def unigram_entropy_bits(stream: torch.Tensor, vocab_size: int = 256) -> float:
 
 
 # -- windows ---------------------------------------------------------------------------------------------
+
+
+def document_boundaries(x: torch.Tensor, y: torch.Tensor, eot_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, starts) of windows x [B, T] of documents that each end in ``eot_id``: ``starts`` True at position 0
+    and after every end-of-text token; the labels at end-of-text positions (a next document's first token)
+    become IGNORE_INDEX, so no prediction crosses a boundary."""
+    eot = x == eot_id
+    starts = torch.zeros_like(eot)
+    starts[:, 0] = True
+    starts[:, 1:] = eot[:, :-1]
+    return y.masked_fill(eot, IGNORE_INDEX), starts
+
+
+def pack_rows(x: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows x [B, T, ...] with document ``starts`` [B, T] as one packed row [1, B T, ...] and its cu_seqlens
+    (int32 [N + 1]): every row's first position starts a document."""
+    flat = starts.clone()
+    flat[:, 0] = True
+    begin = flat.reshape(-1).nonzero().reshape(-1)
+    total = torch.tensor([flat.numel()], device=begin.device)
+    return x.reshape(1, -1, *x.shape[2:]), torch.cat([begin, total]).to(torch.int32)
 
 
 def random_windows(stream: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator):

@@ -184,6 +184,11 @@ class DataSection(Section):
     task_args: dict[str, Any] = Field(default_factory=dict, description="arguments of the task generator")
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     seq_len: int = Field(256, ge=2)
+    pack: bool = Field(
+        False,
+        description="text sources: run each document of a window alone (cu_seqlens through every mixer) and "
+        "never predict across a document boundary; false: the windows run as one text",
+    )
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
 
     @model_validator(mode="after")
@@ -194,6 +199,11 @@ class DataSection(Section):
             raise ValueError(f"data.name is required when data.source is '{self.source}'")
         if self.generate is not None and self.source != "lra":
             raise ValueError("data.generate is for data.source lra")
+        if self.pack and self.source in ("task", "lra"):
+            raise ValueError(
+                f"data.pack is for text sources (builtin, files, hub), not '{self.source}': a task's examples "
+                "are one sequence each, and an LRA batch already runs only its real tokens"
+            )
         return self
 
 

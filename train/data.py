@@ -10,6 +10,8 @@ Sources of documents (``data.source``):
 
 Text is split into train and validation per document by a hash of its key (deterministic on every machine),
 tokenized, and packed into one stream per split with the tokenizer's end-of-text id between documents.
+With ``data.pack: true`` a batch also marks where each document starts, the model runs every document alone
+(``cu_seqlens``) and no label predicts across a boundary (``LMData``).
 Batches are a pure function of (seed, step): resuming at step s reads exactly what an uninterrupted run
 reads, and under torchrun every rank takes its own slice of the same global batch.
 """
@@ -177,5 +179,11 @@ def build_data(section, tokenizer_factory, seed: int = 0):
     train, val = pack(train_texts, tokenizer), pack(val_texts, tokenizer)
     val_bytes = sum(len(t.encode("utf-8")) + 1 for t in val_texts)  # + 1: the separator
     return LMData(
-        train, val, section.seq_len, val_bytes / max(1, val.numel()), tokenizer.vocab_size
+        train,
+        val,
+        section.seq_len,
+        val_bytes / max(1, val.numel()),
+        tokenizer.vocab_size,
+        pack=section.pack,
+        eot_id=tokenizer.eos_id,
     ), tokenizer

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from seqzoo.models.classifier import SequenceClassifier
 
-from .batches import IGNORE_INDEX, ClassificationData, LMData, TaskData
+from .batches import IGNORE_INDEX, ClassificationData, LMData, TaskData, pack_rows
 from .config import RunConfig
 
 
@@ -87,16 +87,21 @@ class TaskObjective(Objective):
     def count(self, labels):
         return (labels != IGNORE_INDEX).sum().clamp_min(1)
 
-    def _logits(self, model, inputs, labels, autocast):
-        """(logits [N, V], targets [N]) of the scored positions: the model computes logits only there."""
+    def _logits(self, model, inputs, labels, autocast, starts=None):
+        """(logits [N, V], targets [N]) of the scored positions: the model computes logits only there. With
+        document ``starts`` [B, T] the rows run packed, each document alone (``cu_seqlens``)."""
         at = labels != IGNORE_INDEX
         with autocast():
-            logits = model(inputs, logits_at=at)
+            if starts is None:
+                logits = model(inputs, logits_at=at)
+            else:
+                ids, cu_seqlens = pack_rows(inputs, starts)
+                logits = model(ids, logits_at=at.reshape(1, -1), cu_seqlens=cu_seqlens)
         return logits, labels[at]
 
     def loss(self, model, batch, autocast):
-        inputs, labels = batch
-        logits, targets = self._logits(model, inputs, labels, autocast)
+        inputs, labels, *starts = batch
+        logits, targets = self._logits(model, inputs, labels, autocast, *starts)
         return F.cross_entropy(
             logits.float().flatten(0, -2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
         )
@@ -105,14 +110,12 @@ class TaskObjective(Objective):
     def evaluate(self, model, data, device, autocast) -> dict:
         model.eval()
         total_loss, total_tokens, correct = 0.0, 0, 0
-        for x, y in data.val_batches(self.eval_batches, self.batch_size):
-            x, y = x.to(device), y.to(device)
-            mask = y != IGNORE_INDEX
-            with autocast():
-                logits = model(x, logits_at=mask)  # [N, V]: only the scored positions
-            total_loss += F.cross_entropy(logits.float(), y[mask], reduction="sum").item()
-            correct += (logits.argmax(-1) == y[mask]).sum().item()
-            total_tokens += mask.sum().item()
+        for batch in data.val_batches(self.eval_batches, self.batch_size):
+            x, y, *starts = (t.to(device) for t in batch)
+            logits, targets = TaskObjective._logits(self, model, x, y, autocast, *starts)  # only the scored
+            total_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            correct += (logits.argmax(-1) == targets).sum().item()
+            total_tokens += targets.numel()
         model.train()
         loss = total_loss / max(1, total_tokens)
         return {
@@ -131,7 +134,12 @@ class LMObjective(TaskObjective):
 
     data_type = LMData
 
-    def _logits(self, model, inputs, labels, autocast):
+    def _logits(self, model, inputs, labels, autocast, starts=None):
+        if starts is not None:  # data.pack: each document alone, the labels across boundaries ignored
+            ids, cu_seqlens = pack_rows(inputs, starts)
+            with autocast():
+                logits = model(ids, cu_seqlens=cu_seqlens)  # [1, B T, V]
+            return logits[0], labels.flatten()
         with autocast():
             logits = model(inputs, logits_at=None)  # [B, T, V]
         return logits, labels.flatten()

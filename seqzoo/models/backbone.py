@@ -13,6 +13,10 @@ state mixer, which adds a normalised copy of the residual:
 
     h = h + mixer(LayerNorm(h));   h = h + LayerNorm'(h)        (zoology, mlp none)
 
+Packed sequences: ``forward(h, cu_seqlens)`` with h [1, T, d] holding N documents (``seqzoo.ops._varlen``) passes
+``cu_seqlens`` to every mixer (norms and MLPs act per position), so no document sees another; ``prefill`` then
+returns one state row per document.
+
 Decoding threads one state per layer (a list of the mixers' state dicts) through ``prefill`` and ``step``.
 """
 
@@ -23,7 +27,8 @@ import math
 import torch
 from torch import nn
 
-from ..layers.base import State
+from ..layers.base import State, mix_per_sequence, takes_cu_seqlens
+from ..ops._varlen import check_cu_seqlens
 from ..modules import RMSNorm, build_mlp
 from ..registry import build_mixer
 from .config import BackboneConfig
@@ -46,6 +51,10 @@ def build_norm(block: str, d_model: int, eps: float, norm: str = "auto") -> nn.M
     if norm == "batch":
         return BatchNorm(d_model, eps=eps)
     return RMSNorm(d_model, eps)
+
+
+def _bounds(cu_seqlens, x) -> list[int]:
+    return check_cu_seqlens("backbone", cu_seqlens, x, "h")
 
 
 class Block(nn.Module):
@@ -85,11 +94,23 @@ class Block(nn.Module):
     def _mixer_input(self, h):
         return h if self.postnorm else self.mixer_norm(h)
 
-    def forward(self, h):
-        return self._mix(h, self.mixer(self._mixer_input(h)))
+    def forward(self, h, cu_seqlens=None):
+        x = self._mixer_input(h)
+        if cu_seqlens is None:
+            return self._mix(h, self.mixer(x))
+        if takes_cu_seqlens(self.mixer):
+            return self._mix(h, self.mixer(x, cu_seqlens=cu_seqlens))
+        # A user's mixer without cu_seqlens: one call per document (the same numbers).
+        return self._mix(h, mix_per_sequence(self.mixer, x, _bounds(cu_seqlens, x)))
 
-    def prefill(self, h, state: State | None):
-        y, state = self.mixer.prefill(self._mixer_input(h), state)
+    def prefill(self, h, state: State | None, cu_seqlens=None):
+        x = self._mixer_input(h)
+        if cu_seqlens is None:
+            y, state = self.mixer.prefill(x, state)
+        elif takes_cu_seqlens(self.mixer):
+            y, state = self.mixer.prefill(x, state, cu_seqlens=cu_seqlens)
+        else:
+            y, state = mix_per_sequence(self.mixer, x, _bounds(cu_seqlens, x), state, prefill=True)
         return self._mix(h, y), state
 
     def step(self, h_t, state: State):
@@ -121,16 +142,17 @@ class Backbone(nn.Module):
             else build_norm(config.block, config.d_model, config.norm_eps, config.norm)
         )
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B, T, d]; with ``cu_seqlens`` (int32 [N + 1]) h [1, T, d] packs N sequences that no mixer mixes."""
         for block in self.blocks:
-            h = block(h)
+            h = block(h, cu_seqlens)
         return self.final_norm(h)
 
-    def prefill(self, h, states: list[State] | None = None):
+    def prefill(self, h, states: list[State] | None = None, cu_seqlens: torch.Tensor | None = None):
         states = states or [None] * len(self.blocks)
         new_states = []
         for block, state in zip(self.blocks, states):
-            h, state = block.prefill(h, state)
+            h, state = block.prefill(h, state, cu_seqlens)
             new_states.append(state)
         return self.final_norm(h), new_states
 

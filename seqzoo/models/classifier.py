@@ -6,6 +6,10 @@ Pooling: ``mean`` over unmasked positions, ``last`` unmasked position, or a lear
 prepended to the sequence (pair it with ``bidirectional=True``, or a causal mixer never lets it see
 the sequence). ``bidirectional=True`` builds every mixer with ``bidirectional=True``.
 
+Padding never enters the backbone: a batch with padding runs its rows' real tokens packed into one row
+(``cu_seqlens``), so a bidirectional mixer's reverse pass, a convolution or a batch norm reads only real tokens
+and a sequence's logits do not depend on how much padding its batch has.
+
 ``pairs=True`` is LRA's two-tower model (retrieval: does document 1 cite document 2?): inputs [B, 2, T]
 (mask [B, 2, T]); both documents go through the same backbone and pooling, to u and v [B, d], and an MLP
 classifies [u, v, u * v, u - v] (Tay et al. 2021's dual-encoder head: Linear(4d, d), ReLU, Linear(d, C)).
@@ -18,6 +22,7 @@ import os
 import torch
 from torch import nn
 
+from ..ops._varlen import cu_seqlens_from_lengths
 from .backbone import Backbone, init_weights
 from .config import ClassifierConfig
 from .io import load_weights, read_config, save_model_dir
@@ -76,7 +81,12 @@ class SequenceClassifier(nn.Module):
         h = self.encoder(inputs)
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(b, 1, -1).to(h.dtype), h], dim=1)
-        h = self.backbone(h)
+            if mask is not None:
+                mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        if mask is None or bool(mask.all()):
+            h = self.backbone(h)
+        else:
+            h = self._backbone_on_real_tokens(h, mask)
         if self.config.pooling == "cls":
             pooled = h[:, 0]
         elif self.config.pooling == "last":
@@ -93,6 +103,22 @@ class SequenceClassifier(nn.Module):
                 m = mask.to(h.dtype)[..., None]
                 pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
         return pooled
+
+    def _backbone_on_real_tokens(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The backbone on each row's real tokens only: the rows packed into one (``cu_seqlens``), so no mixer
+        (a bidirectional one's reverse pass, a convolution, attention) and no batch norm reads the padding; the
+        padded positions of the result are zero."""
+        lengths = mask.sum(1)
+        if bool((lengths == 0).any()):
+            row = int((lengths == 0).nonzero()[0])
+            raise ValueError(f"mask: row {row} has no real position (a sequence needs at least one token)")
+        prefix = torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]
+        if not torch.equal(prefix, mask):
+            raise ValueError("mask must mark a prefix of each row (real tokens first, padding on the right)")
+        packed = self.backbone(h[mask][None], cu_seqlens_from_lengths(lengths, device=h.device))
+        out = h.new_zeros(h.shape[:2] + packed.shape[-1:])
+        out[mask] = packed[0]
+        return out
 
     def save(self, directory: str | os.PathLike):
         return save_model_dir(self, self.config.model_dump(), directory, "sequence_classifier")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops._varlen import check_cu_seqlens, positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from .backbone import Backbone, init_weights
 from .config import LMConfig
 from .io import load_weights, read_config, save_model_dir
@@ -65,30 +66,59 @@ class CausalLM(nn.Module):
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
             raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size})")
 
-    def _embed(self, input_ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
-        """Token (plus position) embeddings of ids [B, T] or [B] whose first position is ``start``."""
+    def _embed(
+        self, input_ids: torch.Tensor, start: int | torch.Tensor = 0, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token (plus position) embeddings of ids [B, T] or [B] whose first position is ``start``; packed
+        documents give each token's ``positions`` [T] instead (its place in its own document)."""
         h = self.embedding(input_ids)
         if self.position is not None:
             t = input_ids.shape[1] if input_ids.dim() == 2 else 1
-            end = int(start.max()) + t if isinstance(start, torch.Tensor) else start + t
+            if positions is not None:
+                end = int(positions.max()) + 1
+            else:
+                end = int(start.max()) + t if isinstance(start, torch.Tensor) else start + t
             if end > self.position.num_embeddings:
                 raise ValueError(
                     f"position {end - 1} is past the model's position_embeddings "
                     f"({self.position.num_embeddings}): learned positions cover only that many tokens"
                 )
-            if input_ids.dim() == 2:
+            if positions is not None:
+                h = h + self.position(positions)
+            elif input_ids.dim() == 2:
                 h = h + self.position(torch.arange(start, start + t, device=input_ids.device))
             else:
                 h = h + self.position(start)
         return self.embed_dropout(h)
 
-    def forward(self, input_ids: torch.Tensor, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+    def _packed_positions(self, input_ids, cu_seqlens, start: torch.Tensor | None = None):
+        """Checks a packed call (ids [1, T], cu_seqlens int32 [N + 1]) and returns each token's position in its
+        document (after ``start`` [N], the positions the documents' states reached), or None without them."""
+        if cu_seqlens is None:
+            return None
+        check_cu_seqlens("CausalLM", cu_seqlens, input_ids, "input_ids")
+        if self.position is None:
+            return None
+        positions = positions_from_cu_seqlens(cu_seqlens.to(input_ids.device))
+        if start is not None:
+            positions = positions + start[seq_idx_from_cu_seqlens(cu_seqlens.to(input_ids.device))]
+        return positions
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        logits_at: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits [B, T, V]; with ``logits_at`` (bool [B, T]) only at those positions, [N, V] in row order.
 
         Training on a task scored at a few positions (MQAR: 8 of 64) needs the LM head and the softmax only
-        there; the loss is the same, at a fraction of the cost."""
+        there; the loss is the same, at a fraction of the cost. ``cu_seqlens`` (int32 [N + 1]): input_ids [1, T]
+        packs N documents, each computed as if alone (every mixer takes the boundaries; learned positions
+        restart at each document)."""
         self._check_ids(input_ids)
-        h = self.backbone(self._embed(input_ids))
+        positions = self._packed_positions(input_ids, cu_seqlens)
+        h = self.backbone(self._embed(input_ids, positions=positions), cu_seqlens)
         if logits_at is not None:
             if logits_at.dtype != torch.bool or logits_at.shape != input_ids.shape:
                 raise ValueError(
@@ -123,9 +153,20 @@ class CausalLM(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return self.backbone.state_size(seq_len)
 
-    def prefill(self, input_ids: torch.Tensor, states=None):
-        """Logits for every prompt position and the per-layer states after the last one."""
+    def prefill(self, input_ids: torch.Tensor, states=None, cu_seqlens: torch.Tensor | None = None):
+        """Logits for every prompt position and the per-layer states after the last one. ``cu_seqlens``:
+        input_ids [1, T] packs N prompts; the states then hold one row per prompt (``states`` given: one row
+        per prompt too), to decode them as a batch of N with ``step``."""
         self._check_ids(input_ids)
+        if cu_seqlens is not None:
+            n = len(check_cu_seqlens("CausalLM", cu_seqlens, input_ids, "input_ids")) - 1
+            states, pos = self._split_position(states, n, input_ids.device)
+            positions = self._packed_positions(input_ids, cu_seqlens, pos)
+            h, states = self.backbone.prefill(self._embed(input_ids, positions=positions), states, cu_seqlens)
+            if pos is not None:
+                lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(pos.device, torch.long)
+                states = [*states, {"pos": pos + lengths}]
+            return self.head(h), states
         states, pos = self._split_position(states, input_ids.shape[0], input_ids.device)
         start = 0 if pos is None else int(pos[0])
         h, states = self.backbone.prefill(self._embed(input_ids, start), states)
