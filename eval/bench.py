@@ -3,6 +3,7 @@
     seqzoo bench                                   # every registered bench, every backend that runs here
     seqzoo bench attention --quick --modes fwd
     seqzoo bench causal_conv1d --set T=8192,16384 --backends torch,triton --dtype bf16
+    seqzoo bench --packing                         # packed vs padded LM training per mixer (eval/packing_bench.py)
 
 Benches are registered in :mod:`seqzoo.eval.benches` with :func:`register_bench`: an op, a function that
 makes its tensor inputs for one shape, and the grids of shapes to run. For each op x backend x shape x mode
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 
+from . import packing_bench
 from .bench_measure import peak_extra_bytes, time_ms
 from .bench_registry import _BENCHES, Bench, MakeInputs, mixer_op, register_bench  # noqa: F401 (re-exported)
 from .bench_report import (  # noqa: F401 (add_speedups, format_table: the harness's API, as before)
@@ -384,6 +386,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help=f"time the slow reference only up to this T (default {DEFAULT_MAX_REF_T}; 0: never)",
     )
     parser.add_argument("--out", default=None, help="JSON file (default: bench_results/<device>-<date>.json)")
+    packing_bench.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -429,6 +432,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """``seqzoo bench``: run, print the table, write the JSON. Returns the exit status."""
+    if getattr(args, "packing", False):
+        return packing_bench.run(args)
     try:
         results = run_benchmarks(args)
     except ValueError as e:

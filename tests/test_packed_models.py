@@ -195,3 +195,23 @@ def test_classifier_mask_errors():
         m(x, torch.tensor([[True, True, False, False], [False] * 4]))
     with pytest.raises(ValueError, match="prefix"):
         m(x, torch.tensor([[True, False, True, False], [True] * 4]))
+
+
+def test_packing_bench_writes_its_table(tmp_path, monkeypatch):
+    """``seqzoo bench --packing`` runs every mode and records how the ops ran (what it measures is not asserted)."""
+    from seqzoo.eval import bench
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the suite's threads alone
+    out = tmp_path / "packing.json"
+    args = bench.configure_parser(__import__("argparse").ArgumentParser()).parse_args(
+        ["--packing", "short_conv", "--tokens", "96", "--repeats", "1", "--out", str(out)]
+    )
+    assert bench.main(args) == 0
+    import json
+
+    results = json.loads(out.read_text())
+    assert {r["mode"] for r in results["rows"]} == {"padded", "bucketed", "packed", "row"}
+    assert all(r["status"] == "ok" for r in results["rows"])
+    packed = next(r for r in results["rows"] if r["mode"] == "packed")
+    assert packed["ops"] == {"causal_conv1d": packed["ops"]["causal_conv1d"]} and packed["real_tokens"] == 96
+    assert "| short_conv |" in out.with_suffix(".md").read_text()
