@@ -123,7 +123,9 @@ def bench_mixer(mixer: str, docs: list[torch.Tensor], repeats: int, warmup: int 
                 _step(model, mode, docs)
                 times.append(time.perf_counter() - t0)
         except Exception as e:  # a mixer that fails one way is reported, the others still run
-            rows.append({"mixer": mixer, "mode": mode, "status": "error", "error": f"{type(e).__name__}: {e}"})
+            rows.append(
+                {"mixer": mixer, "mode": mode, "status": "error", "error": f"{type(e).__name__}: {e}"}
+            )
             continue
         median = statistics.median(times)
         computed = real
@@ -131,7 +133,10 @@ def bench_mixer(mixer: str, docs: list[torch.Tensor], repeats: int, warmup: int 
             computed = len(docs) * max(d.numel() for d in docs)
         elif mode == "bucketed":
             ordered = sorted(d.numel() for d in docs)
-            computed = sum(len(ordered[i : i + BUCKET]) * ordered[i : i + BUCKET][-1] for i in range(0, len(ordered), BUCKET))
+            computed = sum(
+                len(ordered[i : i + BUCKET]) * ordered[i : i + BUCKET][-1]
+                for i in range(0, len(ordered), BUCKET)
+            )
         rows.append(
             {
                 "mixer": mixer,
@@ -236,8 +241,7 @@ def run(args: argparse.Namespace) -> int:
         "bucketed_padding_fraction": 1
         - sum(lengths)
         / sum(
-            len(b) * b[-1]
-            for b in (sorted(lengths)[i : i + BUCKET] for i in range(0, len(lengths), BUCKET))
+            len(b) * b[-1] for b in (sorted(lengths)[i : i + BUCKET] for i in range(0, len(lengths), BUCKET))
         ),
         "rows": rows,
     }

@@ -26,10 +26,16 @@ q, k = torch.randn(1, T, H, K), torch.randn(1, T, H, K)
 v, g = torch.randn(1, T, H, V), torch.nn.functional.logsigmoid(torch.randn(1, T, H, K))
 h0 = torch.randn(len(lengths), H, K, V)
 o, S = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-how = f"{ops.gla.last_backend} ({ops.gla.last_packing})"  # e.g. "torch (native)": which backend, how it packed
-o_alone, S_alone = ops.gla(q[:, 6:], k[:, 6:], v[:, 6:], g[:, 6:], initial_state=h0[2:], output_final_state=True)
-print(f"ops.gla packed: o {tuple(o.shape)}, final states {tuple(S.shape)}; ran {how}; third sequence vs alone: {(o[:, 6:] - o_alone).abs().max():.1e}, "
-      f"{(S[2:] - S_alone).abs().max():.1e}")
+how = (
+    f"{ops.gla.last_backend} ({ops.gla.last_packing})"  # e.g. "torch (native)": which backend, how it packed
+)
+o_alone, S_alone = ops.gla(
+    q[:, 6:], k[:, 6:], v[:, 6:], g[:, 6:], initial_state=h0[2:], output_final_state=True
+)
+print(
+    f"ops.gla packed: o {tuple(o.shape)}, final states {tuple(S.shape)}; ran {how}; third sequence vs alone: {(o[:, 6:] - o_alone).abs().max():.1e}, "
+    f"{(S[2:] - S_alone).abs().max():.1e}"
+)
 
 # 2. A mixer and a model.
 mixer = seqzoo.build_mixer("gla", 32)
@@ -42,4 +48,6 @@ model = CausalLM(LMConfig(vocab_size=256, d_model=32, n_layers=2, mixer=["short_
 ids = torch.randint(1, 256, (1, T))
 logits, states = model.prefill(ids, cu_seqlens=cu)  # one state row per prompt
 next_logits, states = model.step(logits[0, cu[1:].long() - 1].argmax(-1), states)  # decode the 3 as a batch
-print(f"CausalLM packed prefill: logits {tuple(logits.shape)}, then one step for {next_logits.shape[0]} prompts")
+print(
+    f"CausalLM packed prefill: logits {tuple(logits.shape)}, then one step for {next_logits.shape[0]} prompts"
+)

@@ -260,7 +260,9 @@ def compare_packed_with_separate(
                 kw[name] = kw[name][:, s:e]
         if state_arg and kw.get(state_arg) is not None:
             st = kw[state_arg]
-            kw[state_arg] = {k: v[n : n + 1] for k, v in st.items()} if isinstance(st, dict) else st[n : n + 1]
+            kw[state_arg] = (
+                {k: v[n : n + 1] for k, v in st.items()} if isinstance(st, dict) else st[n : n + 1]
+            )
         separate_runs.append(_as_tuple(op(**kw, backend=backend)))
     n_out = len(separate_runs[0])
     joined = []
@@ -292,7 +294,9 @@ def compare_packed_with_separate(
         if p is None and s is None:
             continue
         if p is None or s is None:
-            raise AssertionError(f"grad[{name}]: only the {'separate' if p is None else 'packed'} calls reach it")
+            raise AssertionError(
+                f"grad[{name}]: only the {'separate' if p is None else 'packed'} calls reach it"
+            )
         comparisons.append(Comparison(f"grad[{name}]", relative_error(p, s), tol))
     return comparisons
 

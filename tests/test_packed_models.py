@@ -140,13 +140,13 @@ def _no_autocast():
 
 
 def test_recipe_trains_packed(tmp_path):
-    cfg = tiny_config(tmp_path / "run", data={"pack": True}, train={"steps": 4, "eval_every": 2, "ckpt_every": 2})
+    cfg = tiny_config(
+        tmp_path / "run", data={"pack": True}, train={"steps": 4, "eval_every": 2, "ckpt_every": 2}
+    )
     summary = train(load_config(cfg))
     assert summary["val_loss"] == summary["val_loss"]  # finite, not NaN
     with pytest.raises(ConfigError, match="data.pack"):
-        load_config(
-            tiny_config(tmp_path / "t", data={"source": "task", "name": "mqar", "pack": True})
-        )
+        load_config(tiny_config(tmp_path / "t", data={"source": "task", "name": "mqar", "pack": True}))
 
 
 # -- the classifier: padding never enters the backbone ------------------------------------------------------------

@@ -45,7 +45,9 @@ def packed_inputs(op, dtype, lengths=LENGTHS, **sizes) -> tuple[dict, torch.Tens
     args = spec.example(torch.float32, B=1, T=total, **sizes)
     if spec.state_arg:
         state = spec.example(torch.float32, B=n, T=3, **sizes).get(spec.state_arg)
-        if state is None:  # an op whose example starts fresh (flow_attention_prefill): the state after 3 tokens
+        if (
+            state is None
+        ):  # an op whose example starts fresh (flow_attention_prefill): the state after 3 tokens
             prefix = spec.example(torch.float32, B=n, T=3, **sizes)
             state = ops.list_ops()[op.name](**prefix, backend="reference")[spec.states[0]]
         args[spec.state_arg] = state
@@ -88,7 +90,11 @@ def test_ops_without_a_time_axis_refuse_cu_seqlens(name):
 def _bad_cases(total):
     good = cu_seqlens_from_lengths(LENGTHS)
     return {
-        "not increasing": (torch.tensor([0, 5, 5, total], dtype=torch.int32), ValueError, "strictly increasing"),
+        "not increasing": (
+            torch.tensor([0, 5, 5, total], dtype=torch.int32),
+            ValueError,
+            "strictly increasing",
+        ),
         "decreasing": (torch.tensor([0, 6, 5, total], dtype=torch.int32), ValueError, "strictly increasing"),
         "not from 0": (torch.tensor([1, 6, total], dtype=torch.int32), ValueError, "start at 0"),
         "short of T": (torch.tensor([0, 5, total - 1], dtype=torch.int32), ValueError, "end at T"),

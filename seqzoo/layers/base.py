@@ -126,7 +126,9 @@ class Mixer(nn.Module):
 
     # -- the contract ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
+    def forward(
+        self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None
+    ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def prefill(
@@ -163,8 +165,9 @@ def takes_cu_seqlens(mixer: nn.Module) -> bool:
     return has(mixer.forward) and has(getattr(mixer, "prefill", None) or mixer.forward)
 
 
-def mix_per_sequence(mixer: nn.Module, x: torch.Tensor, bounds: list[int], state: State | None = None,
-                     prefill: bool = False):
+def mix_per_sequence(
+    mixer: nn.Module, x: torch.Tensor, bounds: list[int], state: State | None = None, prefill: bool = False
+):
     """A packed ``x`` [1, T, d] through a mixer that does not take ``cu_seqlens``, one sequence at a time (the
     same numbers, one call per sequence); ``prefill`` also returns the states, one row per sequence."""
     ys, states = [], []

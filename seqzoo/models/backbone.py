@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ..layers.base import State, mix_per_sequence, takes_cu_seqlens
-from ..ops._varlen import check_cu_seqlens
 from ..modules import RMSNorm, build_mlp
+from ..ops._varlen import check_cu_seqlens
 from ..registry import build_mixer
 from .config import BackboneConfig
 
