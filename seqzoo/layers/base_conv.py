@@ -18,6 +18,10 @@ no finite state and keeps every input so far, ``{"x": [B, t, D]}`` (a cache grow
 like attention's KV cache). ``step`` at position t costs O(t D) plus the filter's taps (cached outside
 autograd); ``state_size(t) = D (W-1) + t D`` (each term only when that convolution is there).
 
+Packed documents (``cu_seqlens``): both convolutions run per document (the long one with the longest
+document's taps); a packed ``prefill`` returns one state row per document, the cache "x" padded to the longest
+document, each document's inputs right-aligned after zeros (``hyena.CachedConvMixer``).
+
 ``bidirectional=True`` makes the long convolution two-sided (a second filter MLP for lags -1, -2, ...); the
 short convolution stays causal. It needs the long convolution and cannot decode.
 """

@@ -38,6 +38,14 @@ past t and cached while the parameters are unchanged, outside autograd; inside a
 a ``prefill`` of T tokens after t cached ones costs one FFT convolution over t + T.
 ``state_size(t) = (N+1) D (W-1) + t (N-1) D``.
 
+Packed documents (``cu_seqlens``, x [1, T, d_model]): the short filter and every long convolution run per
+document (``ops.fft_conv(..., cu_seqlens=)``, with the taps of the longest document: a filter is a function of
+the tap index alone, so a document gets the taps it gets alone); gates and projections are per position. A
+packed ``prefill`` returns one state row per document, the cache "z" padded to the longest document with each
+document's inputs right-aligned after zeros (``state["z"][n, -L_n:]`` is document n's own cache): zeros before
+a document's start add nothing to the causal sums over lags that ``step`` computes, so decoding on (batch N),
+or a packed ``prefill`` continued from these rows, equals the separate runs (see ``CachedConvMixer``).
+
 ``bidirectional=True`` (encoders, Long Range Arena classifiers): every long convolution is two-sided, a second
 filter MLP giving the taps at lags -1, -2, ... (ops.fft_conv(bidirectional=True)); the short convolution stays
 causal. A bidirectional Hyena cannot decode.
@@ -52,8 +60,8 @@ from torch import nn
 
 from .. import ops
 from ..modules.short_conv import ShortConvolution
-from ..registry import register_mixer
 from ..ops._varlen import cu_seqlens_from_lengths, seq_idx_from_cu_seqlens
+from ..registry import register_mixer
 from .base import Mixer, State, backend_for, check_bool, check_float, check_int
 
 # -- the short filter -----------------------------------------------------------------------------------

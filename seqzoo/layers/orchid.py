@@ -39,6 +39,11 @@ Decoding: the long convolutions keep their inputs, {"conv": [B, 3D, W-1], "cond"
 at position t costs O(t D (M + 2)) (direct sums over the cache) plus the filters' taps (cached outside
 autograd). ``state_size(t) = 3D (W-1) + D (W_c - 1) + 2 t D`` (t D without the residual convolution).
 
+Packed documents (``cu_seqlens``): the short, conditioning and long convolutions run per document (the long ones
+with the longest document's taps); LayerNorm, gates and projections are per position. A packed ``prefill``
+returns one state row per document, the caches "z" and "x" padded to the longest document, each document's
+inputs right-aligned after zeros (``hyena.CachedConvMixer``).
+
 ``bidirectional=True``: every long convolution is two-sided (second filter MLPs for lags -1, -2, ...), the
 kernel still weighted by c_t at the output; the short and conditioning convolutions stay causal. It is the
 setting for classifiers (closer to the paper's encoder use) and cannot decode.
@@ -153,7 +158,9 @@ class Orchid(CachedConvMixer):
             # Packed: one cache row per document.
             empty = x.new_zeros(B if packing is None else packing.n, 0, d)
             past_z = empty if state is None else state["z"]
-            past_x = empty if state is None else state["x"]
+            # (no "x" without the residual convolution: the state holds none)
+            if self.residual_conv:
+                past_x = empty if state is None else state["x"]
         if state is not None:
             conv_state, cond_state = state["conv"], state["cond"].repeat_interleave(m, 1)
         # Conditioning: c [B, T, D, M] from the projected v up to each position (of its own document).
@@ -195,7 +202,9 @@ class Orchid(CachedConvMixer):
             "z": cache_z,
         }
         if self.residual_conv:
-            new["x"] = torch.cat([past_x, x.to(past_x.dtype)], 1) if packing is None else cache_x.to(past_x.dtype)
+            new["x"] = (
+                torch.cat([past_x, x.to(past_x.dtype)], 1) if packing is None else cache_x.to(past_x.dtype)
+            )
         return y, new
 
     def _keys(self):

@@ -15,6 +15,12 @@ C = C~ (I - Abar^l_max)^{-1}. Sequences longer than l_max get the kernel at the 
 l_max, with C~ re-derived from C so the convolution still equals the recurrence.
 
 The state is {"ssm": [B, H, N/2, 2]}: the kept complex modes as (real, imag), in fp32 (fp64 for fp64 models).
+Packed documents (``cu_seqlens``, x [1, T, d_model]): one kernel as long as the longest document, each document
+convolved alone with its first L_n taps (``ops.fft_conv(..., cu_seqlens=)``; the bidirectional kernel's
+backward half starts at each document's end); ``prefill`` takes and returns one state row per document.
+The kernel for length L is the first L taps of any longer one (S4 up to l_max; past it, from C~ re-derived),
+so a document gets the kernel it gets alone.
+
 The SSM parameters (A, dt, B, and P for s4) carry ``_optim = {"lr": 1e-3, "weight_decay": 0.0}``, which the
 training recipe's ``param_groups`` honours, as the papers train them.
 """
@@ -26,9 +32,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import ops
+from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..ops.s4.reference import discretize_diagonal, dplr_dense
 from ..registry import LRASettings, register_mixer
-from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from .base import Mixer, State
 from .ssm_init import S4D_INITS, log_dt_init, nplr_legs, s4d_init
 
