@@ -18,6 +18,10 @@ no finite state and keeps every input so far, ``{"x": [B, t, D]}`` (a cache grow
 like attention's KV cache). ``step`` at position t costs O(t D) plus the filter's taps (cached outside
 autograd); ``state_size(t) = D (W-1) + t D`` (each term only when that convolution is there).
 
+Packed documents (``cu_seqlens``): both convolutions run per document (the long one with the longest
+document's taps); a packed ``prefill`` returns one state row per document, the cache "x" padded to the longest
+document, each document's inputs right-aligned after zeros (``hyena.CachedConvMixer``).
+
 ``bidirectional=True`` makes the long convolution two-sided (a second filter MLP for lags -1, -2, ...); the
 short convolution stays causal. It needs the long convolution and cannot decode.
 """
@@ -101,30 +105,31 @@ class BaseConv(CachedConvMixer):
             f"long_conv={self.long_conv}, use_act={self.use_act}, bidirectional={self.bidirectional}"
         )
 
-    def _mix(self, x, state, keep_state):
+    def _mix(self, x, state, keep_state, packing=None):
+        cu = None if packing is None else packing.cu_seqlens
         new_state = {}
         c = 0
         if self.short is not None:
-            s, conv = self.short(x, None if state is None else state["conv"], keep_state)
+            s, conv = self.short(x, None if state is None else state["conv"], keep_state, cu_seqlens=cu)
             c = c + s
             new_state["conv"] = conv
         if self.filter is not None:
             past = None if state is None else state["x"]
             t0 = 0 if past is None else past.shape[1]
-            K = self.filter.taps(t0 + x.shape[1])
+            # Packed: each document convolves alone, so the longest one's taps suffice.
+            K = self.filter.taps(t0 + (x.shape[1] if packing is None else packing.longest))
             if keep_state:
-                prev = x.new_zeros(x.shape[0], 0, self.d_model) if past is None else past
-                long, new_state["x"] = continue_long_conv(prev, x, K, None, self.backend)
+                rows = x.shape[0] if packing is None else packing.n
+                prev = x.new_zeros(rows, 0, self.d_model) if past is None else past
+                long, new_state["x"] = continue_long_conv(prev, x, K, None, self.backend, packing)
             else:
-                long = ops.fft_conv(x, K, bidirectional=self.bidirectional, backend=self.backend)
+                long = ops.fft_conv(
+                    x, K, bidirectional=self.bidirectional, backend=self.backend, cu_seqlens=cu
+                )
             c = c + long.to(x.dtype) + x  # Zoology's long convolution adds its input (a unit skip)
         p = self.projection(x)
         y = F.silu(c) * F.silu(p) if self.use_act else c * p
         return y + x, new_state
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self._mix(x, None, False)[0]
 
     def _keys(self):
         return (("conv",) if self.short is not None else ()) + (("x",) if self.filter is not None else ())

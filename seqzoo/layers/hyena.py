@@ -38,6 +38,14 @@ past t and cached while the parameters are unchanged, outside autograd; inside a
 a ``prefill`` of T tokens after t cached ones costs one FFT convolution over t + T.
 ``state_size(t) = (N+1) D (W-1) + t (N-1) D``.
 
+Packed documents (``cu_seqlens``, x [1, T, d_model]): the short filter and every long convolution run per
+document (``ops.fft_conv(..., cu_seqlens=)``, with the taps of the longest document: a filter is a function of
+the tap index alone, so a document gets the taps it gets alone); gates and projections are per position. A
+packed ``prefill`` returns one state row per document, the cache "z" padded to the longest document with each
+document's inputs right-aligned after zeros (``state["z"][n, -L_n:]`` is document n's own cache): zeros before
+a document's start add nothing to the causal sums over lags that ``step`` computes, so decoding on (batch N),
+or a packed ``prefill`` continued from these rows, equals the separate runs (see ``CachedConvMixer``).
+
 ``bidirectional=True`` (encoders, Long Range Arena classifiers): every long convolution is two-sided, a second
 filter MLP giving the taps at lags -1, -2, ... (ops.fft_conv(bidirectional=True)); the short convolution stays
 causal. A bidirectional Hyena cannot decode.
@@ -52,6 +60,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.short_conv import ShortConvolution
+from ..ops._varlen import cu_seqlens_from_lengths, seq_idx_from_cu_seqlens
 from ..registry import register_mixer
 from .base import Mixer, State, backend_for, check_bool, check_float, check_int
 
@@ -162,12 +171,79 @@ class ImplicitFilter(nn.Module):
 # -- a causal long convolution continued from its cached inputs -----------------------------------------
 
 
-def continue_long_conv(past: torch.Tensor, new: torch.Tensor, K: torch.Tensor, D, backend: str):
+class Packing:
+    """The documents of a packed row (``cu_seqlens``, checked by ``Mixer.check_packed``) as the long-convolution
+    mixers need them: the tensor to hand to the ops, the boundaries and each document's length."""
+
+    def __init__(self, cu_seqlens: torch.Tensor, bounds: list[int]):
+        self.cu_seqlens, self.bounds = cu_seqlens, bounds
+        self.lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+        self.n = len(self.lengths)
+        # Every filter is a function of the tap index alone, so the longest document's taps serve all of them.
+        self.longest = max(self.lengths)
+
+    def histories(self, past_len: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where [cache ; new tokens] of each document lies in one packed row of histories (document n is its
+        ``past_len`` cached inputs, then its L_n new ones): (cu_seqlens of that row [N + 1] int32, the index of
+        each of its positions in [cache rows flattened ; new tokens] [S], the row position of each new token
+        [T])."""
+        lengths = torch.tensor(self.lengths, device=device)
+        starts = torch.tensor(self.bounds[:-1], device=device)
+        cu = cu_seqlens_from_lengths(lengths + past_len, device=device)
+        seq = seq_idx_from_cu_seqlens(cu)  # [S]
+        j = torch.arange(int(cu[-1]), device=device) - cu.long()[seq]  # position inside the history
+        from_cache = seq * past_len + j
+        from_new = self.n * past_len + starts[seq] + (j - past_len)
+        source = torch.where(j < past_len, from_cache, from_new)
+        new_seq = seq_idx_from_cu_seqlens(self.cu_seqlens.to(device))
+        new_pos = torch.arange(self.bounds[-1], device=device) + (new_seq + 1) * past_len
+        return cu, source, new_pos
+
+    def history_row(self, past: torch.Tensor, new: torch.Tensor):
+        """[past_n ; new_n] of every document as one packed row [1, S, C] (past [N, t, C], new [1, T, C]), its
+        cu_seqlens, and the row position of each new token (None when t = 0: the row is ``new`` itself)."""
+        if past.shape[1] == 0:
+            return new, self.cu_seqlens, None
+        cu, source, new_pos = self.histories(past.shape[1], new.device)
+        flat = torch.cat([past.to(new.dtype).reshape(-1, past.shape[2]), new[0]], 0)
+        return flat[source][None], cu, new_pos
+
+    def padded_cache(self, row: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        """The per-document histories of a packed row ``row`` [1, S, C] (cu_seqlens ``cu``) as a cache
+        [N, longest history, C], each history right-aligned after zeros. A cache grows with its document, and
+        documents differ in length: the zeros stand before the start of the shorter ones, where a causal
+        convolution summed over lags (``continue_long_conv``) finds nothing, so decoding on from a padded row
+        equals decoding on from the document's own cache."""
+        hist = (cu[1:] - cu[:-1]).long()  # [N]
+        width = int(hist.max())
+        k = torch.arange(width, device=row.device)
+        shift = width - hist  # leading zeros of each row
+        index = cu.long()[:-1, None] + k[None, :] - shift[:, None]  # [N, width]
+        pad = row.shape[1]  # index of an appended zero row
+        index = torch.where(k[None, :] >= shift[:, None], index, torch.full_like(index, pad))
+        rows = torch.cat([row[0], row.new_zeros(1, row.shape[2])], 0)
+        return rows[index]
+
+
+def continue_long_conv(
+    past: torch.Tensor, new: torch.Tensor, K: torch.Tensor, D, backend: str, packing: Packing | None = None
+):
     """The outputs at the new positions of the causal convolution of [past ; new] (per channel), and
     [past ; new].
 
     past [B, t, C] (t may be 0), new [B, n, C]; K [C, >= t + n]; D [C] or None. One new token is the direct
-    sum over the cache, O(t C); more run one FFT convolution over t + n."""
+    sum over the cache, O(t C); more run one FFT convolution over t + n.
+
+    ``packing``: ``new`` [1, T, C] packs N documents and ``past`` [N, t, C] holds one cache per document (a
+    shorter one right-aligned after zeros); K needs t + ``packing.longest`` taps. Each document's history
+    [past_n ; new_n] is convolved on its own (one ``ops.fft_conv`` over a packed row of histories), and the
+    returned caches [N, t + longest, C] are right-aligned after zeros (``Packing.padded_cache``)."""
+    if packing is not None:
+        row, cu, new_pos = packing.history_row(past, new)
+        y = ops.fft_conv(row, K, D, backend=backend, cu_seqlens=cu)
+        if new_pos is not None:
+            y = y[:, new_pos]
+        return y, packing.padded_cache(row, cu)
     full = torch.cat([past.to(new.dtype), new], 1)
     if new.shape[1] == 1:
         out_dtype = torch.promote_types(new.dtype, K.dtype)
@@ -182,23 +258,57 @@ def continue_long_conv(past: torch.Tensor, new: torch.Tensor, K: torch.Tensor, D
     return y, full
 
 
+def continue_long_conv_cache(past: torch.Tensor, new: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """The caches ``continue_long_conv(past, new, ..., packing)`` returns, without convolving: [N, t + longest,
+    C], each document's [past_n ; new_n] right-aligned after zeros."""
+    row, cu, _ = packing.history_row(past, new)
+    return packing.padded_cache(row, cu)
+
+
 class CachedConvMixer(Mixer):
-    """What the long-convolution mixers (hyena, base_conv, orchid) share to decode: ``prefill`` and ``step``
-    run the subclass's ``_mix(x, state, decoding=True)``, which continues each long convolution over the
-    cache of its inputs (``continue_long_conv``); ``_keys()`` names the state's tensors."""
+    """What the long-convolution mixers (hyena, base_conv, orchid) share: ``forward`` runs the subclass's
+    ``_mix(x, None, False, packing)``; ``prefill`` and ``step`` run ``_mix(x, state, True, packing)``, which
+    continues each long convolution over the cache of its inputs (``continue_long_conv``); ``_keys()`` names
+    the state's tensors.
+
+    Packed documents (``cu_seqlens``): every long convolution runs per document (``ops.fft_conv(...,
+    cu_seqlens=)``, the taps of the longest document shared, a filter being a function of the tap index
+    alone), as does every short convolution; the rest is per position. A packed ``prefill`` returns one state
+    row per document: the fixed-size short-convolution states as they are, and the growing caches of long-
+    convolution inputs padded to the longest document, each right-aligned after zeros (zeros before a
+    document's start add nothing to its causal convolution): ``state["z"][n, -L_n:]`` is document n's own
+    cache. ``step`` (batch N) and a packed ``prefill`` continued from such states equal separate runs."""
 
     def _keys(self) -> tuple[str, ...]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _begin(self, x, state, ndim):
+    def _mix(self, x, state, keep_state, packing=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _begin(self, x, state, ndim, cu_seqlens=None):
         self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
         self.check_decodable()
+        if cu_seqlens is not None:
+            return self._packing(x, cu_seqlens, state)
         if state is not None:
             self.check_state(state, x.shape[0], self._keys())
+        return None
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self._begin(x, state, 3)
-        return self._mix(x, state, True)
+    def _packing(self, x, cu_seqlens, state=None) -> Packing | None:
+        bounds = self.check_packed(x, cu_seqlens, state, self._keys())
+        return None if bounds is None else Packing(cu_seqlens, bounds)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, d_model]; with ``cu_seqlens``, x [1, T, d_model] packs documents and each is mixed alone."""
+        self.check_input(x)
+        return self._mix(x, None, False, self._packing(x, cu_seqlens))[0]
+
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """With ``cu_seqlens``: one state row per document, the caches padded (see the class docstring)."""
+        packing = self._begin(x, state, 3, cu_seqlens)
+        return self._mix(x, state, True, packing)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self._begin(x_t, state, 2)
@@ -280,32 +390,33 @@ class Hyena(CachedConvMixer):
         K = K.unflatten(-2, (d, n)).movedim(-2, 0)  # [N-1, (2,) D, T]
         return K, self.bias.view(d, n).t()
 
-    def _mix(self, x, state, keep_state):
+    def _mix(self, x, state, keep_state, packing=None):
         d, n = self.d_model, self.order - 1
         conv_state = None if state is None else state["conv"]
-        u, conv = self.short_filter(self.in_proj(x), conv_state, keep_state)
+        cu = None if packing is None else packing.cu_seqlens
+        u, conv = self.short_filter(self.in_proj(x), conv_state, keep_state, cu_seqlens=cu)
         *gates, v = u.split(d, -1)
         past = None if state is None else state["z"]
         t0 = 0 if past is None else past.shape[1]
-        K, D = self._filters(t0 + x.shape[1])
+        # Packed: each document convolves alone, so the longest one's taps suffice.
+        K, D = self._filters(t0 + (x.shape[1] if packing is None else packing.longest))
         inputs = []
         for o, x_i in enumerate(reversed(gates[1:])):
             z = self.dropout(v * x_i)
             if past is None and not keep_state:
-                v = ops.fft_conv(z, K[o], D[o], bidirectional=self.bidirectional, backend=self.backend)
+                v = ops.fft_conv(
+                    z, K[o], D[o], bidirectional=self.bidirectional, backend=self.backend, cu_seqlens=cu
+                )
             else:
-                prev = z.new_zeros(z.shape[0], 0, d) if past is None else past[..., o * d : (o + 1) * d]
-                v, full = continue_long_conv(prev, z, K[o], D[o], self.backend)
+                rows = z.shape[0] if packing is None else packing.n
+                prev = z.new_zeros(rows, 0, d) if past is None else past[..., o * d : (o + 1) * d]
+                v, full = continue_long_conv(prev, z, K[o], D[o], self.backend, packing)
                 inputs.append(full)
         y = self.out_proj(v * gates[0])
         if not keep_state:
             return y, None
         assert len(inputs) == n
         return y, {"conv": conv, "z": torch.cat(inputs, -1)}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self._mix(x, None, False)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or self.out_proj.weight.dtype

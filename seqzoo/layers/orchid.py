@@ -39,6 +39,11 @@ Decoding: the long convolutions keep their inputs, {"conv": [B, 3D, W-1], "cond"
 at position t costs O(t D (M + 2)) (direct sums over the cache) plus the filters' taps (cached outside
 autograd). ``state_size(t) = 3D (W-1) + D (W_c - 1) + 2 t D`` (t D without the residual convolution).
 
+Packed documents (``cu_seqlens``): the short, conditioning and long convolutions run per document (the long ones
+with the longest document's taps); LayerNorm, gates and projections are per position. A packed ``prefill``
+returns one state row per document, the caches "z" and "x" padded to the longest document, each document's
+inputs right-aligned after zeros (``hyena.CachedConvMixer``).
+
 ``bidirectional=True``: every long convolution is two-sided (second filter MLPs for lags -1, -2, ...), the
 kernel still weighted by c_t at the output; the short and conditioning convolutions stay causal. It is the
 setting for classifiers (closer to the paper's encoder use) and cannot decode.
@@ -53,7 +58,13 @@ from .. import ops
 from ..modules.short_conv import ShortConvolution
 from ..registry import register_mixer
 from .base import State, backend_for, check_bool, check_int
-from .hyena import CachedConvMixer, ImplicitFilter, check_filter_args, continue_long_conv
+from .hyena import (
+    CachedConvMixer,
+    ImplicitFilter,
+    check_filter_args,
+    continue_long_conv,
+    continue_long_conv_cache,
+)
 
 
 @register_mixer(
@@ -128,59 +139,73 @@ class Orchid(CachedConvMixer):
             f"residual_conv={self.residual_conv}, bidirectional={self.bidirectional}"
         )
 
-    def _long(self, u, past, K, D, keep_state):
-        """The causal (or two-sided) long convolution of u with K; with a cache, continued after ``past``."""
+    def _long(self, u, past, K, D, keep_state, packing=None):
+        """The causal (or two-sided) long convolution of u with K; with a cache, continued after ``past``
+        (and the cache returned). ``packing``: u packs documents, each convolved alone."""
         if not keep_state:
-            return ops.fft_conv(u, K, D, bidirectional=self.bidirectional, backend=self.backend)
-        return continue_long_conv(past, u, K, D, self.backend)[0]
+            cu = None if packing is None else packing.cu_seqlens
+            y = ops.fft_conv(u, K, D, bidirectional=self.bidirectional, backend=self.backend, cu_seqlens=cu)
+            return y, None
+        return continue_long_conv(past, u, K, D, self.backend, packing)
 
-    def _mix(self, x, state, keep_state):
+    def _mix(self, x, state, keep_state, packing=None):
         d, m = self.d_model, self.n_kernels
         B, T = x.shape[:2]
+        cu = None if packing is None else packing.cu_seqlens
         u = self.in_proj(x)
         past_z = past_x = cond_state = conv_state = None
         if keep_state:
-            empty = x.new_zeros(B, 0, d)
+            # Packed: one cache row per document.
+            empty = x.new_zeros(B if packing is None else packing.n, 0, d)
             past_z = empty if state is None else state["z"]
-            past_x = empty if state is None else state["x"]
+            # (no "x" without the residual convolution: the state holds none)
+            if self.residual_conv:
+                past_x = empty if state is None else state["x"]
         if state is not None:
             conv_state, cond_state = state["conv"], state["cond"].repeat_interleave(m, 1)
-        # Conditioning: c [B, T, D, M] from the projected v up to each position.
+        # Conditioning: c [B, T, D, M] from the projected v up to each position (of its own document).
         a = u[..., 2 * d :]
-        c, cond = self.cond_conv(a.repeat_interleave(m, -1), cond_state, keep_state)
+        c, cond = self.cond_conv(a.repeat_interleave(m, -1), cond_state, keep_state, cu_seqlens=cu)
         c = self.cond_norm(c).unflatten(-1, (d, m))
-        u, conv = self.short_filter(u, conv_state, keep_state)
+        u, conv = self.short_filter(u, conv_state, keep_state, cu_seqlens=cu)
         x0, x1, v = u.split(d, -1)
         z = x1 * v
         t0 = 0 if past_z is None else past_z.shape[1]
-        K = self.filter.taps(t0 + T)
+        # Packed: each document convolves alone, so the longest one's taps suffice.
+        span = t0 + (T if packing is None else packing.longest)
+        K = self.filter.taps(span)
         # Every basis kernel sees the same z: channel v (M+1) + k of the bank convolves z_v.
-        w = self._long(
+        w, _ = self._long(
             z.repeat_interleave(m + 1, -1),
             None if past_z is None else past_z.repeat_interleave(m + 1, -1),
             K,
             None,
             keep_state,
-        ).unflatten(-1, (d, m + 1))
+            packing,
+        )
+        w = w.unflatten(-1, (d, m + 1))
         w = w[..., 0] + (c * w[..., 1:]).sum(-1) + self.bias * z
         y = x0 * w
         if self.residual_conv:
-            y = y + self._long(x, past_x, self.filter_res.taps(t0 + T), self.bias_res, keep_state)
+            r, cache_x = self._long(x, past_x, self.filter_res.taps(span), self.bias_res, keep_state, packing)
+            y = y + r
         y = self.out_proj(y)
         if not keep_state:
             return y, None
+        if packing is None:
+            cache_z = torch.cat([past_z, z.to(past_z.dtype)], 1)
+        else:  # each document's [past ; z] right-aligned after zeros, as continue_long_conv pads its inputs
+            cache_z = continue_long_conv_cache(past_z, z.to(past_z.dtype), packing)
         new = {
             "conv": conv,
             "cond": cond.unflatten(1, (d, m))[:, :, 0],  # the M copies hold the same inputs: keep one
-            "z": torch.cat([past_z, z.to(past_z.dtype)], 1),
+            "z": cache_z,
         }
         if self.residual_conv:
-            new["x"] = torch.cat([past_x, x.to(past_x.dtype)], 1)
+            new["x"] = (
+                torch.cat([past_x, x.to(past_x.dtype)], 1) if packing is None else cache_x.to(past_x.dtype)
+            )
         return y, new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self._mix(x, None, False)[0]
 
     def _keys(self):
         return ("conv", "cond", "z") + (("x",) if self.residual_conv else ())

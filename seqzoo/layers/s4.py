@@ -15,6 +15,12 @@ C = C~ (I - Abar^l_max)^{-1}. Sequences longer than l_max get the kernel at the 
 l_max, with C~ re-derived from C so the convolution still equals the recurrence.
 
 The state is {"ssm": [B, H, N/2, 2]}: the kept complex modes as (real, imag), in fp32 (fp64 for fp64 models).
+Packed documents (``cu_seqlens``, x [1, T, d_model]): one kernel as long as the longest document, each document
+convolved alone with its first L_n taps (``ops.fft_conv(..., cu_seqlens=)``; the bidirectional kernel's
+backward half starts at each document's end); ``prefill`` takes and returns one state row per document.
+The kernel for length L is the first L taps of any longer one (S4 up to l_max; past it, from C~ re-derived),
+so a document gets the kernel it gets alone.
+
 The SSM parameters (A, dt, B, and P for s4) carry ``_optim = {"lr": 1e-3, "weight_decay": 0.0}``, which the
 training recipe's ``param_groups`` honours, as the papers train them.
 """
@@ -26,12 +32,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import ops
+from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..ops.s4.reference import discretize_diagonal, dplr_dense
 from ..registry import LRASettings, register_mixer
 from .base import Mixer, State
 from .ssm_init import S4D_INITS, log_dt_init, nplr_legs, s4d_init
 
 SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0}
+
+
+def _longest(bounds: list[int]) -> int:
+    return max(e - s for s, e in zip(bounds[:-1], bounds[1:]))
 
 
 def _ssm_param(value: torch.Tensor) -> nn.Parameter:
@@ -74,15 +85,37 @@ class _SSMLayer(Mixer):
         y = self.out_proj(self.dropout(F.gelu(v.to(dtype))))
         return F.glu(y, -1) if self.output == "glu" else y
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        K = self._kernel(x.shape[1])
+    def _conv(self, x: torch.Tensor, cu_seqlens=None, bounds=None) -> torch.Tensor:
+        # Packed: one kernel as long as the longest document, each document convolved alone with its first L_n
+        # taps (ops.fft_conv's cu_seqlens). The kernel for length L is the first L taps of any longer one (S4D's
+        # at every length; S4's up to l_max, and past it the same taps from the re-derived C~), so each
+        # document gets the kernel it gets alone.
+        T = x.shape[1] if bounds is None else _longest(bounds)
+        K = self._kernel(T)
         if self.bidirectional:
             K = K.view(2, self.d_model, -1)
-        return ops.fft_conv(x, K, self.D, bidirectional=self.bidirectional)
+        return ops.fft_conv(x, K, self.D, bidirectional=self.bidirectional, cu_seqlens=cu_seqlens)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, d_model]; with ``cu_seqlens``, x [1, T, d_model] packs documents and each is mixed alone
+        (bidirectional too: the backward SSM starts at each document's end)."""
         self.check_input(x)
-        return self._finish(self._conv(x), x.dtype)
+        bounds = self.check_packed(x, cu_seqlens)
+        return self._finish(self._conv(x, cu_seqlens, bounds), x.dtype)
+
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """y and the state after the last token. With ``cu_seqlens`` (x [1, T, d_model] packing N documents),
+        ``state`` and the returned state hold one row per document, [N, H, N/2, 2]: each document's own."""
+        bounds = self._begin(x, state, 3, cu_seqlens)
+        v = self._conv(x, cu_seqlens, bounds)
+        sd = self._state_dtype(x)
+        if bounds is None:
+            v, new = self._prefill_state(x.to(sd), v, state)
+        else:
+            v, new = self._prefill_state_packed(x.to(sd), v, state, cu_seqlens, bounds)
+        return self._finish(v, x.dtype), {"ssm": new}
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
@@ -93,11 +126,22 @@ class _SSMLayer(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.d_model * self.d_state
 
-    def _begin(self, x, state, ndim):
+    def _begin(self, x, state, ndim, cu_seqlens=None):
+        """Check the input (and state); the boundaries of a packed x (None unpacked)."""
         self.check_input(x, "x" if ndim == 3 else "x_t", ndim)
         self.check_decodable()
+        if cu_seqlens is not None:
+            return self.check_packed(x, cu_seqlens, state, ("ssm",))
         if state is not None:
             self.check_state(state, x.shape[0], ("ssm",))
+        return None
+
+    @staticmethod
+    def _documents(cu_seqlens, bounds, device):
+        """Of a packed row: each position's document [T] and place in it [T], each document's length [N]."""
+        cu = cu_seqlens.to(device)
+        lengths = torch.tensor([e - s for s, e in zip(bounds[:-1], bounds[1:])], device=device)
+        return seq_idx_from_cu_seqlens(cu), positions_from_cu_seqlens(cu), lengths
 
     def _state_dtype(self, x):
         return torch.promote_types(x.dtype, torch.float32)
@@ -186,17 +230,18 @@ class S4D(_SSMLayer):
         Abar, Bbar = discretize_diagonal(log_dt, A_re, A_im, B_re, B_im, self.discretization)
         return Abar, Bbar, torch.complex(C_re, C_im)
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self._begin(x, state, 3)
-        v = self._conv(x)
-        sd = self._state_dtype(x)
-        Abar, Bbar, C = self._system(sd)
-        T = x.shape[1]
-        # powers[h, n, j] = Abar^j, j = 0..T  (O(H N T) memory, prefill only)
-        powers = torch.cumprod(
+    @staticmethod
+    def _powers(Abar, T):  # powers[h, n, j] = Abar^j, j = 0..T  (O(H N T) memory, prefill only)
+        return torch.cumprod(
             torch.cat([torch.ones_like(Abar)[..., None], Abar[..., None].expand(-1, -1, T)], -1), -1
         )
-        u = x.to(sd)
+
+    def _prefill_state(self, u, v, state):
+        """v plus what the initial state adds, and the state after the last token (u: x in the state dtype)."""
+        sd = u.dtype
+        Abar, Bbar, C = self._system(sd)
+        T = u.shape[1]
+        powers = self._powers(Abar, T)
         # x_T = sum_s Abar^{T-1-s} Bbar u_s (+ Abar^T x_0)
         new = Bbar * torch.einsum("hns,bsh->bhn", powers[..., :T].flip(-1).to(C.dtype), u.to(C.dtype))
         if state is not None:
@@ -204,7 +249,24 @@ class S4D(_SSMLayer):
             new = new + powers[..., T] * x0
             # y_t gains 2 Re(sum_n C Abar^{t+1} x_0)
             v = v + 2 * torch.einsum("hn,hnt,bhn->bth", C, powers[..., 1:], x0).real
-        return self._finish(v, x.dtype), {"ssm": torch.view_as_real(new).contiguous()}
+        return v, torch.view_as_real(new).contiguous()
+
+    def _prefill_state_packed(self, u, v, state, cu_seqlens, bounds):
+        """``_prefill_state`` per document of a packed row u [1, T, H]: position t of document n (at place i,
+        length L_n) adds Abar^(L_n-1-i) Bbar u_t to state row n, and row n of the initial state adds
+        2 Re(C Abar^(i+1) x_0[n]) to y_t and Abar^L_n x_0[n] to the state."""
+        sd = u.dtype
+        Abar, Bbar, C = self._system(sd)
+        seq, pos, lengths = self._documents(cu_seqlens, bounds, u.device)
+        powers = self._powers(Abar, _longest(bounds))
+        lag = lengths[seq] - 1 - pos  # [T]
+        parts = Bbar * torch.einsum("hnt,th->thn", powers[..., lag].to(C.dtype), u[0].to(C.dtype))
+        new = parts.new_zeros(len(bounds) - 1, *parts.shape[1:]).index_add(0, seq, parts)
+        if state is not None:
+            x0 = torch.view_as_complex(state["ssm"].to(sd).contiguous())  # [N, H, N/2]
+            new = new + powers[..., lengths].permute(2, 0, 1) * x0
+            v = v + 2 * torch.einsum("hn,hnt,thn->th", C, powers[..., pos + 1], x0[seq]).real[None]
+        return v, torch.view_as_real(new).contiguous()
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self._begin(x_t, state, 2)
@@ -296,28 +358,58 @@ class S4(_SSMLayer):
     def _full(x_half):  # restore the conjugate half of the state
         return torch.cat([x_half, x_half.conj()], -1)
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self._begin(x, state, 3)
-        v = self._conv(x)
-        sd = self._state_dtype(x)
-        Abar, Bbar, C = self._system(sd)
-        T, m = x.shape[1], self.d_state // 2
-        # Krylov vectors Abar^j Bbar, j = 0..T-1 (a loop of T matrix-vector products; prefill only).
+    @staticmethod
+    def _krylov(Abar, Bbar, T):
+        """Abar^j Bbar, j = 0..T-1, [H, T, 2N] (a loop of T matrix-vector products; prefill only)."""
         kry = [Bbar]
         for _ in range(T - 1):
             kry.append((Abar @ kry[-1][..., None])[..., 0])
-        kry = torch.stack(kry, 1)  # [H, T, 2N]
-        u = x.to(sd).to(C.dtype)
+        return torch.stack(kry, 1)
+
+    @staticmethod
+    def _readout(C, Abar, T):
+        """C Abar^(t+1), t = 0..T-1, [H, T, 2N]."""
+        rows = [C]
+        for _ in range(T):
+            rows.append((rows[-1][:, None, :] @ Abar)[:, 0])
+        return torch.stack(rows[1:], 1)
+
+    def _prefill_state(self, u, v, state):
+        """v plus what the initial state adds, and the state after the last token (u: x in the state dtype)."""
+        sd = u.dtype
+        Abar, Bbar, C = self._system(sd)
+        T, m = u.shape[1], self.d_state // 2
+        kry = self._krylov(Abar, Bbar, T)  # [H, T, 2N]
+        u = u.to(C.dtype)
         new = torch.einsum("hsn,bsh->bhn", kry.flip(1), u)
         if state is not None:
             x0 = self._full(torch.view_as_complex(state["ssm"].to(sd).contiguous()))
-            rows = [C]  # C Abar^{t+1}, t = 0..T-1
-            for _ in range(T):
-                rows.append((rows[-1][:, None, :] @ Abar)[:, 0])
-            rows = torch.stack(rows[1:], 1)  # [H, T, 2N]
+            rows = self._readout(C, Abar, T)  # [H, T, 2N]
             v = v + torch.einsum("htn,bhn->bth", rows, x0).real
             new = new + torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(Abar, T), x0)
-        return self._finish(v, x.dtype), {"ssm": torch.view_as_real(new[..., :m]).contiguous()}
+        return v, torch.view_as_real(new[..., :m]).contiguous()
+
+    def _prefill_state_packed(self, u, v, state, cu_seqlens, bounds):
+        """``_prefill_state`` per document of a packed row u [1, T, H]: position t of document n (at place i,
+        length L_n) adds Abar^(L_n-1-i) Bbar u_t to state row n, and row n of the initial state adds
+        Re(C Abar^(i+1) x_0[n]) to y_t and Abar^L_n x_0[n] to the state."""
+        sd = u.dtype
+        Abar, Bbar, C = self._system(sd)
+        m, longest = self.d_state // 2, _longest(bounds)
+        seq, pos, lengths = self._documents(cu_seqlens, bounds, u.device)
+        kry = self._krylov(Abar, Bbar, longest)  # [H, longest, 2N]
+        lag = lengths[seq] - 1 - pos  # [T]
+        parts = torch.einsum("htn,th->thn", kry[:, lag], u[0].to(C.dtype))
+        new = parts.new_zeros(len(bounds) - 1, *parts.shape[1:]).index_add(0, seq, parts)
+        if state is not None:
+            x0 = self._full(torch.view_as_complex(state["ssm"].to(sd).contiguous()))  # [N, H, 2N]
+            rows = self._readout(C, Abar, longest)
+            v = v + torch.einsum("htn,thn->th", rows[:, pos], x0[seq]).real[None]
+            # Abar^L_n x_0[n], one matrix power per distinct length
+            power = {n: torch.linalg.matrix_power(Abar, n) for n in set(lengths.tolist())}
+            moved = [power[n] @ x0[i][..., None] for i, n in enumerate(lengths.tolist())]
+            new = new + torch.stack(moved)[..., 0]
+        return v, torch.view_as_real(new[..., :m]).contiguous()
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self._begin(x_t, state, 2)
