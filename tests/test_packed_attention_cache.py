@@ -111,3 +111,11 @@ def test_rows_at_different_positions_decode_as_each_alone(name):
     yb, sb = m.step(x_t[1:], sb)
     torch.testing.assert_close(y_t, torch.cat([ya, yb]), rtol=1e-10, atol=1e-10)
     _same_states(state, _padded_rows([sa, sb]))
+
+
+def test_cache_shorter_than_its_position_is_an_error():
+    m = build("attention")
+    _, state = m.prefill(torch.randn(2, 4, D_MODEL, dtype=torch.float64))
+    state = {**state, "pos": torch.tensor([4, 6])}
+    with pytest.raises(ValueError, match="pos"):
+        m.step(torch.randn(2, D_MODEL, dtype=torch.float64), state)

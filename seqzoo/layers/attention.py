@@ -42,6 +42,14 @@ TRANSFORMER_LRA_BLOCK = {
 }
 
 
+def _position_range(pos: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest of the rows' positions (0, 0 for no rows), read in one transfer from the device."""
+    if pos.numel() == 0:
+        return 0, 0
+    lo, hi = torch.stack(torch.aminmax(pos)).tolist()
+    return lo, hi
+
+
 @register_mixer(
     "attention",
     description="multi-head softmax attention with RoPE; GQA/MQA via n_kv_heads; KV-cache decoding",
@@ -157,13 +165,13 @@ class Attention(Mixer):
     def _common_start(self, state: State) -> int | None:
         """The position every row stands at, when they all stand at the same one and the cache holds exactly
         that many keys (no padding): then the whole batch continues in one call. None otherwise."""
-        pos = state["pos"]
-        if pos.numel() == 0:
-            return 0 if state["k"].shape[1] == 0 else None
-        start = int(pos[0])
-        if state["k"].shape[1] != start or not bool((pos == start).all()):
-            return None
-        return start
+        lo, hi = _position_range(state["pos"])
+        if hi > state["k"].shape[1]:
+            raise ValueError(
+                f"{self.mixer_name}: state['k'] holds {state['k'].shape[1]} keys per row but state['pos'] reaches "
+                f"{hi}; build the state with init_state() or prefill()"
+            )
+        return lo if lo == hi == state["k"].shape[1] else None
 
     def _continue(self, q, k, v, cache_k, cache_v, start: int, attend: bool = True):
         """Rows that all stand at position ``start`` (their keys in cache slots 0 .. start - 1) take the new
@@ -264,11 +272,8 @@ class SlidingWindowAttention(Attention):
         }
 
     def _common_start(self, state: State) -> int | None:
-        pos = state["pos"]
-        if pos.numel() == 0:
-            return 0
-        start = int(pos[0])
-        return start if bool((pos == start).all()) else None
+        lo, hi = _position_range(state["pos"])
+        return lo if lo == hi else None
 
     def _continue(self, q, k, v, ring_k, ring_v, start: int, attend: bool = True):
         """Rows that all stand at position ``start`` (position p in ring slot p mod W) take the new q, k, v."""

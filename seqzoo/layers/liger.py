@@ -44,7 +44,7 @@ from .. import ops
 from ..modules.rotary import apply_rotary
 from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..registry import register_mixer
-from .attention import Attention
+from .attention import Attention, _position_range
 from .base import Mixer, State, check_float, check_int
 
 
@@ -223,8 +223,8 @@ class AttentionHybridMixer(Mixer):
         q, k, v = self._project(x)
         o_gla, S = self._gla(x, q, k, v, state["S"], self.backend, cu_seqlens)
         if bounds is None:
-            start = int(pos[0]) if pos.numel() else 0
-            if not pos.numel() or bool((pos == start).all()):  # every row at one position: one call
+            start, last = _position_range(pos)
+            if start == last:  # every row at one position: one call for the batch, as before
                 q, k = self._rope(q, k, torch.arange(start, start + t, device=x.device))
                 o_swa, new_k, new_v = self._continue_window(q, k, v, state["k"], state["v"], start)
                 return self._output(o_gla, o_swa, x), {"S": S, "k": new_k, "v": new_v, "pos": pos + t}
