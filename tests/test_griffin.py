@@ -15,7 +15,8 @@ from seqzoo.models import PRESETS, preset
 
 
 def rglru_by_hand(m: RGLRUBlock, x: torch.Tensor) -> torch.Tensor:
-    """The block written out from the paper's equations, step by step, with full block-diagonal matrices."""
+    """The block written out from the paper's equations, step by step, with full block-diagonal matrices; the
+    first token resets the recurrence as recurrentgemma's RGLRU does at segment_pos == 0 (h_0 = i_0 * u_0)."""
     b, t, _ = x.shape
     gate = F.gelu(x @ m.gate_proj.weight.T, approximate="tanh")
     v = x @ m.in_proj.weight.T
@@ -30,7 +31,10 @@ def rglru_by_hand(m: RGLRUBlock, x: torch.Tensor) -> torch.Tensor:
         r = torch.sigmoid(u @ w_a + m.gate_a_bias.flatten())
         gi = torch.sigmoid(u @ w_x + m.gate_x_bias.flatten())
         a = torch.sigmoid(-m.a_param) ** (m.c * r)  # exp(-softplus(L)) = sigmoid(-L)
-        h = a * h + torch.sqrt(1 - a * a) * (gi * u)
+        if i == 0:  # a sequence start (recurrentgemma's reset, issue 27): no decay, the input unscaled
+            h = gi * u
+        else:
+            h = a * h + torch.sqrt(1 - a * a) * (gi * u)
         ys.append(h)
     return (torch.stack(ys, 1) * gate) @ m.out_proj.weight.T
 
@@ -176,5 +180,8 @@ def test_preset_decodes_in_constant_memory(name):
             _, states = model.step(token, states)
             sizes.append(held(states))
     assert len(set(sizes)) == 1, sizes
-    # Everything held is the recurrent and convolution states and the ring buffer (plus position counters).
-    assert sizes[0] == 2 * model.state_size(15) + 2 * sum(1 for s in states if "pos" in s)
+    # Everything held is the recurrent and convolution states and the ring buffer, plus one number per row for
+    # each position counter and each of rglru's "fresh" flags (the 1-D entries, which state_size leaves out).
+    assert sizes[0] == 2 * model.state_size(15) + 2 * sum(
+        1 for s in states for v in s.values() if v.dim() == 1
+    )

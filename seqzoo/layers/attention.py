@@ -8,6 +8,17 @@
 Decoding: ``attention`` keeps every past key and value (the cache grows with the sequence); ``sliding_window``
 keeps only the last W in a ring buffer, slot = position mod W, so it decodes in constant memory. RoPE is
 applied before caching, so a key's slot order does not matter.
+
+Each row of a state has its own position, ``pos`` [B] (the number of tokens it has seen). ``attention``'s
+cache holds row b's keys in slots 0 .. pos[b] - 1 and zeros after them (padding up to the longest row, never
+attended); ``sliding_window``'s ring puts row b's position p in slot p mod W. When every row stands at the
+same position (ordinary batched decoding) a prefill or step is one attention call, as before; rows at
+different positions (after a packed prefill) attend one row at a time, with the same numbers.
+
+Packed documents (issue 27): with ``cu_seqlens`` x [1, T, d_model] holds N documents; attention is
+block-diagonal (``ops.attention(..., cu_seqlens=cu)``, the window inside each document) and RoPE takes each
+token's position inside its own document (``positions_from_cu_seqlens``). A packed prefill returns one state
+row per document (caches padded to the longest) and continues each document from its own row.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.rotary import apply_rotary
+from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..registry import LRASettings, register_mixer
 from .base import Mixer, State, check_float, check_int
 
@@ -28,6 +40,14 @@ TRANSFORMER_LRA_BLOCK = {
     "model.mlp": "gelu",
     "model.mlp_ratio": 2.0,
 }
+
+
+def _position_range(pos: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest of the rows' positions (0, 0 for no rows), read in one transfer from the device."""
+    if pos.numel() == 0:
+        return 0, 0
+    lo, hi = torch.stack(torch.aminmax(pos)).tolist()
+    return lo, hi
 
 
 @register_mixer(
@@ -105,16 +125,27 @@ class Attention(Mixer):
             return q, k, v
         return apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base), v
 
-    def _attend(self, q, k, v, causal: bool, window):
-        o = ops.attention(q, k, v, causal=causal, window=window, backend=self.backend)
-        return self.o_proj(o.reshape(q.shape[0], q.shape[1], -1))
+    def _attention(self, q, k, v, causal: bool, window, cu_seqlens=None):
+        return ops.attention(q, k, v, causal=causal, window=window, backend=self.backend, cu_seqlens=cu_seqlens)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _out(self, o: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(o.reshape(o.shape[0], o.shape[1], -1))
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens`` (int32 [N + 1]): x [1, T, d_model] packs N documents; no token attends across a
+        boundary and RoPE counts positions from each document's start, so each is mixed as if alone."""
         self.check_input(x)
-        q, k, v = self._project(x, torch.arange(x.shape[1], device=x.device))
-        return self._attend(q, k, v, not self.bidirectional, self.window)
+        self.check_packed(x, cu_seqlens)
+        if cu_seqlens is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        else:
+            positions = positions_from_cu_seqlens(cu_seqlens.to(x.device))
+        q, k, v = self._project(x, positions)
+        return self._out(self._attention(q, k, v, not self.bidirectional, self.window, cu_seqlens))
 
     # -- decoding: a growing KV cache ------------------------------------------------------------------
+
+    _state_keys = ("k", "v", "pos")
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or self.o_proj.weight.dtype
@@ -128,20 +159,81 @@ class Attention(Mixer):
     def _start(self, state: State | None, x: torch.Tensor) -> State:
         if state is None:
             return self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        self.check_state(state, x.shape[0], ("k", "v", "pos"))
+        self.check_state(state, x.shape[0], self._state_keys)
         return state
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def _common_start(self, state: State) -> int | None:
+        """The position every row stands at, when they all stand at the same one and the cache holds exactly
+        that many keys (no padding): then the whole batch continues in one call. None otherwise."""
+        lo, hi = _position_range(state["pos"])
+        if hi > state["k"].shape[1]:
+            raise ValueError(
+                f"{self.mixer_name}: state['k'] holds {state['k'].shape[1]} keys per row but state['pos'] reaches "
+                f"{hi}; build the state with init_state() or prefill()"
+            )
+        return lo if lo == hi == state["k"].shape[1] else None
+
+    def _continue(self, q, k, v, cache_k, cache_v, start: int, attend: bool = True):
+        """Rows that all stand at position ``start`` (their keys in cache slots 0 .. start - 1) take the new
+        q, k, v [b, t, ...]: the attention output (None unless ``attend``) and the caches holding all their keys."""
+        k_all = torch.cat([cache_k[:, :start], k.to(cache_k.dtype)], dim=1)
+        v_all = torch.cat([cache_v[:, :start], v.to(cache_v.dtype)], dim=1)
+        o = self._attention(q, k_all.to(q.dtype), v_all.to(q.dtype), True, self.window) if attend else None
+        return o, k_all, v_all
+
+    @staticmethod
+    def _stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+        """Rows [1, L_n, ...] as one [N, max L_n, ...], each padded with zeros after its own keys."""
+        longest = max(r.shape[1] for r in rows)
+        padded = [torch.cat([r, r.new_zeros(1, longest - r.shape[1], *r.shape[2:])], dim=1) for r in rows]
+        return torch.cat(padded)
+
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``cu_seqlens``: x [1, T, d_model] packs N documents; ``state`` (if given) and the returned state hold
+        one row per document, each document continuing from its row's position (caches padded to the longest
+        row; the padding is never attended)."""
         self.check_input(x)
         self.check_decodable()
-        state = self._start(state, x)
-        start = int(state["pos"][0])
+        bounds = self.check_packed(x, cu_seqlens, state, self._state_keys)
         t = x.shape[1]
-        q, k, v = self._project(x, torch.arange(start, start + t, device=x.device))
-        k_all = torch.cat([state["k"], k.to(state["k"].dtype)], dim=1)
-        v_all = torch.cat([state["v"], v.to(state["v"].dtype)], dim=1)
-        y = self._attend(q, k_all.to(q.dtype), v_all.to(q.dtype), True, self.window)
-        return y, {"k": k_all, "v": v_all, "pos": state["pos"] + t}
+        if bounds is None:
+            state = self._start(state, x)
+            start = self._common_start(state)
+            if start is not None:  # every row at the same position: one call for the batch
+                q, k, v = self._project(x, torch.arange(start, start + t, device=x.device))
+                o, new_k, new_v = self._continue(q, k, v, state["k"], state["v"], start)
+                return self._out(o), {"k": new_k, "v": new_v, "pos": state["pos"] + t}
+            # Rows at different positions (a packed prefill's states): RoPE at each row's own positions.
+            positions = state["pos"].to(x.device)[:, None] + torch.arange(t, device=x.device)
+            spans = [(n, n + 1, 0, t) for n in range(x.shape[0])]
+            fresh = False
+        else:
+            fresh = state is None
+            state = self.init_state(len(bounds) - 1, device=x.device, dtype=x.dtype) if fresh else state
+            # Each token at its position inside its document, after what its document's row has seen.
+            cu = cu_seqlens.to(x.device)
+            positions = positions_from_cu_seqlens(cu) + state["pos"].to(x.device)[seq_idx_from_cu_seqlens(cu)]
+            spans = [(0, 1, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+        q, k, v = self._project(x, positions)
+        # From no state the documents attend in one packed call (block-diagonal); the rows below only build caches.
+        attend = not fresh
+        outs, ks, vs = [], [], []
+        for n, ((b0, b1, s, e), start) in enumerate(zip(spans, state["pos"].tolist())):
+            rows = (slice(b0, b1), slice(s, e))
+            past_k, past_v = state["k"][n : n + 1], state["v"][n : n + 1]
+            o, k_n, v_n = self._continue(q[rows], k[rows], v[rows], past_k, past_v, start, attend)
+            outs.append(o)
+            ks.append(k_n)
+            vs.append(v_n)
+        if not attend:
+            o = self._attention(q, k, v, True, self.window, cu_seqlens)
+        else:
+            o = torch.cat(outs, dim=0 if bounds is None else 1)
+        lengths = torch.tensor([e - s for _, _, s, e in spans], device=state["pos"].device)
+        new = {"k": self._stack_rows(ks), "v": self._stack_rows(vs), "pos": state["pos"] + lengths}
+        return self._out(o), new
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.check_input(x_t, "x_t", ndim=2)
@@ -179,26 +271,26 @@ class SlidingWindowAttention(Attention):
             "pos": torch.zeros(batch_size, dtype=torch.long, device=device),
         }
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self.check_input(x)
-        self.check_decodable()
-        state = self._start(state, x)
-        start = int(state["pos"][0])
-        t, w = x.shape[1], self.window
-        q, k, v = self._project(x, torch.arange(start, start + t, device=x.device))
+    def _common_start(self, state: State) -> int | None:
+        lo, hi = _position_range(state["pos"])
+        return lo if lo == hi else None
+
+    def _continue(self, q, k, v, ring_k, ring_v, start: int, attend: bool = True):
+        """Rows that all stand at position ``start`` (position p in ring slot p mod W) take the new q, k, v."""
+        t, w = q.shape[1], self.window
         # Unroll the ring into time order (oldest first): the valid past keys, then the new ones.
         n_past = min(start, w)
-        order = torch.arange(start - n_past, start, device=x.device) % w
-        k_all = torch.cat([state["k"][:, order].to(k.dtype), k], dim=1)
-        v_all = torch.cat([state["v"][:, order].to(v.dtype), v], dim=1)
-        y = self._attend(q, k_all, v_all, True, w)
+        order = torch.arange(start - n_past, start, device=q.device) % w
+        k_all = torch.cat([ring_k[:, order].to(k.dtype), k], dim=1)
+        v_all = torch.cat([ring_v[:, order].to(v.dtype), v], dim=1)
+        o = self._attention(q, k_all, v_all, True, w) if attend else None
         # Write the last min(T + n_past, W) positions back to their slots.
         keep = min(n_past + t, w)
-        slots = torch.arange(start + t - keep, start + t, device=x.device) % w
-        new_k, new_v = state["k"].clone(), state["v"].clone()
+        slots = torch.arange(start + t - keep, start + t, device=q.device) % w
+        new_k, new_v = ring_k.clone(), ring_v.clone()
         new_k[:, slots] = k_all[:, -keep:].to(new_k.dtype)
         new_v[:, slots] = v_all[:, -keep:].to(new_v.dtype)
-        return y, {"k": new_k, "v": new_v, "pos": state["pos"] + t}
+        return o, new_k, new_v
 
     def state_size(self, seq_len: int) -> int:
         return 2 * self.window * self.n_kv_heads * self.head_dim

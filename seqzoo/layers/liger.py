@@ -24,7 +24,14 @@ arguments here (``gla_weight``, ``swa_weight``, 0.5 each by default).
 
 Decoding: the state is S (fp32, fp64 for fp64 models), the last W rotated keys and values in time order
 (``k``, ``v`` [B, W, Hk, Dh], oldest first; slots before the first token are zeros and never attended) and a
-position counter, so memory is constant: H Dh^2 + 2 W Hk Dh numbers per sequence.
+position counter per row (``pos`` [B]), so memory is constant: H Dh^2 + 2 W Hk Dh numbers per sequence. A
+batch whose rows all stand at one position continues in one call; rows at different positions (after a
+packed prefill) take their window branch one row at a time, with the same numbers.
+
+Packed documents (issue 27, ``cu_seqlens``: x [1, T, d_model] holds N documents): the GLA branch runs
+``ops.gla`` / ``ops.gla_step`` with ``cu_seqlens`` (a state per document), the window branch attends inside
+each document with RoPE at each token's position in its own document, and a packed prefill returns (and
+continues from) one state row per document.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from torch import nn
 
 from .. import ops
 from ..modules.rotary import apply_rotary
+from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..registry import register_mixer
-from .attention import Attention
+from .attention import Attention, _position_range
 from .base import Mixer, State, check_float, check_int
 
 
@@ -109,9 +117,10 @@ class AttentionHybridMixer(Mixer):
         """ops.gla's output -> o_gla [B, T, H, Dh]."""
         return o
 
-    def _window_attention(self, q, k, v) -> torch.Tensor:
+    def _window_attention(self, q, k, v, cu_seqlens=None) -> torch.Tensor:
         """Causal softmax attention of q [B, Tq, H, Dh] (the last Tq positions) over k, v [B, Tk, Hk, Dh],
-        each query seeing the ``window`` most recent positions."""
+        each query seeing the ``window`` most recent positions; with ``cu_seqlens`` (Tq = Tk, batch 1) only
+        those of its own document."""
         raise NotImplementedError
 
     def _mix(self, o_gla: torch.Tensor, o_swa: torch.Tensor) -> torch.Tensor:
@@ -135,13 +144,16 @@ class AttentionHybridMixer(Mixer):
             return q, k
         return apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base)
 
-    def _gla(self, x, q, k, v, initial_state, backend):
-        """The GLA branch; with ``initial_state`` (decoding) from that state through ``ops.gla_step``."""
+    def _gla(self, x, q, k, v, initial_state, backend, cu_seqlens=None):
+        """The GLA branch; with ``initial_state`` (decoding) from that state through ``ops.gla_step``. With
+        ``cu_seqlens`` the op keeps the documents apart (``initial_state`` and S one row per document)."""
         qg, kg, vg, g = self._gla_inputs(x, q, k, v)
         if initial_state is None:
-            o, S = ops.gla(qg, kg, vg, g, scale=1.0, backend=backend)
+            o, S = ops.gla(qg, kg, vg, g, scale=1.0, backend=backend, cu_seqlens=cu_seqlens)
         else:
-            o, S = ops.gla_step(qg, kg, vg, g, scale=1.0, initial_state=initial_state, backend=backend)
+            o, S = ops.gla_step(
+                qg, kg, vg, g, scale=1.0, initial_state=initial_state, backend=backend, cu_seqlens=cu_seqlens
+            )
         return self._gla_output(o), S
 
     def _output(self, o_gla, o_swa, x):
@@ -150,12 +162,21 @@ class AttentionHybridMixer(Mixer):
 
     # -- the contract ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens`` (int32 [N + 1]): x [1, T, d_model] packs N documents, each mixed as if alone (both
+        branches keep the documents apart; RoPE counts from each document's start)."""
         self.check_input(x)
+        self.check_packed(x, cu_seqlens)
         q, k, v = self._project(x)
-        o_gla, _ = self._gla(x, q, k, v, None, self.backend)
-        q, k = self._rope(q, k, torch.arange(x.shape[1], device=x.device))
-        return self._output(o_gla, self._window_attention(q, k, v), x)
+        o_gla, _ = self._gla(x, q, k, v, None, self.backend, cu_seqlens)
+        if cu_seqlens is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        else:
+            positions = positions_from_cu_seqlens(cu_seqlens.to(x.device))
+        q, k = self._rope(q, k, positions)
+        return self._output(o_gla, self._window_attention(q, k, v, cu_seqlens), x)
+
+    _state_keys = ("S", "k", "v", "pos")
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or self.o_proj.weight.dtype
@@ -171,25 +192,67 @@ class AttentionHybridMixer(Mixer):
             "pos": torch.zeros(batch_size, dtype=torch.long, device=device),
         }
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        self.check_input(x)
-        self.check_decodable()
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        else:
-            self.check_state(state, x.shape[0], ("S", "k", "v", "pos"))
-        start, t, w = int(state["pos"][0]), x.shape[1], self.window
-        q, k, v = self._project(x)
-        o_gla, S = self._gla(x, q, k, v, state["S"], self.backend)
-        q, k = self._rope(q, k, torch.arange(start, start + t, device=x.device))
+    def _continue_window(self, q, k, v, win_k, win_v, start: int, attend: bool = True):
+        """Rows that all stand at position ``start`` take the new (rotated) q, k, v [b, t, ...]: the window
+        branch's output (None unless ``attend``) and the new windows (the last W keys, oldest first)."""
+        w = self.window
         # The valid past keys are the last min(start, W) slots of the time-ordered window.
         n_past = min(start, w)
-        k_all = torch.cat([state["k"][:, w - n_past :].to(k.dtype), k], dim=1)
-        v_all = torch.cat([state["v"][:, w - n_past :].to(v.dtype), v], dim=1)
-        y = self._output(o_gla, self._window_attention(q, k_all, v_all), x)
-        new_k = torch.cat([state["k"], k.to(state["k"].dtype)], dim=1)[:, -w:]
-        new_v = torch.cat([state["v"], v.to(state["v"].dtype)], dim=1)[:, -w:]
-        return y, {"S": S, "k": new_k, "v": new_v, "pos": state["pos"] + t}
+        k_all = torch.cat([win_k[:, w - n_past :].to(k.dtype), k], dim=1)
+        v_all = torch.cat([win_v[:, w - n_past :].to(v.dtype), v], dim=1)
+        o = self._window_attention(q, k_all, v_all) if attend else None
+        new_k = torch.cat([win_k, k.to(win_k.dtype)], dim=1)[:, -w:]
+        new_v = torch.cat([win_v, v.to(win_v.dtype)], dim=1)[:, -w:]
+        return o, new_k, new_v
+
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``cu_seqlens``: x [1, T, d_model] packs N documents; ``state`` (if given) and the returned state hold
+        one row per document, each continuing from its own position."""
+        self.check_input(x)
+        self.check_decodable()
+        bounds = self.check_packed(x, cu_seqlens, state, self._state_keys)
+        fresh = state is None
+        if fresh:
+            rows = x.shape[0] if bounds is None else len(bounds) - 1
+            state = self.init_state(rows, device=x.device, dtype=x.dtype)
+        elif bounds is None:
+            self.check_state(state, x.shape[0], self._state_keys)
+        t, pos = x.shape[1], state["pos"]
+        q, k, v = self._project(x)
+        o_gla, S = self._gla(x, q, k, v, state["S"], self.backend, cu_seqlens)
+        if bounds is None:
+            start, last = _position_range(pos)
+            if start == last:  # every row at one position: one call for the batch, as before
+                q, k = self._rope(q, k, torch.arange(start, start + t, device=x.device))
+                o_swa, new_k, new_v = self._continue_window(q, k, v, state["k"], state["v"], start)
+                return self._output(o_gla, o_swa, x), {"S": S, "k": new_k, "v": new_v, "pos": pos + t}
+            # Rows at different positions (a packed prefill's states): RoPE at each row's own positions.
+            positions = pos.to(x.device)[:, None] + torch.arange(t, device=x.device)
+            spans = [(n, n + 1, 0, t) for n in range(x.shape[0])]
+        else:
+            cu = cu_seqlens.to(x.device)
+            positions = positions_from_cu_seqlens(cu) + pos.to(x.device)[seq_idx_from_cu_seqlens(cu)]
+            spans = [(0, 1, s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+        q, k = self._rope(q, k, positions)
+        # From no state the documents attend in one packed call; the rows below then only build windows.
+        attend = not (fresh and bounds is not None)
+        outs, ks, vs = [], [], []
+        for n, ((b0, b1, s, e), start) in enumerate(zip(spans, pos.tolist())):
+            rows = (slice(b0, b1), slice(s, e))
+            past_k, past_v = state["k"][n : n + 1], state["v"][n : n + 1]
+            o, k_n, v_n = self._continue_window(q[rows], k[rows], v[rows], past_k, past_v, start, attend)
+            outs.append(o)
+            ks.append(k_n)
+            vs.append(v_n)
+        if attend:
+            o_swa = torch.cat(outs, dim=0 if bounds is None else 1)
+        else:
+            o_swa = self._window_attention(q, k, v, cu_seqlens)
+        lengths = torch.tensor([e - s for _, _, s, e in spans], device=pos.device)
+        new = {"S": S, "k": torch.cat(ks), "v": torch.cat(vs), "pos": pos + lengths}
+        return self._output(o_gla, o_swa, x), new
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.check_input(x_t, "x_t", ndim=2)
@@ -287,8 +350,10 @@ class Liger(AttentionHybridMixer):
         g = F.logsigmoid(k.to(dt)) / self.gate_normalizer
         return qg, self._repeat_kv(kg), self._repeat_kv(v), self._repeat_kv(g)
 
-    def _window_attention(self, q, k, v):
-        return ops.attention(q, k, v, causal=True, window=self.window, backend=self.attention_backend)
+    def _window_attention(self, q, k, v, cu_seqlens=None):
+        return ops.attention(
+            q, k, v, causal=True, window=self.window, backend=self.attention_backend, cu_seqlens=cu_seqlens
+        )
 
     def _mix(self, o_gla, o_swa):
         return self.gla_weight * o_gla + self.swa_weight * o_swa

@@ -13,7 +13,9 @@ learned meta-memory tokens, on one set of attention projections (Van Nguyen et a
 The GLA branch runs on ``ops.gla`` with a per-head decay and a column of ones appended to v, whose output is
 the normaliser: its state S [B, H, 2F, Dh + 1] holds the numerator's state and, in the last column, the
 decayed sum of phi_k. The window branch decodes from the last W keys/values, as ``liger``; the meta tokens are
-parameters, not state. Memory is constant: H 2F (Dh + 1) + 2 W Hk Dh numbers per sequence.
+parameters, not state. Memory is constant: H 2F (Dh + 1) + 2 W Hk Dh numbers per sequence. Packed documents
+(``cu_seqlens``) and per-row positions work as in ``liger`` (the base class); the window branch takes a packed
+row one document at a time, each document's queries seeing the meta tokens and its own window.
 
 Sources. The paper's code is not public (to our knowledge); this follows the paper's description (gated
 linear attention with a learnable gating module for global context, sliding-window attention "enhanced by
@@ -173,8 +175,18 @@ class Lizard(AttentionHybridMixer):
         wide = o.to(torch.promote_types(o.dtype, torch.float32))
         return (wide[..., :-1] / wide[..., -1:].clamp_min(1e-12)).to(o.dtype)
 
-    def _window_attention(self, q, k, v):
-        return window_attention_with_sinks(q, k, v, self.window, self.meta_k, self.meta_v)
+    def _window_attention(self, q, k, v, cu_seqlens=None):
+        if cu_seqlens is None:
+            return window_attention_with_sinks(q, k, v, self.window, self.meta_k, self.meta_v)
+        # Packed documents: one document at a time (the meta tokens are seen by every document's queries).
+        bounds = [int(b) for b in cu_seqlens.tolist()]
+        return torch.cat(
+            [
+                window_attention_with_sinks(q[:, s:e], k[:, s:e], v[:, s:e], self.window, self.meta_k, self.meta_v)
+                for s, e in zip(bounds[:-1], bounds[1:])
+            ],
+            dim=1,
+        )
 
     def _mix(self, o_gla, o_swa):
         return o_gla + self.alpha.to(o_gla.dtype) * o_swa

@@ -8,7 +8,9 @@
     out = (y * silu(z)) W_out
 
 The scan is ``ops.selective_scan`` (dt's bias and softplus fused into it); decoding carries the last 3 conv
-inputs and the [E, N] SSM state, so its memory does not grow with the length.
+inputs and the [E, N] SSM state, so its memory does not grow with the length. Packed documents
+(``cu_seqlens``, issue 27) go to the convolution and the scan as they are: each document is mixed as if alone,
+and prefill's state holds one row per document.
 
 Initialisation as in the paper: A_log = log(1..N) in every channel (S4D-Real), D = 1, dt_proj's bias the
 inverse softplus of dt drawn log-uniformly in [dt_min, dt_max] (floored at 1e-4) and its weight uniform in
@@ -121,10 +123,12 @@ class Mamba(Mixer):
         dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return dt_low @ self.dt_proj.weight.t(), B, C
 
-    def _mix(self, x, state=None):
+    def _mix(self, x, state=None, cu_seqlens=None):
         xz = self.in_proj(x)
         u, z = xz.chunk(2, dim=-1)
-        u, conv = self.conv(u, None if state is None else state["conv"], output_state=True)
+        # Packed (cu_seqlens): the conv and the scan each keep the documents apart; state rows are documents.
+        conv_state = None if state is None else state["conv"]
+        u, conv = self.conv(u, conv_state, output_state=True, cu_seqlens=cu_seqlens)
         delta, B, C = self._ssm_inputs(u)
         y, ssm = ops.selective_scan(
             u,
@@ -139,12 +143,15 @@ class Mamba(Mixer):
             initial_state=None if state is None else state["ssm"],
             output_final_state=True,
             backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens`` (int32 [N + 1]): x [1, T, d_model] packs N documents, each mixed as if alone."""
         self.check_input(x)
-        return self._mix(x)[0]
+        self.check_packed(x, cu_seqlens)
+        return self._mix(x, cu_seqlens=cu_seqlens)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         # fp32 states for fp32/fp16/bf16 models (fp64 for fp64), as the ops return them.
@@ -154,12 +161,18 @@ class Mamba(Mixer):
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
         }
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``cu_seqlens``: x [1, T, d_model] packs N documents; ``state`` (if given) and the returned state hold
+        one row per document ([N, ...]), so ``step`` decodes them on as a batch of N."""
         self.check_input(x)
         self.check_decodable()
-        if state is not None:
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, ("conv", "ssm"))
+        elif state is not None:
             self.check_state(state, x.shape[0], ("conv", "ssm"))
-        return self._mix(x, state)
+        return self._mix(x, state, cu_seqlens)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.check_input(x_t, "x_t", ndim=2)

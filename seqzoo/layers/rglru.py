@@ -14,8 +14,23 @@ exp(-c softplus(Lambda)), is uniform in [0.9, 0.999] (Griffin, section 2.4). The
 root is unbounded as a_t -> 1 (it happens when r_t -> 0), so its gradient is clipped at 1000 (the forward
 value is exact).
 
-Decoding keeps the last 3 inputs of the convolution [B, W, 3] and the recurrent state [B, W], both fp32:
-constant memory, whatever the length.
+Document starts reset the recurrence (issue 27), as recurrentgemma does: at a token whose position in its
+document is 0 the decay is zeroed and the input is not scaled,
+
+    h_t = i_t * u_t          (a_t := 0, sqrt(1 - a_t^2) := 1)
+
+following google-deepmind/recurrentgemma, recurrentgemma/torch/layers.py (``RGLRU.forward``: ``reset =
+segment_pos == 0``, ``multiplier = reset + ~reset * multiplier``; ``rnn_scan``: ``a = a * ~reset``). The first
+token of every sequence is such a start: a forward (or a prefill without a state) resets its position 0, a
+packed call (``cu_seqlens``) every document's first position. This CHANGED the output at the first token of
+every sequence (before issue 27 the first token was scaled by sqrt(1 - a_0^2) like any other); later tokens
+see a different h_0 and change with it. So that decoding agrees with the full forward, the state carries a
+flag ``fresh`` [B] (fp32, 1 in ``init_state``, 0 once a row has seen a token): a prefill or step from a state
+resets the first token of each row whose flag is 1, so ``init_state`` then ``step`` equals ``forward``, and
+``prefill(x, init_state(B))`` equals ``prefill(x)``.
+
+Decoding keeps the last 3 inputs of the convolution [B, W, 3] and the recurrent state [B, W], both fp32, and
+the flag: constant memory, whatever the length. Packed prefill returns these with one row per document.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ from torch import nn
 
 from .. import ops
 from ..modules.short_conv import ShortConvolution, rename_parameters_on_load
+from ..ops._varlen import sequence_starts
 from ..registry import register_mixer
 from .base import Mixer, State, backend_for
 
@@ -133,8 +149,9 @@ class RGLRUBlock(Mixer):
         uh = u.view(b, t, self.n_heads, -1)
         return (torch.einsum("bthi,hij->bthj", uh, weight) + bias).reshape(b, t, self.lru_width)
 
-    def _rglru(self, u: torch.Tensor, h0: torch.Tensor | None):
-        """RG-LRU over u [B, T, W] from state h0; returns (h [B, T, W] in u's dtype, final state fp32)."""
+    def _rglru(self, u: torch.Tensor, h0: torch.Tensor | None, reset: torch.Tensor, cu_seqlens=None):
+        """RG-LRU over u [B, T, W] from state h0; ``reset`` [B, T] bool marks document starts (a_t = 0, input
+        multiplier 1). Returns (h [B, T, W] in u's dtype, final state fp32; one row per document when packed)."""
         acc = torch.promote_types(u.dtype, torch.float32)
         r = torch.sigmoid(self._gate(u, self.gate_a_weight, self.gate_a_bias).to(acc))
         i = torch.sigmoid(self._gate(u, self.gate_x_weight, self.gate_x_bias).to(acc))
@@ -142,24 +159,57 @@ class RGLRUBlock(Mixer):
         a = torch.exp(log_a)
         # 1 - a^2 through expm1: exact for a near 1, where 1 - a*a would cancel.
         multiplier = sqrt_bounded_grad(-torch.expm1(2 * log_a))
+        # recurrentgemma's reset: at a start nothing of h_{t-1} survives and the input enters unscaled. torch.where
+        # (not a product) so that the start's sqrt and its clipped gradient do not enter at all.
+        start = reset[..., None]
+        a = torch.where(start, torch.zeros((), dtype=acc, device=a.device), a)
+        multiplier = torch.where(start, torch.ones((), dtype=acc, device=a.device), multiplier)
         x = multiplier * (i * u.to(acc))
-        h, final = ops.linear_scan(a, x, initial_state=h0, output_final_state=True, backend=self.backend)
+        h, final = ops.linear_scan(
+            a, x, initial_state=h0, output_final_state=True, backend=self.backend, cu_seqlens=cu_seqlens
+        )
         return h.to(u.dtype), final
 
-    def _conv(self, v: torch.Tensor, state: torch.Tensor | None):
-        return self.conv(v, state, output_state=True)
+    def _resets(self, x: torch.Tensor, state: State | None, cu_seqlens) -> torch.Tensor:
+        """[B, T] bool: the tokens that start a sequence. Without a state every row's (every document's) first
+        token; from a state, the first token of the rows (documents) whose ``fresh`` flag is set."""
+        b, t, _ = x.shape
+        reset = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+        if t == 0:
+            return reset
+        if cu_seqlens is None:
+            reset[:, 0] = True if state is None else state["fresh"].to(x.device) > 0.5
+            return reset
+        starts = cu_seqlens[:-1].to(device=x.device, dtype=torch.long)
+        if state is None:
+            reset[0] = sequence_starts(cu_seqlens.to(x.device))
+        else:
+            reset[0, starts] = state["fresh"].to(x.device) > 0.5
+        return reset
 
-    def _mix(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+    def _conv(self, v: torch.Tensor, state: torch.Tensor | None, cu_seqlens=None):
+        return self.conv(v, state, output_state=True, cu_seqlens=cu_seqlens)
+
+    def _mix(self, x: torch.Tensor, state: State | None, cu_seqlens=None) -> tuple[torch.Tensor, State]:
         gate = F.gelu(self.gate_proj(x), approximate="tanh")
-        u, conv_state = self._conv(self.in_proj(x), None if state is None else state["conv"])
-        h, h_state = self._rglru(u, None if state is None else state["h"])
-        return self.out_proj(h * gate), {"conv": conv_state, "h": h_state}
+        reset = self._resets(x, state, cu_seqlens)
+        u, conv_state = self._conv(self.in_proj(x), None if state is None else state["conv"], cu_seqlens)
+        h, h_state = self._rglru(u, None if state is None else state["h"], reset, cu_seqlens)
+        if state is not None and x.shape[1] == 0:
+            fresh = state["fresh"]
+        else:
+            # Every row (document) has now seen a token.
+            fresh = torch.zeros(h_state.shape[0], dtype=torch.float32, device=x.device)
+        return self.out_proj(h * gate), {"conv": conv_state, "h": h_state, "fresh": fresh}
 
     # -- the contract --------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, d_model]; position 0 of every row is a sequence start (the reset above). ``cu_seqlens``
+        (int32 [N + 1]): x [1, T, d_model] packs N documents, each reset at its start and mixed as if alone."""
         self.check_input(x)
-        return self._mix(x, None)[0]
+        self.check_packed(x, cu_seqlens)
+        return self._mix(x, None, cu_seqlens)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         # fp32 states for fp32/fp16/bf16 models (fp64 for fp64), as the ops return them.
@@ -167,13 +217,23 @@ class RGLRUBlock(Mixer):
         return {
             "conv": torch.zeros(batch_size, self.lru_width, self.conv_width - 1, device=device, dtype=dtype),
             "h": torch.zeros(batch_size, self.lru_width, device=device, dtype=dtype),
+            # 1: the row has seen no token yet, so its next token starts a sequence (is reset).
+            "fresh": torch.ones(batch_size, dtype=torch.float32, device=device),
         }
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``cu_seqlens``: x [1, T, d_model] packs N documents; ``state`` (if given) and the returned state hold
+        one row per document. Without a state every document starts afresh (is reset at its first token);
+        from a state, the documents whose row is ``fresh``."""
         self.check_input(x)
-        if state is not None:
-            self.check_state(state, x.shape[0], ("conv", "h"))
-        return self._mix(x, state)
+        keys = ("conv", "h", "fresh")
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, keys)
+        elif state is not None:
+            self.check_state(state, x.shape[0], keys)
+        return self._mix(x, state, cu_seqlens)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.check_input(x_t, "x_t", ndim=2)
@@ -181,6 +241,7 @@ class RGLRUBlock(Mixer):
         return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
+        # The conv's inputs and h; the one-number flag "fresh" is counted as position counters are (not at all).
         return self.lru_width * (self.conv_width - 1) + self.lru_width
 
 
