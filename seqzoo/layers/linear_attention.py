@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops._varlen import lengths_from_cu_seqlens, positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..modules.norm import RMSNorm
 from ..modules.short_conv import ShortConvolution  # noqa: F401 (the family's; re-exported)
+from ..ops._varlen import lengths_from_cu_seqlens, positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..registry import register_mixer
 from .base import Mixer, State, check_float, check_int
 
@@ -171,9 +171,7 @@ class GatedLinearAttentionMixer(Mixer):
         self.check_packed(x, cu_seqlens)
         positions = self._positions(x, None, cu_seqlens)
         q, k, v, g, _ = self._features(x, None, positions, False, cu_seqlens)
-        o, _ = ops.gla(
-            q, k, v, g, causal=not self.bidirectional, backend=self.backend, cu_seqlens=cu_seqlens
-        )
+        o, _ = ops.gla(q, k, v, g, causal=not self.bidirectional, backend=self.backend, cu_seqlens=cu_seqlens)
         return self._output(o, x)
 
     def _positions(self, x: torch.Tensor, state: State | None, cu_seqlens) -> torch.Tensor:
@@ -220,7 +218,9 @@ class GatedLinearAttentionMixer(Mixer):
             self.check_packed(x, cu_seqlens, state, self._state_keys())
         elif state is not None:
             self.check_state(state, x.shape[0], self._state_keys())
-        q, k, v, g, conv_states = self._features(x, state, self._positions(x, state, cu_seqlens), True, cu_seqlens)
+        q, k, v, g, conv_states = self._features(
+            x, state, self._positions(x, state, cu_seqlens), True, cu_seqlens
+        )
         o, S = ops.gla_step(
             q,
             k,
@@ -237,7 +237,9 @@ class GatedLinearAttentionMixer(Mixer):
             else:  # each document moves its own position on by its own length
                 advance = lengths_from_cu_seqlens(cu_seqlens.to(x.device))
                 rows = advance.numel()
-            start = state["pos"] if state is not None else torch.zeros(rows, dtype=torch.long, device=x.device)
+            start = (
+                state["pos"] if state is not None else torch.zeros(rows, dtype=torch.long, device=x.device)
+            )
             new_state["pos"] = start + advance
         return self._output(o, x), new_state
 

@@ -174,7 +174,9 @@ class Mamba2(Mixer):
         b, t, _ = u.shape
         e, gn = self.d_inner, self.n_groups * self.d_state
         z, xbc, dt = self.in_proj(u).split([e, self.conv_dim, self.n_heads], dim=-1)
-        xbc, conv = self.conv(xbc, None if state is None else state["conv"], keep_state, cu_seqlens=cu_seqlens)
+        xbc, conv = self.conv(
+            xbc, None if state is None else state["conv"], keep_state, cu_seqlens=cu_seqlens
+        )
         x, B, C = xbc.split([e, gn, gn], dim=-1)
         ft = torch.promote_types(u.dtype, torch.float32)
         dt = F.softplus(dt.to(ft) + self.dt_bias.to(ft))
