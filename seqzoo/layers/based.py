@@ -105,8 +105,8 @@ class Based(GatedLinearAttentionMixer):
             f"(expanded {self.head_k_dim}), head_dim={self.value_head_dim}, bidirectional={self.bidirectional}"
         )
 
-    def _features(self, x, state, positions, keep_state):
-        q, k, v, convs = self._qkv(x, state, keep_state)
+    def _features(self, x, state, positions, keep_state, cu_seqlens=None):
+        q, k, v, convs = self._qkv(x, state, keep_state, cu_seqlens)
         q = taylor_feature_map(self._heads(q, self.feature_dim))
         k = taylor_feature_map(self._heads(k, self.feature_dim))
         v = self._heads(v, self.value_head_dim)

@@ -104,9 +104,10 @@ class DeltaNet(GatedLinearAttentionMixer):
         """g [B, T, H] for ops.delta_rule; DeltaNet has none."""
         return None
 
-    def _features(self, x, state, keep_state):
-        """x [B, T, D] -> q, k (unit per head), v, beta, g for ops.delta_rule, and the convolutions' states."""
-        q, k, v, convs = self._qkv(x, state, keep_state)
+    def _features(self, x, state, keep_state, cu_seqlens=None):
+        """x [B, T, D] -> q, k (unit per head), v, beta, g for ops.delta_rule, and the convolutions' states.
+        Everything but the short convolutions (which take ``cu_seqlens``) acts on one position at a time."""
+        q, k, v, convs = self._qkv(x, state, keep_state, cu_seqlens)
         if not self.convs:  # with the convolutions, their activation is the SiLU
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = l2_normalize(self._heads(q, self.head_k_dim))
@@ -123,20 +124,36 @@ class DeltaNet(GatedLinearAttentionMixer):
             o = self.o_norm(o)
         return self.o_proj(o.reshape(x.shape[0], x.shape[1], -1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, D]. ``cu_seqlens``: x [1, T, D] packs documents; the short convolutions and the delta rule
+        restart at each one, so y is what each document alone gives."""
         self.check_input(x)
-        q, k, v, beta, g, _ = self._features(x, None, False)
-        o, _ = ops.delta_rule(q, k, v, beta, g, backend=self.backend)
+        self.check_packed(x, cu_seqlens)
+        q, k, v, beta, g, _ = self._features(x, None, False, cu_seqlens)
+        o, _ = ops.delta_rule(q, k, v, beta, g, backend=self.backend, cu_seqlens=cu_seqlens)
         return self._output(o, x)
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(y, state). ``cu_seqlens``: x [1, T, D] packs N documents; ``state`` (if given) and the returned
+        state hold one row per document (S [N, H, K, V] and the convolution tails)."""
         self.check_input(x)
-        if state is not None:
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, self._state_keys())
+        elif state is not None:
             self.check_state(state, x.shape[0], self._state_keys())
-        q, k, v, beta, g, convs = self._features(x, state, True)
+        q, k, v, beta, g, convs = self._features(x, state, True, cu_seqlens)
         # ops.delta_rule_step's auto: on a GPU, the fused recurrent kernel for a few tokens (decoding)
         o, S = ops.delta_rule_step(
-            q, k, v, beta, g, initial_state=None if state is None else state["S"], backend=self.backend
+            q,
+            k,
+            v,
+            beta,
+            g,
+            initial_state=None if state is None else state["S"],
+            backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
         return self._output(o, x), {"S": S, **convs}
 

@@ -9,6 +9,11 @@ compete for a softmax-normalised share of the output and lets each query gate ho
 T x T matrix. Causal by default; ``bidirectional=True`` for encoders (Long Range Arena). Decoding keeps the
 running sums of the causal recurrence (:mod:`seqzoo.ops.flow_attention.recurrent`): per head four D-vectors,
 one scalar and a D x Dv matrix, whatever the length.
+
+Packed documents (``cu_seqlens``): the projections act per position, and ``ops.flow_attention`` /
+``ops.flow_attention_prefill`` take the boundaries, so the flows, the normalisers (incoming and outgoing
+flows, the competition's softmax over the keys) and the running sums all stay inside each document, causal or
+bidirectional; prefill's state holds one row per document.
 """
 
 from __future__ import annotations
@@ -80,10 +85,15 @@ class FlowAttention(Mixer):
     def _out(self, o: torch.Tensor) -> torch.Tensor:
         return self.o_proj(o.flatten(-2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, D]. ``cu_seqlens``: x [1, T, D] packs documents, each attended to as if alone."""
         self.check_input(x)
+        self.check_packed(x, cu_seqlens)
         q, k, v = self._project(x)
-        return self._out(ops.flow_attention(q, k, v, causal=not self.bidirectional, backend=self.backend))
+        o = ops.flow_attention(
+            q, k, v, causal=not self.bidirectional, backend=self.backend, cu_seqlens=cu_seqlens
+        )
+        return self._out(o)
 
     # -- decoding: constant-size running sums -----------------------------------------------------------
 
@@ -97,13 +107,19 @@ class FlowAttention(Mixer):
             dtype=dtype or self.o_proj.weight.dtype,
         )
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(y, state). ``cu_seqlens``: x [1, T, D] packs N documents; ``state`` (if given) and the returned
+        state hold one row per document."""
         self.check_input(x)
         self.check_decodable()
-        if state is not None:
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, recurrent.STATE_KEYS)
+        elif state is not None:
             self.check_state(state, x.shape[0], recurrent.STATE_KEYS)
         q, k, v = self._project(x)
-        o, state = ops.flow_attention_prefill(q, k, v, state, backend=self.backend)
+        o, state = ops.flow_attention_prefill(q, k, v, state, backend=self.backend, cu_seqlens=cu_seqlens)
         return self._out(o), state
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

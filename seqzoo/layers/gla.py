@@ -79,8 +79,8 @@ class GLA(GatedLinearAttentionMixer):
             {"conv_q": self.key_dim, "conv_k": self.key_dim, "conv_v": self.value_dim},
         )
 
-    def _features(self, x, state, positions, keep_state):
-        q, k, v, conv_states = self._qkv(x, state, keep_state)
+    def _features(self, x, state, positions, keep_state, cu_seqlens=None):
+        q, k, v, conv_states = self._qkv(x, state, keep_state, cu_seqlens)
         g = F.logsigmoid(self.gk_proj(x)) / self.gate_normalizer
         return (
             self._heads(q, self.head_k_dim),

@@ -71,7 +71,7 @@ class HGRN2(GatedLinearAttentionMixer):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", lower_bound={self.lower_bound}"
 
-    def _features(self, x, state, positions, keep_state):
+    def _features(self, x, state, positions, keep_state, cu_seqlens=None):
         f = self.f_proj(x)
         lb = self.lower_bound
         if lb == 0.0:
@@ -82,9 +82,9 @@ class HGRN2(GatedLinearAttentionMixer):
             g = torch.logaddexp(torch.full_like(f, math.log(lb)), math.log1p(-lb) + F.logsigmoid(f))
             k = (1.0 - lb) * torch.sigmoid(-f)
         convs = {}
-        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs, cu_seqlens)
         q = q if "conv_q" in self.convs else F.silu(q)  # the convolution ends in SiLU already
-        v = self._maybe_conv("conv_v", self.i_proj(x), state, keep_state, convs)
+        v = self._maybe_conv("conv_v", self.i_proj(x), state, keep_state, convs, cu_seqlens)
         return (
             self._heads(q, self.head_k_dim),
             self._heads(k, self.head_k_dim),

@@ -13,6 +13,14 @@ before the feature map, as Zoology's MQAR models do; every mixer of the family t
 state, decoding (the state is S [B, H, K, V] in fp32, plus the short-convolution tails and a position
 counter for the mixers that have them) and the bidirectional (encoder) mode, which runs the op with
 ``causal=False``. A subclass supplies ``_features`` (x -> q, k, v, g) and ``_output`` (o, x -> y).
+
+Packed documents (``cu_seqlens``, ``ops/_varlen.py``): ``forward(x, cu_seqlens=cu)`` and ``prefill(x, state,
+cu_seqlens=cu)`` take N documents in one row x [1, T, d] and compute what N separate calls compute. The
+projections, feature maps and output norms act on one position at a time; the three things that run along time
+are told the boundaries: the short convolutions and ``ops.gla`` / ``ops.gla_step`` take ``cu_seqlens`` (states
+[N, ...] in and out), and the positions of the rotary mixers restart at every document (continuing from each
+document's own ``state["pos"]``). The bidirectional mode packs the same way: ``ops.gla(causal=False,
+cu_seqlens=cu)`` lets each position see its own document, both ways, and nothing beyond it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from torch import nn
 from .. import ops
 from ..modules.norm import RMSNorm
 from ..modules.short_conv import ShortConvolution  # noqa: F401 (the family's; re-exported)
+from ..ops._varlen import lengths_from_cu_seqlens, positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..registry import register_mixer
 from .base import Mixer, State, check_float, check_int
 
@@ -83,8 +92,12 @@ class GatedLinearAttentionMixer(Mixer):
 
     # -- subclass hooks -------------------------------------------------------------------------------
 
-    def _features(self, x: torch.Tensor, state: State | None, positions: torch.Tensor, keep_state: bool):
-        """x [B, T, D] -> (q, k, v, g, conv_states) for ops.gla; conv_states maps state names to tensors."""
+    def _features(
+        self, x: torch.Tensor, state: State | None, positions: torch.Tensor, keep_state: bool, cu_seqlens=None
+    ):
+        """x [B, T, D] -> (q, k, v, g, conv_states) for ops.gla; conv_states maps state names to tensors.
+        ``positions`` [T] is each token's position (inside its own document when packed); ``cu_seqlens`` goes
+        to every short convolution (``_qkv`` / ``_maybe_conv`` take it)."""
         raise NotImplementedError
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -111,22 +124,37 @@ class GatedLinearAttentionMixer(Mixer):
         for conv_name, width in channels.items():
             self.convs[conv_name] = ShortConvolution(width, conv_width)
 
-    def _maybe_conv(self, name: str, u: torch.Tensor, state, keep_state: bool, conv_states: dict):
+    def _maybe_conv(
+        self, name: str, u: torch.Tensor, state, keep_state: bool, conv_states: dict, cu_seqlens=None
+    ):
         """``u`` through short convolution ``name`` when the mixer has one, else unchanged."""
-        return self._conv(name, u, state, keep_state, conv_states) if name in self.convs else u
+        if name not in self.convs:
+            return u
+        return self._conv(name, u, state, keep_state, conv_states, cu_seqlens)
 
-    def _qkv(self, x: torch.Tensor, state, keep_state: bool):
+    def _qkv(self, x: torch.Tensor, state, keep_state: bool, cu_seqlens=None):
         """x Wq, x Wk, x Wv [B, T, width], each through its short convolution when there is one, and the
         convolutions' decoding states (for mixers with q_proj, k_proj and v_proj)."""
         convs: dict = {}
-        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs)
-        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs)
-        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs)
+        q = self._maybe_conv("conv_q", self.q_proj(x), state, keep_state, convs, cu_seqlens)
+        k = self._maybe_conv("conv_k", self.k_proj(x), state, keep_state, convs, cu_seqlens)
+        v = self._maybe_conv("conv_v", self.v_proj(x), state, keep_state, convs, cu_seqlens)
         return q, k, v, convs
 
-    def _conv(self, name: str, u: torch.Tensor, state: State | None, keep_state: bool, conv_states: dict):
-        """Short convolution ``name`` over u [B, T, C], continuing from (and recording) its decoding state."""
-        y, tail = self.convs[name](u, None if state is None else state[name], keep_state)
+    def _conv(
+        self,
+        name: str,
+        u: torch.Tensor,
+        state: State | None,
+        keep_state: bool,
+        conv_states: dict,
+        cu_seqlens=None,
+    ):
+        """Short convolution ``name`` over u [B, T, C], continuing from (and recording) its decoding state.
+        Packed (``cu_seqlens``): no tap reaches into the previous document; states hold a row per document."""
+        y, tail = self.convs[name](
+            u, None if state is None else state[name], keep_state, cu_seqlens=cu_seqlens
+        )
         if keep_state:
             conv_states[name] = tail
         return y
@@ -136,12 +164,31 @@ class GatedLinearAttentionMixer(Mixer):
 
     # -- the contract ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, D]. ``cu_seqlens``: x [1, T, D] packs documents; y is what each document alone gives (the
+        bidirectional mode sees its whole document, never the next)."""
         self.check_input(x)
-        positions = torch.arange(x.shape[1], device=x.device)
-        q, k, v, g, _ = self._features(x, None, positions, False)
-        o, _ = ops.gla(q, k, v, g, causal=not self.bidirectional, backend=self.backend)
+        self.check_packed(x, cu_seqlens)
+        positions = self._positions(x, None, cu_seqlens)
+        q, k, v, g, _ = self._features(x, None, positions, False, cu_seqlens)
+        o, _ = ops.gla(q, k, v, g, causal=not self.bidirectional, backend=self.backend, cu_seqlens=cu_seqlens)
         return self._output(o, x)
+
+    def _positions(self, x: torch.Tensor, state: State | None, cu_seqlens) -> torch.Tensor:
+        """Each token's position for the rotary mixers: [T] from 0 without a state; [B, T] from each row's own
+        state["pos"] with one (rows may stand at different positions: a batch decoding on from a packed prefill's
+        documents); packed, [T], the position inside its own document, from that document's row of state["pos"]."""
+        t = x.shape[1]
+        if cu_seqlens is None:
+            steps = torch.arange(t, device=x.device)
+            if state is not None and self.uses_position:
+                return state["pos"].to(x.device)[:, None] + steps
+            return steps
+        cu = cu_seqlens.to(x.device)
+        positions = positions_from_cu_seqlens(cu)
+        if state is not None and self.uses_position:
+            positions = positions + state["pos"].to(x.device)[seq_idx_from_cu_seqlens(cu)]
+        return positions
 
     def _state_keys(self) -> tuple[str, ...]:
         return ("S", *self.convs.keys(), *(("pos",) if self.uses_position else ()))
@@ -160,26 +207,40 @@ class GatedLinearAttentionMixer(Mixer):
             state["pos"] = torch.zeros(batch_size, dtype=torch.long, device=device)
         return state
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(y, state). ``cu_seqlens``: x [1, T, D] packs N documents; ``state`` (if given) and the returned
+        state hold one row per document, each continuing that document alone (``step`` then decodes batch N)."""
         self.check_input(x)
         self.check_decodable()
-        if state is not None:
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, self._state_keys())
+        elif state is not None:
             self.check_state(state, x.shape[0], self._state_keys())
-        t = x.shape[1]
-        start = int(state["pos"][0]) if (state is not None and self.uses_position) else 0
         q, k, v, g, conv_states = self._features(
-            x, state, torch.arange(start, start + t, device=x.device), True
+            x, state, self._positions(x, state, cu_seqlens), True, cu_seqlens
         )
         o, S = ops.gla_step(
-            q, k, v, g, initial_state=None if state is None else state["S"], backend=self.backend
+            q,
+            k,
+            v,
+            g,
+            initial_state=None if state is None else state["S"],
+            backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
         new_state = {"S": S, **conv_states}
         if self.uses_position:
-            new_state["pos"] = (
-                state["pos"]
-                if state is not None
-                else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            ) + t
+            if cu_seqlens is None:
+                rows, advance = x.shape[0], x.shape[1]
+            else:  # each document moves its own position on by its own length
+                advance = lengths_from_cu_seqlens(cu_seqlens.to(x.device))
+                rows = advance.numel()
+            start = (
+                state["pos"] if state is not None else torch.zeros(rows, dtype=torch.long, device=x.device)
+            )
+            new_state["pos"] = start + advance
         return self._output(o, x), new_state
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -239,8 +300,8 @@ class LinearAttention(GatedLinearAttentionMixer):
         self.norm = RMSNorm(self.head_v_dim, eps=norm_eps) if output_norm else None
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
-    def _features(self, x, state, positions, keep_state):
-        q, k, v, convs = self._qkv(x, state, keep_state)
+    def _features(self, x, state, positions, keep_state, cu_seqlens=None):
+        q, k, v, convs = self._qkv(x, state, keep_state, cu_seqlens)
         q = feature_map(self._heads(q, self.head_k_dim), self.feature_map)
         k = feature_map(self._heads(k, self.head_k_dim), self.feature_map)
         return q, k, self._heads(v, self.head_v_dim), None, convs

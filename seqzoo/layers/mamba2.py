@@ -31,7 +31,9 @@ from .base import Mixer, State, backend_for, check_float, check_int
 from .ssm_init import a_log_init, dt_bias_init
 
 
-def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, backend="auto"):
+def ssd(
+    x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, backend="auto", cu_seqlens=None
+):
     """Mamba-2's state space dual (SSD) layer as a scalar-decay ``ops.gla``.
 
         h_t = exp(dt_t A) h_{t-1} + B_t (dt_t x_t)^T ;   y_t = C_t^T h_t + D x_t
@@ -40,7 +42,9 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, ba
     h reads group h // (H / G)); D [H] or None; initial_state / final state h [B, H, N, P] (fp32, fp64 for
     fp64). Returns (y [B, T, H, P] in x's dtype, final state or None). ``backend`` is ops.gla's; with
     ``output_final_state`` (decoding) it runs ``ops.gla_step``, whose ``auto`` decodes a few tokens on a GPU with
-    the fused recurrent kernel.
+    the fused recurrent kernel. ``cu_seqlens``: the rows are packed documents (batch 1); the decay and the state
+    restart at each (``ops.gla`` packs), and initial_state / the final state hold one row per document. The
+    decay dt A is per position, so it needs no boundaries of its own.
     """
     if x.dim() != 4 or dt.dim() != 3 or dt.shape != x.shape[:3]:
         raise ValueError(
@@ -59,9 +63,13 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, ba
     v = (x * dt[..., None]).to(x.dtype)
     q, k = q.to(x.dtype), k.to(x.dtype)
     if output_final_state:
-        y, state = ops.gla_step(q, k, v, dt * A, scale=1.0, initial_state=initial_state, backend=backend)
+        y, state = ops.gla_step(
+            q, k, v, dt * A, scale=1.0, initial_state=initial_state, backend=backend, cu_seqlens=cu_seqlens
+        )
     else:
-        y, state = ops.gla(q, k, v, dt * A, scale=1.0, initial_state=initial_state, backend=backend)
+        y, state = ops.gla(
+            q, k, v, dt * A, scale=1.0, initial_state=initial_state, backend=backend, cu_seqlens=cu_seqlens
+        )
     if D is not None:
         y = y + x * D.to(x.dtype)[:, None]
     return y, state
@@ -161,11 +169,14 @@ class Mamba2(Mixer):
             f"d_state={self.d_state}, n_groups={self.n_groups}, d_conv={self.d_conv}"
         )
 
-    def _mix(self, u, state, keep_state):
+    def _mix(self, u, state, keep_state, cu_seqlens=None):
+        # Packed (cu_seqlens): the convolution and the SSD restart at each document; the rest is per position.
         b, t, _ = u.shape
         e, gn = self.d_inner, self.n_groups * self.d_state
         z, xbc, dt = self.in_proj(u).split([e, self.conv_dim, self.n_heads], dim=-1)
-        xbc, conv = self.conv(xbc, None if state is None else state["conv"], keep_state)
+        xbc, conv = self.conv(
+            xbc, None if state is None else state["conv"], keep_state, cu_seqlens=cu_seqlens
+        )
         x, B, C = xbc.split([e, gn, gn], dim=-1)
         ft = torch.promote_types(u.dtype, torch.float32)
         dt = F.softplus(dt.to(ft) + self.dt_bias.to(ft))
@@ -179,13 +190,16 @@ class Mamba2(Mixer):
             initial_state=None if state is None else state["S"],
             output_final_state=keep_state,
             backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
         out = self.out_proj(self.norm(y.reshape(b, t, e), z))
         return out, ({"conv": conv, "S": S} if keep_state else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """y [B, T, D]. ``cu_seqlens``: x [1, T, D] packs documents, each mixed as if alone."""
         self.check_input(x)
-        return self._mix(x, None, False)[0]
+        self.check_packed(x, cu_seqlens)
+        return self._mix(x, None, False, cu_seqlens)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         # fp32 states for fp32/fp16/bf16 models (fp64 for fp64), as the ops return them.
@@ -197,11 +211,17 @@ class Mamba2(Mixer):
             ),
         }
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, x: torch.Tensor, state: State | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(y, state). ``cu_seqlens``: x [1, T, D] packs N documents; ``state`` (if given) and the returned
+        state hold one row per document (conv [N, C, W - 1], S [N, H, N_state, P])."""
         self.check_input(x)
-        if state is not None:
+        if cu_seqlens is not None:
+            self.check_packed(x, cu_seqlens, state, ("conv", "S"))
+        elif state is not None:
             self.check_state(state, x.shape[0], ("conv", "S"))
-        return self._mix(x, state, True)
+        return self._mix(x, state, True, cu_seqlens)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.check_input(x_t, "x_t", ndim=2)

@@ -105,8 +105,8 @@ class RetNet(GatedLinearAttentionMixer):
             + f", decay={self.decay}, feature_map={self.feature_map}, rotary={self.rotary}"
         )
 
-    def _features(self, x, state, positions, keep_state):
-        q, k, v, convs = self._qkv(x, state, keep_state)
+    def _features(self, x, state, positions, keep_state, cu_seqlens=None):
+        q, k, v, convs = self._qkv(x, state, keep_state, cu_seqlens)
         q = feature_map(self._heads(q, self.head_k_dim), self.feature_map)
         k = feature_map(self._heads(k, self.head_k_dim), self.feature_map)
         if self.rotary:
