@@ -32,6 +32,16 @@ tensors ``.conj()`` returns the tensor itself, so the real path is unchanged. A 
 gets the real part of its complex gradient.
 
 ``reverse=True`` runs the same phases with the time indices walked backwards (no flipped copies).
+
+Packed documents (``cu_seqlens``, one pass): N documents in one row scan as one sequence in which each document's
+first step (its last position when ``reverse``) forgets what came before and starts from its own initial state,
+
+    a'_s = 0,   x'_s = x_s + a_s h0[n]       at each document's start s     (h0[n] = 0 without initial_state)
+
+so h'_s = a_s h0[n] + x_s as in a separate run, and every later step of the document is the same recurrence. a'
+and x' are made by autograd-tracked indexing ahead of the scan, so the gradients of a, x and initial_state (da_s =
+g_s h0[n], d h0[n] = a_s g_s, nothing into the previous document) follow from the scan's own backward. Each
+document's final state is h at its last step (its first position when ``reverse``).
 """
 
 from __future__ import annotations
@@ -196,6 +206,46 @@ def _grad_as(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return grad.to(dtype)
 
 
-def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False):
+def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return _packed(a, x, initial_state, output_final_state, bool(reverse), cu_seqlens)
     h, final = _LinearScan.apply(a, x, initial_state, bool(reverse))
     return h, (final if output_final_state else None)
+
+
+def document_bounds(cu_seqlens: torch.Tensor, device, reverse: bool = False):
+    """(first, last) positions of each packed document in the order a scan visits them, as [N] int64 on
+    ``device``: (starts, ends) forward, (ends, starts) when ``reverse``."""
+    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    starts, ends = cu[:-1], cu[1:] - 1
+    return (ends, starts) if reverse else (starts, ends)
+
+
+def reset_at(a, x, h0, first):
+    """a', x' [B, T, M] of packed documents: a' = 0 at the positions ``first`` [N] (each document's first step)
+    and x' = x + a h0[n] there (h0 [N, M], or None for zero states), so a plain scan restarts at each document.
+    Autograd-tracked (out of place); the caller passes a, x and h0 in the scan's dtype (x is promoted to complex
+    when a or h0 is complex and x is not: the scan would promote it anyway)."""
+    a_first = a[:, first]  # [B, N, M]
+    a = a.index_fill(1, first, 0)
+    if h0 is not None:
+        inject = a_first * h0[None]
+        x = x.to(torch.promote_types(x.dtype, inject.dtype))
+        x = x.index_add(1, first, inject.to(x.dtype))
+    return a, x
+
+
+def _packed(a, x, initial_state, output_final_state, reverse, cu_seqlens):
+    """N documents packed in a, x [1, T, D] scanned in one pass (see the module docstring); the dispatcher has
+    checked cu_seqlens and that initial_state has N rows."""
+    out_dtype = torch.promote_types(a.dtype, x.dtype)
+    acc = torch.promote_types(out_dtype, torch.float32)
+    if initial_state is not None and initial_state.is_complex():
+        acc = torch.promote_types(acc, initial_state.dtype)
+    # The reset is made in the accumulation dtype, as a separate run's first step is: x + a h0 in fp32 for
+    # bf16 inputs (rounding it to bf16 would differ from the separate run).
+    first, last = document_bounds(cu_seqlens, x.device, reverse)
+    a_acc, x_acc = reset_at(a.to(acc), x.to(acc), None if initial_state is None else initial_state.to(acc), first)
+    h, _ = _LinearScan.apply(a_acc, x_acc, None, reverse)
+    final = h[0, last] if output_final_state else None
+    return h.to(out_dtype), final

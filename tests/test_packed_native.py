@@ -1,0 +1,109 @@
+"""The one-pass ("native") packed paths of the torch backends (issue 27) beyond tests/test_packed_ops.py: they
+really run natively (``op.last_packing``), and equal separate runs without initial states, in reverse, with
+complex inputs, documents shorter than the convolution's width, many one-token documents, low precision and
+without autograd (the inference paths)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqzoo import ops
+from seqzoo.ops._varlen import cu_seqlens_from_lengths
+from seqzoo.ops.testing import assert_packed_matches_separate
+
+NATIVE = ["causal_conv1d", "linear_scan"]
+LENGTH_SETS = {
+    "mixed": (5, 1, 42),
+    "ones": (1,) * 7,
+    "short": (2, 1, 3, 2),  # shorter than a width-4 convolution's state
+    "one": (17,),
+}
+
+
+def _example(name, dtype, lengths, drop_state=False, **sizes):
+    op = ops.list_ops()[name]
+    spec = op.spec
+    n = len(lengths)
+    args = spec.example(torch.float32, B=1, T=sum(lengths), **sizes)
+    if spec.state_arg:
+        args[spec.state_arg] = None if drop_state else spec.example(torch.float32, B=n, T=3, **sizes)[spec.state_arg]
+    cast = lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    return op, {k: cast(v) for k, v in args.items()}, cu_seqlens_from_lengths(lengths)
+
+
+@pytest.mark.parametrize("lengths", list(LENGTH_SETS.values()), ids=list(LENGTH_SETS))
+@pytest.mark.parametrize("drop_state", [False, True], ids=["state", "no_state"])
+@pytest.mark.parametrize("name", NATIVE)
+def test_native_equals_separate(name, drop_state, lengths):
+    op, inputs, cu = _example(name, torch.float64, lengths, drop_state)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+    op(**inputs, cu_seqlens=cu, backend="torch")
+    assert op.last_packing == "native"
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_causal_conv1d_widths(width):
+    op, inputs, cu = _example("causal_conv1d", torch.float64, (3, 9, 1, 6, 2), W=width)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+
+
+@pytest.mark.parametrize("lengths", [(5, 1, 42), (30, 40), (1, 1, 1)], ids=["mixed", "long", "ones"])
+def test_linear_scan_reverse_and_long(lengths):
+    # T >= 24 takes the blocked scan (chunks that straddle documents); shorter ones the step-by-step loop.
+    op, inputs, cu = _example("linear_scan", torch.float64, lengths, reverse=True)
+    assert inputs["reverse"] is True
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+
+
+def test_linear_scan_complex():
+    op, inputs, cu = _example("linear_scan", torch.float64, (5, 1, 42))
+    inputs["a"] = inputs["a"] * torch.exp(1j * torch.rand_like(inputs["a"]))
+    inputs["initial_state"] = inputs["initial_state"].to(torch.complex128) * 1j
+    # (assert_packed_matches_separate draws real cotangents, which a complex output cannot take: by hand here.)
+    leaves = {k: v.detach().requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    grads_of = [leaves["a"], leaves["x"], leaves["initial_state"]]
+
+    def run(h_and_final):
+        gen = torch.Generator().manual_seed(0)
+        loss = 0
+        for o in h_and_final:
+            loss = loss + (torch.view_as_real(o) * torch.randn(*o.shape, 2, generator=gen, dtype=o.real.dtype)).sum()
+        return list(h_and_final), torch.autograd.grad(loss, grads_of)
+
+    packed, packed_grads = run(op(**leaves, cu_seqlens=cu, backend="torch"))
+    assert op.last_packing == "native"
+    bounds = cu.tolist()
+    parts = []
+    for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        kw = dict(leaves, a=leaves["a"][:, s:e], x=leaves["x"][:, s:e], initial_state=leaves["initial_state"][n : n + 1])
+        parts.append(op(**kw, backend="torch"))
+    separate, separate_grads = run((torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts])))
+    for p, s in zip(packed + list(packed_grads), separate + list(separate_grads)):
+        torch.testing.assert_close(p, s, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_native_low_precision_matches_separate(name):
+    """bf16 inputs: the packed path rounds where a separate run rounds (states reset in fp32)."""
+    op, inputs, cu = _example(name, torch.bfloat16, (5, 1, 42))
+    packed = op(**inputs, cu_seqlens=cu, backend="torch")
+    bounds = cu.tolist()
+    state_arg = op.spec.state_arg
+    for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        kw = {k: (v[:, s:e] if k in op.packed_args() and v is not None else v) for k, v in inputs.items()}
+        kw[state_arg] = inputs[state_arg][n : n + 1]
+        sep = op(**kw, backend="torch")
+        torch.testing.assert_close(packed[0][:, s:e].float(), sep[0].float(), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(packed[1][n : n + 1], sep[1], rtol=1e-5, atol=1e-5)
+        assert packed[0].dtype == sep[0].dtype and packed[1].dtype == sep[1].dtype
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_native_without_autograd(name):
+    op, inputs, cu = _example(name, torch.float64, (5, 1, 42))
+    with torch.no_grad():
+        packed = op(**inputs, cu_seqlens=cu, backend="torch")
+        separate = op(**inputs, cu_seqlens=cu, backend="reference")
+    for p, s in zip(packed, separate):
+        torch.testing.assert_close(p, s.to(p.dtype), rtol=1e-10, atol=1e-10)
