@@ -107,3 +107,43 @@ def test_native_without_autograd(name):
         separate = op(**inputs, cu_seqlens=cu, backend="reference")
     for p, s in zip(packed, separate):
         torch.testing.assert_close(p, s.to(p.dtype), rtol=1e-10, atol=1e-10)
+
+
+# -- attention: documents batched by length ----------------------------------------------------------------------
+
+ATTENTION_CASES = {
+    "causal": dict(causal=True, window=None),
+    "causal_window": dict(causal=True, window=3),
+    "full": dict(causal=False, window=None),
+    "full_window": dict(causal=False, window=4),
+}
+
+
+@pytest.mark.parametrize("budget", [0, 10**9], ids=["one_call_each", "one_batch"])
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_attention_native(case, budget, monkeypatch):
+    from seqzoo.ops.attention import torch as attention_torch
+
+    monkeypatch.setattr(attention_torch, "PAD_BUDGET", budget)
+    op, inputs, cu = _example("attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2)  # GQA: 4 heads over 2
+    inputs.update(ATTENTION_CASES[case], scale=0.3)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+    op(**inputs, cu_seqlens=cu, backend="torch")
+    assert op.last_packing == "native"
+
+
+def test_attention_buckets():
+    from seqzoo.ops.attention.torch import length_buckets
+
+    assert length_buckets([5, 1, 42], 8, budget=10**9) == [[2, 0, 1]]
+    assert length_buckets([5, 1, 42], 8, budget=0) == [[2], [0], [1]]
+    assert length_buckets([5, 5, 42], 8, budget=0) == [[2], [0, 1]]  # equal lengths batch with no padding
+    # H = 4, D = 64 at the default budget: long documents run alone, short ones share a call.
+    assert length_buckets([512, 500, 30, 20, 3], 256) == [[0], [1], [2, 3, 4]]
+
+
+def test_attention_packed_needs_self_attention():
+    op, inputs, cu = _example("attention", torch.float32, (5, 1, 42))
+    inputs["k"], inputs["v"], inputs["causal"] = inputs["k"][:, :40], inputs["v"][:, :40], False
+    with pytest.raises(ValueError, match="cu_seqlens.*k must have q's length"):
+        op(**inputs, cu_seqlens=cu, backend="torch")
