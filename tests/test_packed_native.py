@@ -147,3 +147,44 @@ def test_attention_packed_needs_self_attention():
     inputs["k"], inputs["v"], inputs["causal"] = inputs["k"][:, :40], inputs["v"][:, :40], False
     with pytest.raises(ValueError, match="cu_seqlens.*k must have q's length"):
         op(**inputs, cu_seqlens=cu, backend="torch")
+
+
+# -- selective_scan: decays reset at document starts ---------------------------------------------------------------
+
+SELECTIVE_CASES = {"real": {}, "complex": {"complex": True}, "groups": {"G": 3}}
+
+
+@pytest.mark.parametrize("drop_state", [False, True], ids=["state", "no_state"])
+@pytest.mark.parametrize("case", list(SELECTIVE_CASES))
+def test_selective_scan_native(case, drop_state):
+    op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 42, 30), drop_state, **SELECTIVE_CASES[case])
+    if case == "complex":  # (the shared checker draws real cotangents: compare the real outputs and gradients)
+        inputs["output_final_state"] = False
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+    op(**inputs, cu_seqlens=cu, backend="torch")
+    assert op.last_packing == "native"
+
+
+@pytest.mark.parametrize("case", list(SELECTIVE_CASES))
+def test_selective_scan_native_inference_segments(case, monkeypatch):
+    """Without autograd the scan runs in segments (here of 64 steps): documents start and end inside them and
+    across their boundaries."""
+    from seqzoo.ops.selective_scan import torch as selective_torch
+
+    monkeypatch.setattr(selective_torch, "SEGMENT_STATES", 1)
+    op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 58, 30, 70, 1), **SELECTIVE_CASES[case])
+    with torch.no_grad():
+        y, final = op(**inputs, cu_seqlens=cu, backend="torch")
+        assert op.last_packing == "native"
+        y_ref, final_ref = op(**inputs, cu_seqlens=cu, backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_selective_scan_native_loop_path(monkeypatch):
+    """The wide-scan loop runs once per document inside the native call."""
+    from seqzoo.ops.selective_scan import torch_loop
+
+    monkeypatch.setattr(torch_loop, "LOOP_MIN_STATES", 1)
+    op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 42))
+    assert_packed_matches_separate(op, "torch", inputs, cu)
