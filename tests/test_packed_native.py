@@ -188,3 +188,49 @@ def test_selective_scan_native_loop_path(monkeypatch):
     monkeypatch.setattr(torch_loop, "LOOP_MIN_STATES", 1)
     op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 42))
     assert_packed_matches_separate(op, "torch", inputs, cu)
+
+
+# -- gla, delta_rule: documents on whole chunks ------------------------------------------------------------------
+
+CHUNKED_LENGTHS = (5, 1, 42, 70, 16, 33)  # across chunk lengths 16..64, a document of exactly one chunk
+
+
+def _no_decay(inputs):
+    inputs["g"] = None
+    return inputs
+
+
+GLA_CASES = {
+    "vector": ({"decay": "vector"}, None),
+    "head": ({"decay": "head"}, None),
+    "strong": ({"decay": "vector", "regime": "strong"}, None),  # the halvings path
+    "none": ({"decay": "vector"}, _no_decay),
+}
+
+
+@pytest.mark.parametrize("chunk_costs", [None, {16: 1.0}, {64: 1.0}], ids=["auto", "C16", "C64"])
+@pytest.mark.parametrize("drop_state", [False, True], ids=["state", "no_state"])
+@pytest.mark.parametrize("case", list(GLA_CASES))
+def test_gla_native(case, drop_state, chunk_costs, monkeypatch):
+    from seqzoo.ops.gla import torch as gla_torch
+
+    if chunk_costs:
+        monkeypatch.setattr(gla_torch, "PACKED_CHUNK_COST", chunk_costs)
+    sizes, change = GLA_CASES[case]
+    op, inputs, cu = _example("gla", torch.float64, CHUNKED_LENGTHS, drop_state, H=2, K=8, V=4, **sizes)
+    if change:
+        inputs = change(inputs)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+    with torch.no_grad():  # the inference path (chunk by chunk without decay)
+        packed = op(**inputs, cu_seqlens=cu, backend="torch")
+        assert op.last_packing == "native"
+        reference = op(**inputs, cu_seqlens=cu, backend="reference")
+    for p, r in zip(packed, reference):
+        if p is not None:
+            torch.testing.assert_close(p, r.to(p.dtype), rtol=1e-9, atol=1e-9)
+
+
+def test_gla_native_bidirectional():
+    op, inputs, cu = _example("gla", torch.float64, (5, 1, 42), True, H=2, K=8, V=4)
+    inputs.update(causal=False, output_final_state=False)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
