@@ -234,3 +234,27 @@ def test_gla_native_bidirectional():
     op, inputs, cu = _example("gla", torch.float64, (5, 1, 42), True, H=2, K=8, V=4)
     inputs.update(causal=False, output_final_state=False)
     assert_packed_matches_separate(op, "torch", inputs, cu)
+
+
+DELTA_CASES = {
+    "decay": ({}, None),
+    "strong": ({"regime": "strong"}, None),
+    "none": ({}, _no_decay),
+}
+
+
+@pytest.mark.parametrize("chunk_costs", [None, {16: 1.0}, {64: 1.0}], ids=["auto", "C16", "C64"])
+@pytest.mark.parametrize("drop_state", [False, True], ids=["state", "no_state"])
+@pytest.mark.parametrize("case", list(DELTA_CASES))
+def test_delta_rule_native(case, drop_state, chunk_costs, monkeypatch):
+    from seqzoo.ops.delta_rule import torch as delta_torch
+
+    if chunk_costs:
+        monkeypatch.setattr(delta_torch, "PACKED_CHUNK_COST", chunk_costs)
+    sizes, change = DELTA_CASES[case]
+    op, inputs, cu = _example("delta_rule", torch.float64, CHUNKED_LENGTHS, drop_state, H=2, K=8, V=4, **sizes)
+    if change:
+        inputs = change(inputs)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+    op(**inputs, cu_seqlens=cu, backend="torch")
+    assert op.last_packing == "native"
