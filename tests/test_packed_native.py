@@ -258,3 +258,14 @@ def test_delta_rule_native(case, drop_state, chunk_costs, monkeypatch):
     assert_packed_matches_separate(op, "torch", inputs, cu)
     op(**inputs, cu_seqlens=cu, backend="torch")
     assert op.last_packing == "native"
+
+
+@pytest.mark.parametrize("group_states", [1, 40 * 12, 1 << 30], ids=["alone", "groups", "one_pass"])
+def test_selective_scan_native_groups(group_states, monkeypatch):
+    """With autograd, consecutive documents up to GROUP_STATES states share a pass (here D * N = 12: groups of up
+    to 40 tokens, so (5, 1) and (30,) and (2, 1, 9) ... share, 42 runs alone)."""
+    from seqzoo.ops.selective_scan import torch as selective_torch
+
+    monkeypatch.setattr(selective_torch, "GROUP_STATES", group_states)
+    op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 42, 30, 2, 1, 9, 3))
+    assert_packed_matches_separate(op, "torch", inputs, cu)

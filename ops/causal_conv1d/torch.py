@@ -3,12 +3,12 @@
 For the short widths used in mixers (2 to 8) this avoids the transposes a conv1d needs on [B, T, D]
 tensors and stays a few elementwise passes; it is the CPU default.
 
-Packed documents (``cu_seqlens``, one pass): every document gets its own W-1 leading rows, its initial state (zeros
-without one), in a widened row ``[h0_1; x_1; h0_2; x_2; ...]`` of T + N (W-1) positions, and the same shifted
-multiply-adds run over it: a document's taps then read its own state where they reach before its start, never the
-previous document. Its outputs are gathered back to the T positions, and its final state is the last W-1 rows of its
-own segment (the state in front of it still shows through when the document is shorter than W-1). The N (W-1)
-extra positions are the only extra work; the arithmetic per output is that of a separate run.
+Packed documents (``cu_seqlens``, one pass): the row is convolved as one sequence from a zero state, which is right
+at every position but a document's first W-1, whose taps reach into the previous document. Those (at most N (W-1)
+outputs) are computed again from the document's own sequence, its initial state (zeros without one) in front of
+its first tokens, and written over the wrong ones. A document's final state is its last W-1 rows, reaching into its
+initial state when it is shorter than W-1. The arithmetic per output is that of a separate run; the extra work is
+O(N W D), and no full-size buffer is made beyond the unpacked path's (on a CPU each fresh one costs page faults).
 """
 
 from __future__ import annotations
@@ -69,29 +69,39 @@ def _packed(x, weight, bias, activation, initial_state, output_final_state, cu_s
     initial_state has N rows): see the module docstring."""
     _, t, d = x.shape
     width = weight.shape[1]
-    n = cu_seqlens.numel() - 1
     cu = cu_seqlens.to(device=x.device, dtype=torch.long)
-    lengths = cu[1:] - cu[:-1]
-    seq = torch.repeat_interleave(torch.arange(n, device=x.device), lengths, output_size=t)  # [T]
-    # Document n's segment of the widened row starts at cu[n] + n (W-1): its W-1 state rows, then its tokens.
-    seg_start = cu[:-1] + torch.arange(n, device=x.device) * (width - 1)  # [N]
-    token_at = torch.arange(t, device=x.device) + seq * (width - 1) + (width - 1)  # [T]: x_t's row
-    head_at = seg_start[:, None] + torch.arange(width - 1, device=x.device)  # [N, W-1]: the state's rows
-    wide = x.new_zeros(1, t + n * (width - 1), d)
-    if initial_state is not None:
-        heads = initial_state.transpose(1, 2).to(x.dtype).reshape(1, n * (width - 1), d)
-        wide = wide.index_copy(1, head_at.reshape(-1), heads)
-    wide = wide.index_copy(1, token_at, x)
-    # The outputs over the widened row (y_j reads rows j .. j + W-1); x_t's output is y at token_at - (W-1). Only
-    # the (N-1)(W-1) outputs that straddle two documents are thrown away.
-    y = _taps(wide, weight, wide.shape[1] - (width - 1)).index_select(1, token_at - (width - 1))
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    heads = None if initial_state is None else initial_state.transpose(1, 2).to(x.dtype)  # [N, W-1, D]
+    # 1. The whole row as one sequence from a zero state: right everywhere but the first W-1 outputs of each
+    # document, whose taps reach into the previous document.
+    xp = torch.cat([x.new_zeros(1, width - 1, d), x], dim=1)
+    y = _taps(xp, weight, t)
+    # 2. Those outputs again from each document's own W-1 rows in front ([N, 2W-2, D], the state then the
+    # first tokens), written over the wrong ones (at most W-1 per document; fewer in a shorter one).
+    lead = torch.arange(-(width - 1), width - 1, device=x.device)
+    y_lead = _taps(_document_rows(x, heads, starts, lengths, lead.expand(len(lengths), -1)), weight, width - 1)
+    p = torch.arange(width - 1, device=x.device)
+    inside = p[None] < lengths[:, None]  # [N, W-1]
+    rows = (starts[:, None] + p[None])[inside]
+    y.index_put_((torch.zeros_like(rows), rows), y_lead[inside])
     y = _finish(y, bias, activation, x.dtype)
     final = None
     if output_final_state:
-        # The last W-1 rows of each document's segment: [cu[n+1] + n (W-1), cu[n+1] + (n+1)(W-1)).
-        tail_at = (cu[1:] + torch.arange(n, device=x.device) * (width - 1))[:, None] + torch.arange(
-            width - 1, device=x.device
-        )
-        final = wide[0, tail_at.reshape(-1)].view(n, width - 1, d).transpose(1, 2)
+        # Each document's last W-1 rows, reaching into its state when it is shorter than W-1.
+        tail = lengths[:, None] - (width - 1) + p[None]  # [N, W-1]
+        final = _document_rows(x, heads, starts, lengths, tail).transpose(1, 2)
         final = final.to(torch.promote_types(x.dtype, torch.float32))
     return y, final
+
+
+def _document_rows(x, heads, starts, lengths, at):
+    """Rows of the documents' own sequences [state; tokens]: ``at`` [N, R] indexes document n's from -(W-1) (the
+    first state row) on; [N, R, D]. A row past a document's end reads zeros (only discarded outputs take it)."""
+    inside = (at >= 0) & (at < lengths[:, None])
+    tokens = x[0, (starts[:, None] + at).clamp(0, x.shape[1] - 1)]  # [N, R, D]
+    rows = torch.where(inside[..., None], tokens, 0.0)
+    if heads is not None:
+        from_state = at < 0
+        state = heads[torch.arange(heads.shape[0], device=x.device)[:, None], (at + heads.shape[1]).clamp(min=0, max=heads.shape[1] - 1)]
+        rows = torch.where(from_state[..., None], state, rows)
+    return rows
