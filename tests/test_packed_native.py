@@ -27,7 +27,9 @@ def _example(name, dtype, lengths, drop_state=False, **sizes):
     n = len(lengths)
     args = spec.example(torch.float32, B=1, T=sum(lengths), **sizes)
     if spec.state_arg:
-        args[spec.state_arg] = None if drop_state else spec.example(torch.float32, B=n, T=3, **sizes)[spec.state_arg]
+        args[spec.state_arg] = (
+            None if drop_state else spec.example(torch.float32, B=n, T=3, **sizes)[spec.state_arg]
+        )
     cast = lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
     return op, {k: cast(v) for k, v in args.items()}, cu_seqlens_from_lengths(lengths)
 
@@ -68,7 +70,10 @@ def test_linear_scan_complex():
         gen = torch.Generator().manual_seed(0)
         loss = 0
         for o in h_and_final:
-            loss = loss + (torch.view_as_real(o) * torch.randn(*o.shape, 2, generator=gen, dtype=o.real.dtype)).sum()
+            loss = (
+                loss
+                + (torch.view_as_real(o) * torch.randn(*o.shape, 2, generator=gen, dtype=o.real.dtype)).sum()
+            )
         return list(h_and_final), torch.autograd.grad(loss, grads_of)
 
     packed, packed_grads = run(op(**leaves, cu_seqlens=cu, backend="torch"))
@@ -76,7 +81,12 @@ def test_linear_scan_complex():
     bounds = cu.tolist()
     parts = []
     for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-        kw = dict(leaves, a=leaves["a"][:, s:e], x=leaves["x"][:, s:e], initial_state=leaves["initial_state"][n : n + 1])
+        kw = dict(
+            leaves,
+            a=leaves["a"][:, s:e],
+            x=leaves["x"][:, s:e],
+            initial_state=leaves["initial_state"][n : n + 1],
+        )
         parts.append(op(**kw, backend="torch"))
     separate, separate_grads = run((torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts])))
     for p, s in zip(packed + list(packed_grads), separate + list(separate_grads)):
@@ -125,7 +135,9 @@ def test_attention_native(case, budget, monkeypatch):
     from seqzoo.ops.attention import torch as attention_torch
 
     monkeypatch.setattr(attention_torch, "PAD_BUDGET", budget)
-    op, inputs, cu = _example("attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2)  # GQA: 4 heads over 2
+    op, inputs, cu = _example(
+        "attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2
+    )  # GQA: 4 heads over 2
     inputs.update(ATTENTION_CASES[case], scale=0.3)
     assert_packed_matches_separate(op, "torch", inputs, cu)
     op(**inputs, cu_seqlens=cu, backend="torch")
@@ -157,8 +169,12 @@ SELECTIVE_CASES = {"real": {}, "complex": {"complex": True}, "groups": {"G": 3}}
 @pytest.mark.parametrize("drop_state", [False, True], ids=["state", "no_state"])
 @pytest.mark.parametrize("case", list(SELECTIVE_CASES))
 def test_selective_scan_native(case, drop_state):
-    op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 42, 30), drop_state, **SELECTIVE_CASES[case])
-    if case == "complex":  # (the shared checker draws real cotangents: compare the real outputs and gradients)
+    op, inputs, cu = _example(
+        "selective_scan", torch.float64, (5, 1, 42, 30), drop_state, **SELECTIVE_CASES[case]
+    )
+    if (
+        case == "complex"
+    ):  # (the shared checker draws real cotangents: compare the real outputs and gradients)
         inputs["output_final_state"] = False
     assert_packed_matches_separate(op, "torch", inputs, cu)
     op(**inputs, cu_seqlens=cu, backend="torch")
@@ -252,7 +268,9 @@ def test_delta_rule_native(case, drop_state, chunk_costs, monkeypatch):
     if chunk_costs:
         monkeypatch.setattr(delta_torch, "PACKED_CHUNK_COST", chunk_costs)
     sizes, change = DELTA_CASES[case]
-    op, inputs, cu = _example("delta_rule", torch.float64, CHUNKED_LENGTHS, drop_state, H=2, K=8, V=4, **sizes)
+    op, inputs, cu = _example(
+        "delta_rule", torch.float64, CHUNKED_LENGTHS, drop_state, H=2, K=8, V=4, **sizes
+    )
     if change:
         inputs = change(inputs)
     assert_packed_matches_separate(op, "torch", inputs, cu)

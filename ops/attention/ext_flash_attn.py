@@ -19,7 +19,9 @@ def attention(q, k, v, causal=True, window=None, scale=None, cu_seqlens=None):
         return _packed(q, k, v, causal, window, scale, cu_seqlens)
     from flash_attn import flash_attn_func
 
-    return flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, window_size=_window_size(causal, window))
+    return flash_attn_func(
+        q, k, v, softmax_scale=scale, causal=causal, window_size=_window_size(causal, window)
+    )
 
 
 def _packed(q, k, v, causal, window, scale, cu_seqlens):

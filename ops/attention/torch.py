@@ -81,7 +81,11 @@ def _packed(q, k, v, causal, window, scale, cu_seqlens):
         longest = lengths[bucket[0]]
         if len(bucket) == 1:
             s = starts[bucket[0]]
-            pieces.append(attention(q[:, s : s + longest], k[:, s : s + longest], v[:, s : s + longest], causal, window, scale)[0])
+            pieces.append(
+                attention(
+                    q[:, s : s + longest], k[:, s : s + longest], v[:, s : s + longest], causal, window, scale
+                )[0]
+            )
             rows.append(torch.arange(s, s + longest, device=device))
             continue
         begin = torch.tensor([starts[n] for n in bucket], device=device)[:, None]
@@ -99,7 +103,9 @@ def _packed(q, k, v, causal, window, scale, cu_seqlens):
                 pattern = torch.ones(longest, longest, dtype=torch.bool, device=device)
             # Real queries see real keys only; a padding query keeps its pattern (never an empty row: no NaN).
             mask = pattern & (real[:, None, :] | ~real[:, :, None])  # [n_b, L_0, L_0]
-            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[:, None], scale=scale, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                qb, kb, vb, attn_mask=mask[:, None], scale=scale, enable_gqa=gqa
+            )
         pieces.append(o.transpose(1, 2)[real])  # [sum L, H, Dv]
         rows.append(at[real])
     order = torch.empty(t, dtype=torch.long, device=device)

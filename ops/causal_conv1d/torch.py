@@ -79,7 +79,9 @@ def _packed(x, weight, bias, activation, initial_state, output_final_state, cu_s
     # 2. Those outputs again from each document's own W-1 rows in front ([N, 2W-2, D], the state then the
     # first tokens), written over the wrong ones (at most W-1 per document; fewer in a shorter one).
     lead = torch.arange(-(width - 1), width - 1, device=x.device)
-    y_lead = _taps(_document_rows(x, heads, starts, lengths, lead.expand(len(lengths), -1)), weight, width - 1)
+    y_lead = _taps(
+        _document_rows(x, heads, starts, lengths, lead.expand(len(lengths), -1)), weight, width - 1
+    )
     p = torch.arange(width - 1, device=x.device)
     inside = p[None] < lengths[:, None]  # [N, W-1]
     rows = (starts[:, None] + p[None])[inside]
@@ -102,6 +104,9 @@ def _document_rows(x, heads, starts, lengths, at):
     rows = torch.where(inside[..., None], tokens, 0.0)
     if heads is not None:
         from_state = at < 0
-        state = heads[torch.arange(heads.shape[0], device=x.device)[:, None], (at + heads.shape[1]).clamp(min=0, max=heads.shape[1] - 1)]
+        state = heads[
+            torch.arange(heads.shape[0], device=x.device)[:, None],
+            (at + heads.shape[1]).clamp(min=0, max=heads.shape[1] - 1),
+        ]
         rows = torch.where(from_state[..., None], state, rows)
     return rows

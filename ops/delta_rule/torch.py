@@ -53,7 +53,16 @@ LOG_FLOOR = -40.0
 
 
 def delta_rule(
-    q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False, chunk=CHUNK, cu_seqlens=None
+    q,
+    k,
+    v,
+    beta,
+    g=None,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    chunk=CHUNK,
+    cu_seqlens=None,
 ):
     packing = None
     if cu_seqlens is not None:

@@ -56,7 +56,9 @@ MAX_FACTORED_SPAN = 60.0
 LOG_FLOOR = -40.0
 
 
-def gla(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True, cu_seqlens=None):
+def gla(
+    q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True, cu_seqlens=None
+):
     if cu_seqlens is not None:
         return _packed(q, k, v, g, scale, initial_state, output_final_state, causal, cu_seqlens)
     if not causal:
@@ -102,7 +104,10 @@ def _packed(q, k, v, g, scale, initial_state, output_final_state, causal, cu_seq
     bounds = [int(x) for x in cu_seqlens.tolist()]
     if not causal:
         cut = lambda x, s, e: None if x is None else x[:, s:e]
-        parts = [_bidirectional(cut(q, s, e), cut(k, s, e), cut(v, s, e), cut(g, s, e), scale) for s, e in zip(bounds[:-1], bounds[1:])]
+        parts = [
+            _bidirectional(cut(q, s, e), cut(k, s, e), cut(v, s, e), cut(g, s, e), scale)
+            for s, e in zip(bounds[:-1], bounds[1:])
+        ]
         return torch.cat(parts, dim=1), None
     lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     packing = pack_chunks(bounds, choose_chunk(lengths, PACKED_CHUNK_COST), q.device)

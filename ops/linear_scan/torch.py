@@ -245,7 +245,9 @@ def _packed(a, x, initial_state, output_final_state, reverse, cu_seqlens):
     # The reset is made in the accumulation dtype, as a separate run's first step is: x + a h0 in fp32 for
     # bf16 inputs (rounding it to bf16 would differ from the separate run).
     first, last = document_bounds(cu_seqlens, x.device, reverse)
-    a_acc, x_acc = reset_at(a.to(acc), x.to(acc), None if initial_state is None else initial_state.to(acc), first)
+    a_acc, x_acc = reset_at(
+        a.to(acc), x.to(acc), None if initial_state is None else initial_state.to(acc), first
+    )
     h, _ = _LinearScan.apply(a_acc, x_acc, None, reverse)
     final = h[0, last] if output_final_state else None
     return h.to(out_dtype), final

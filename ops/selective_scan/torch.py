@@ -149,7 +149,9 @@ def _output(h, C, d):
     return 2 * (_contract(h.real, C, d) if not C.is_complex() else _contract(h, C, d).real)
 
 
-def _packed(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, output_final_state, cu_seqlens):
+def _packed(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, output_final_state, cu_seqlens
+):
     """N documents packed in u [1, T, D] (see the module docstring); cu_seqlens already checked and
     initial_state [N, D, N_state] one row per document."""
     out_dtype = u.dtype
@@ -171,7 +173,7 @@ def _packed(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, 
         ys, finals = [], []
         for lo, hi in groups:
             s0, s1 = bounds[lo], bounds[hi]
-            cut = lambda x: None if x is None else x[:, s0:s1]
+            cut = lambda x, s0=s0, s1=s1: None if x is None else x[:, s0:s1]
             kw = dict(D=D, z=cut(z), delta_bias=delta_bias, delta_softplus=delta_softplus)
             kw.update(initial_state=None if initial_state is None else initial_state[lo:hi])
             kw.update(output_final_state=output_final_state)
