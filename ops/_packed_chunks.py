@@ -22,7 +22,7 @@ class ChunkPacking:
     n_chunks: int
     # The chunk each document begins at, in document order (the chunk after a document's last one is the next's).
     first_chunk: list[int]
-    # [P]: the packed position each padded position takes (T: the zero row appended by :meth:`pad`).
+    # [P]: the packed position each padded position takes (T: padding).
     source: torch.Tensor
     # [T]: the padded position of each packed token (to read outputs back).
     token_at: torch.Tensor
@@ -35,7 +35,9 @@ class ChunkPacking:
         """x [1, T, ...] -> [1, P, ...] with each document on whole chunks, zeros between (autograd-tracked)."""
         if x is None:
             return None
-        return torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])[self.source][None]
+        # Tokens copied into zeros (one pass; the backward is one gather of the gradient).
+        padded = x.new_zeros(1, self.source.numel(), *x.shape[2:])
+        return padded.index_copy_(1, self.token_at, x)
 
     def unpad(self, y: torch.Tensor) -> torch.Tensor:
         """y [1, P, ...] -> [1, T, ...]: the real positions' values, in packed order."""

@@ -113,6 +113,8 @@ def delta_rule(
     else:
         state = initial_state.to(dt).reshape(b * h, dk, dv)
     finals = []  # packed: the final state of every document but the last
+    # By unbind, not indexing, as the per-chunk operands below (N index selects: N full-size zero gradients).
+    initial_rows = None if packing is None or initial_state is None else initial_state.to(dt).unbind(0)
     # Per-chunk operands by unbind, not indexing: the backward of n index selects would build n full-size
     # zero gradients (quadratic in n); that of unbind is one stack.
     U_n, W_n, k_state_n = U.unbind(1), W.unbind(1), k_state.transpose(-1, -2).unbind(1)
@@ -123,7 +125,7 @@ def delta_rule(
         if doc is not None:  # a document begins: keep the last one's state, start from this one's
             if i > 0:
                 finals.append(state)
-            state = torch.zeros_like(state) if initial_state is None else initial_state[doc].to(dt)
+            state = torch.zeros_like(state) if initial_state is None else initial_rows[doc]
         starts.append(state)
         u = torch.baddbmm(U_i, W_i, state, alpha=-1.0)  # [BH, C, V]
         written.append(u)

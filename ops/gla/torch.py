@@ -128,7 +128,7 @@ def _restart(i, state, packing, state0, finals):
         finals.append(state)
     if state0 is None:
         return torch.zeros_like(state)
-    return state0[doc : doc + 1]
+    return state0[doc][None]
 
 
 def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None, chunk=CHUNK, packing=None):
@@ -148,6 +148,10 @@ def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None
     vc = _chunked(v.to(dt), n, chunk)  # [B, H, N, C, V]
     state0 = None if initial_state is None else initial_state.to(dt)
     finals = []  # packed: the final state of every document but the last
+    if packing is not None and state0 is not None:
+        # The documents' initial states by unbind, not indexing: the backward of N index selects would build N
+        # full-size zero gradients (quadratic in N); that of unbind is one stack.
+        state0 = state0.unbind(0)
 
     if g is None and not _needs_grad(q, k, v, initial_state):
         # Inference without decay: chunk by chunk, so that the [C, C] scores and the state stay in cache (the
