@@ -73,41 +73,38 @@ def _packed(q, k, v, causal, window, scale, cu_seqlens):
         return attention(q, k, v, causal, window, scale)
     t, device = q.shape[1], q.device
     starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    # A zero row at position T: the padding of every batched document reads it.
-    pad = lambda x: torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])  # [T + 1, H, D]
-    qz, kz, vz = pad(q), pad(k), pad(v)
-    pieces, rows = [], []
-    for bucket in length_buckets(lengths, q.shape[2] * q.shape[3]):
+    buckets = length_buckets(lengths, q.shape[2] * q.shape[3])
+    # Every bucket's rows [n_b, L_0] of the row (T: a zero row, the padding), all gathered at once and the outputs
+    # read back at once: one gather each way, whose backward is one full-size buffer (a gather or a slice per
+    # bucket would make one per bucket).
+    layouts = []
+    for bucket in buckets:
         longest = lengths[bucket[0]]
-        if len(bucket) == 1:
-            s = starts[bucket[0]]
-            pieces.append(
-                attention(
-                    q[:, s : s + longest], k[:, s : s + longest], v[:, s : s + longest], causal, window, scale
-                )[0]
-            )
-            rows.append(torch.arange(s, s + longest, device=device))
-            continue
         begin = torch.tensor([starts[n] for n in bucket], device=device)[:, None]
         size = torch.tensor([lengths[n] for n in bucket], device=device)[:, None]
         offset = torch.arange(longest, device=device)[None]
         real = offset < size  # [n_b, L_0]
-        at = torch.where(real, begin + offset, t)  # each document's rows, then the zero row
-        qb, kb, vb = (x[at].transpose(1, 2) for x in (qz, kz, vz))  # [n_b, H, L_0, D]
-        gqa = q.shape[2] != k.shape[2]
+        layouts.append((len(bucket), longest, real, torch.where(real, begin + offset, t)))
+    at = torch.cat([rows.reshape(-1) for *_, rows in layouts])
+    gathered = [torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])[at] for x in (q, k, v)]
+    splits = [n_b * longest for n_b, longest, *_ in layouts]
+    gqa = q.shape[2] != k.shape[2]
+    pieces = []
+    for (n_b, longest, real, _), qb, kb, vb in zip(layouts, *(x.split(splits) for x in gathered)):
+        # [n_b, L_0, H, D] -> [n_b, H, L_0, D]
+        qb, kb, vb = (x.view(n_b, longest, *x.shape[1:]).transpose(1, 2) for x in (qb, kb, vb))
         if causal and window is None:
             o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
             pattern = attention_mask(longest, longest, causal, window, device=device)
             if pattern is None:
                 pattern = torch.ones(longest, longest, dtype=torch.bool, device=device)
-            # Real queries see real keys only; a padding query keeps its pattern (never an empty row: no NaN).
-            mask = pattern & (real[:, None, :] | ~real[:, :, None])  # [n_b, L_0, L_0]
-            o = F.scaled_dot_product_attention(
-                qb, kb, vb, attn_mask=mask[:, None], scale=scale, enable_gqa=gqa
-            )
-        pieces.append(o.transpose(1, 2)[real])  # [sum L, H, Dv]
-        rows.append(at[real])
-    order = torch.empty(t, dtype=torch.long, device=device)
-    order[torch.cat(rows)] = torch.arange(t, device=device)
-    return torch.cat(pieces)[order][None]
+            if n_b > 1:
+                # Real queries see real keys only; a padding query keeps its pattern (never an empty row: no NaN).
+                pattern = (pattern & (real[:, None, :] | ~real[:, :, None]))[:, None]  # [n_b, 1, L_0, L_0]
+            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=pattern, scale=scale, enable_gqa=gqa)
+        pieces.append(o.transpose(1, 2).reshape(n_b * longest, *o.shape[1:2], o.shape[-1]))
+    # Each token's row among the gathered ones.
+    where = torch.empty(t + 1, dtype=torch.long, device=device)
+    where[at] = torch.arange(at.numel(), device=device)  # (every padding row lands on where[T], unused)
+    return torch.cat(pieces)[where[:t]][None]

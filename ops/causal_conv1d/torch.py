@@ -77,22 +77,23 @@ def _packed(x, weight, bias, activation, initial_state, output_final_state, cu_s
     xp = torch.cat([x.new_zeros(1, width - 1, d), x], dim=1)
     y = _taps(xp, weight, t)
     # 2. Those outputs again from each document's own W-1 rows in front ([N, 2W-2, D], the state then the
-    # first tokens), written over the wrong ones (at most W-1 per document; fewer in a shorter one).
-    lead = torch.arange(-(width - 1), width - 1, device=x.device)
-    y_lead = _taps(
-        _document_rows(x, heads, starts, lengths, lead.expand(len(lengths), -1)), weight, width - 1
-    )
+    # first tokens), written over the wrong ones (at most W-1 per document; fewer in a shorter one). The final
+    # states, each document's last W-1 rows (reaching into its state when it is shorter), come in the same gather:
+    # one gather's backward makes one full-size buffer.
+    n = len(lengths)
     p = torch.arange(width - 1, device=x.device)
+    at = torch.arange(-(width - 1), width - 1, device=x.device).expand(n, -1)  # [N, 2W-2]
+    if output_final_state:
+        at = torch.cat([at, lengths[:, None] - (width - 1) + p[None]], dim=1)  # + [N, W-1]
+    rows = _document_rows(x, heads, starts, lengths, at)
+    y_lead = _taps(rows[:, : 2 * (width - 1)], weight, width - 1)
     inside = p[None] < lengths[:, None]  # [N, W-1]
-    rows = (starts[:, None] + p[None])[inside]
-    y.index_put_((torch.zeros_like(rows), rows), y_lead[inside])
+    fix = (starts[:, None] + p[None])[inside]
+    y.index_put_((torch.zeros_like(fix), fix), y_lead[inside])
     y = _finish(y, bias, activation, x.dtype)
     final = None
     if output_final_state:
-        # Each document's last W-1 rows, reaching into its state when it is shorter than W-1.
-        tail = lengths[:, None] - (width - 1) + p[None]  # [N, W-1]
-        final = _document_rows(x, heads, starts, lengths, tail).transpose(1, 2)
-        final = final.to(torch.promote_types(x.dtype, torch.float32))
+        final = rows[:, 2 * (width - 1) :].transpose(1, 2).to(torch.promote_types(x.dtype, torch.float32))
     return y, final
 
 
