@@ -74,9 +74,11 @@ def _packed(q, k, v, causal, window, scale, cu_seqlens):
     t, device = q.shape[1], q.device
     starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     buckets = length_buckets(lengths, q.shape[2] * q.shape[3])
-    # Every bucket's rows [n_b, L_0] of the row (T: a zero row, the padding), all gathered at once and the outputs
-    # read back at once: one gather each way, whose backward is one full-size buffer (a gather or a slice per
-    # bucket would make one per bucket).
+    # Every bucket's rows [n_b, L_0] of the row, all gathered at once and the outputs read back at once: one
+    # index_select each way, whose backward is one full-size buffer (a gather or a slice per bucket would make one
+    # per bucket). A padding row repeats its document's first row: no real query sees it (the causal mask, or the
+    # mask below), and what it computes is dropped, so its values only need to be finite, and the gradients it
+    # sends back are exact zeros.
     layouts = []
     for bucket in buckets:
         longest = lengths[bucket[0]]
@@ -84,9 +86,9 @@ def _packed(q, k, v, causal, window, scale, cu_seqlens):
         size = torch.tensor([lengths[n] for n in bucket], device=device)[:, None]
         offset = torch.arange(longest, device=device)[None]
         real = offset < size  # [n_b, L_0]
-        layouts.append((len(bucket), longest, real, torch.where(real, begin + offset, t)))
+        layouts.append((len(bucket), longest, real, torch.where(real, begin + offset, begin)))
     at = torch.cat([rows.reshape(-1) for *_, rows in layouts])
-    gathered = [torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])[at] for x in (q, k, v)]
+    gathered = [x[0].index_select(0, at) for x in (q, k, v)]
     splits = [n_b * longest for n_b, longest, *_ in layouts]
     gqa = q.shape[2] != k.shape[2]
     pieces = []
@@ -97,14 +99,15 @@ def _packed(q, k, v, causal, window, scale, cu_seqlens):
             o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
             pattern = attention_mask(longest, longest, causal, window, device=device)
-            if pattern is None:
+            if pattern is None and n_b > 1:  # (one document, no padding: no mask at all)
                 pattern = torch.ones(longest, longest, dtype=torch.bool, device=device)
             if n_b > 1:
                 # Real queries see real keys only; a padding query keeps its pattern (never an empty row: no NaN).
                 pattern = (pattern & (real[:, None, :] | ~real[:, :, None]))[:, None]  # [n_b, 1, L_0, L_0]
             o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=pattern, scale=scale, enable_gqa=gqa)
         pieces.append(o.transpose(1, 2).reshape(n_b * longest, *o.shape[1:2], o.shape[-1]))
-    # Each token's row among the gathered ones.
-    where = torch.empty(t + 1, dtype=torch.long, device=device)
-    where[at] = torch.arange(at.numel(), device=device)  # (every padding row lands on where[T], unused)
-    return torch.cat(pieces)[where[:t]][None]
+    # Each token's row among the gathered ones (the real rows of ``at``: each token once).
+    real_rows = torch.cat([real.reshape(-1) for _, _, real, _ in layouts]).nonzero().reshape(-1)
+    where = torch.empty(t, dtype=torch.long, device=device)
+    where[at[real_rows]] = real_rows
+    return torch.cat(pieces).index_select(0, where)[None]
