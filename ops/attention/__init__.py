@@ -9,6 +9,10 @@ to D ** -0.5.
 
 Backends: ``reference`` (explicit softmax, computed in fp64 inside), ``torch`` (SDPA), ``flash`` (flash-attn,
 when installed, CUDA fp16/bf16). ``auto`` takes flash on a GPU when it can, else SDPA.
+
+With ``cu_seqlens`` (packed documents) q, k and v hold the same documents, Tq = Tk = T, and each document attends
+only to itself (causal / window inside it); ``torch`` batches documents of similar lengths into one SDPA call,
+``flash`` runs flash-attn's varlen kernel.
 """
 
 from __future__ import annotations
@@ -83,7 +87,12 @@ attention = define_op(
     auto_order={"cuda": ("flash", "torch"), "cpu": ("torch",)},
 )
 attention.register("reference", _reference.attention, description="explicit softmax, fp64 inside")
-attention.register("torch", _torch.attention, description="torch scaled_dot_product_attention")
+attention.register(
+    "torch",
+    _torch.attention,
+    description="torch scaled_dot_product_attention (packed: documents batched by length)",
+    varlen=True,
+)
 attention.register_lazy(
     "flash",
     ".attention.ext_flash_attn",
@@ -91,7 +100,8 @@ attention.register_lazy(
     devices=("cuda",),
     unavailable=lambda device: None if package_available("flash_attn") else "flash-attn is not installed",
     unsupported=lambda *a, **k: __import__(__name__ + ".ext_flash_attn", fromlist=["x"]).unsupported(*a, **k),
-    description="flash-attn (optional package)",
+    description="flash-attn (optional package; packed: flash_attn_varlen_func)",
+    varlen=True,
 )
 
 __all__ = ["attention"]

@@ -84,7 +84,9 @@ SPEC = OpSpec(
 
 causal_conv1d = define_op("causal_conv1d", __doc__, validate=_validate, spec=SPEC)
 causal_conv1d.register("reference", _reference.causal_conv1d, description="F.conv1d in fp32")
-causal_conv1d.register("torch", _torch.causal_conv1d, description="shifted multiply-adds")
+causal_conv1d.register(
+    "torch", _torch.causal_conv1d, description="shifted multiply-adds (packed: one pass)", varlen=True
+)
 causal_conv1d.register_lazy(
     "triton",
     ".causal_conv1d.triton",

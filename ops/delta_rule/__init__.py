@@ -123,7 +123,10 @@ delta_rule = define_op(
 )
 delta_rule.register("reference", _reference.delta_rule, description="sequential recurrence, fp64 inside")
 delta_rule.register(
-    "torch", _torch.delta_rule, description="chunkwise-parallel PyTorch (WY/UT form), exponents kept <= 0"
+    "torch",
+    _torch.delta_rule,
+    description="chunkwise-parallel PyTorch (WY/UT form), exponents kept <= 0 (packed: one pass)",
+    varlen=True,
 )
 
 delta_rule.register_lazy(

@@ -153,7 +153,9 @@ gla = define_op(
     spec=SPEC,
 )
 gla.register("reference", _reference.gla, description="sequential recurrence, fp64 inside")
-gla.register("torch", _torch.gla, description="chunked PyTorch, exponents kept <= 0")
+gla.register(
+    "torch", _torch.gla, description="chunked PyTorch, exponents kept <= 0 (packed: one pass)", varlen=True
+)
 gla.register_lazy(
     "triton",
     ".gla.triton_chunk",

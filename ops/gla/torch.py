@@ -24,6 +24,14 @@ a chunk's scores and the state stay in cache. Chunk states are passed by a short
 chunks (elementwise updates only); the rest is batched matmuls. Gradients come from autograd. Arithmetic is
 fp32 (fp64 for fp64 inputs); outputs are cast back to the input dtype. ``causal=False`` adds the reverse
 recurrence, run as the causal one on the flipped sequence (see reference.py for the definition).
+
+Packed documents (``cu_seqlens``, one pass): each document is zero-padded to whole chunks inside one row
+(``ops/_packed_chunks.py``; zero q, k, v and g add nothing and keep the state), the chunks of all documents are
+computed together as above, and the loop that carries the state from chunk to chunk restarts it at each document's
+first chunk from that document's initial state (zeros without one) and keeps it after the document's last chunk as
+its final state. The chunk length is the power of two in 16..64 whose padded row costs least (its padding weighed by
+``PACKED_CHUNK_COST``).
+``causal=False`` (no state, no chunk loop to restart) runs once per document.
 """
 
 from __future__ import annotations
@@ -33,7 +41,14 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .._packed_chunks import choose_chunk, pack_chunks
+
 CHUNK = 64
+# Packed rows: the relative cost of a position at each chunk length (forward and backward, one CPU thread, H = 4,
+# K = V = 64, one sequence of T = 2048: 343, 323 and 303 ms at C = 16, 32, 64), against which the padding each saves
+# is weighed. Packed, where shorter chunks pad less: 16 documents of 16..512 tokens 56, 61, 79 ms; 128 of 4..64
+# tokens 121, 157, 309 ms (C = 16 chosen in both).
+PACKED_CHUNK_COST = {64: 1.0, 32: 1.07, 16: 1.13}
 MIN_CHUNK = 16
 # Largest per-channel decay span (in log space) of a chunk for the one-matmul intra-chunk form.
 MAX_FACTORED_SPAN = 60.0
@@ -44,7 +59,11 @@ MAX_FACTORED_SPAN = 60.0
 LOG_FLOOR = -40.0
 
 
-def gla(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True):
+def gla(
+    q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, causal=True, cu_seqlens=None
+):
+    if cu_seqlens is not None:
+        return _packed(q, k, v, g, scale, initial_state, output_final_state, causal, cu_seqlens)
     if not causal:
         return _bidirectional(q, k, v, g, scale), None
     o, state = _causal(q, k, v, g, scale, initial_state, output_final_state)
@@ -82,27 +101,70 @@ def _chunked(x, n_chunks, chunk):
     return x.reshape(b, h, n_chunks, chunk, *x.shape[3:]).contiguous()
 
 
-def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None, chunk=CHUNK):
+def _packed(q, k, v, g, scale, initial_state, output_final_state, causal, cu_seqlens):
+    """N documents packed in q, k, v, g [1, T, ...] (see the module docstring); cu_seqlens already checked and
+    initial_state one row per document."""
+    bounds = [int(x) for x in cu_seqlens.tolist()]
+    if not causal:
+        cut = lambda x, s, e: None if x is None else x[:, s:e]
+        parts = [
+            _bidirectional(cut(q, s, e), cut(k, s, e), cut(v, s, e), cut(g, s, e), scale)
+            for s, e in zip(bounds[:-1], bounds[1:])
+        ]
+        return torch.cat(parts, dim=1), None
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    packing = pack_chunks(bounds, choose_chunk(lengths, PACKED_CHUNK_COST), q.device)
+    o, final = _causal(
+        packing.pad(q), packing.pad(k), packing.pad(v), packing.pad(g), scale, initial_state, output_final_state,
+        packing=packing,
+    )  # fmt: skip
+    return packing.unpad(o), final
+
+
+def _restart(i, state, packing, state0, finals):
+    """The state entering chunk i of a packed row: the document's initial state (zeros without one) at a chunk
+    that begins a document, after keeping the state the previous document ended in; else ``state``."""
+    doc = packing.restarts.get(i)
+    if doc is None:
+        return state
+    if i > 0:
+        finals.append(state)
+    if state0 is None:
+        return torch.zeros_like(state)
+    return state0[doc][None]
+
+
+def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None, chunk=CHUNK, packing=None):
+    """Causal GLA over q, k, v, g [B, T, ...]. With ``packing`` (a packed row padded to whole chunks, B = 1) the
+    chunk length is packing's, initial_state has one row per document, the final state too, and o is the padded
+    row's."""
     dt = torch.promote_types(q.dtype, torch.float32)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     scale = dk**-0.5 if scale is None else scale
     # Short inputs (decoding, prefill of a few tokens) take one chunk, a power of two (the halvings of
     # _intra_halvings need one) of at least MIN_CHUNK positions.
-    chunk = min(chunk, max(MIN_CHUNK, 1 << (t - 1).bit_length()))
+    chunk = min(chunk, max(MIN_CHUNK, 1 << (t - 1).bit_length())) if packing is None else packing.chunk
     n = -(-t // chunk)
     qc = _chunked(q.to(dt), n, chunk)  # [B, H, N, C, K]
     kc = _chunked(k.to(dt), n, chunk)
     vc = _chunked(v.to(dt), n, chunk)  # [B, H, N, C, V]
     state0 = None if initial_state is None else initial_state.to(dt)
+    finals = []  # packed: the final state of every document but the last
+    if packing is not None and state0 is not None:
+        # The documents' initial states by unbind, not indexing: the backward of N index selects would build N
+        # full-size zero gradients (quadratic in N); that of unbind is one stack.
+        state0 = state0.unbind(0)
 
     if g is None and not _needs_grad(q, k, v, initial_state):
         # Inference without decay: chunk by chunk, so that the [C, C] scores and the state stay in cache (the
         # batched form below streams five [B, H, T, 64] tensors through memory: 1.2-2x slower forward on a
         # CPU at T = 1k..8k, bench_results/flow-core-vs-gla-cpu-interleaved.json).
-        state = state0.clone() if state0 is not None else qc.new_zeros(b, h, dk, dv)
+        state = state0.clone() if state0 is not None and packing is None else qc.new_zeros(b, h, dk, dv)
         o = qc.new_empty(b, h, n, chunk, dv)
         for i in range(n):
+            if packing is not None and i in packing.restarts:
+                state = _restart(i, state, packing, state0, finals).clone()  # updated in place below
             qi, ki, vi = qc[:, :, i], kc[:, :, i], vc[:, :, i]
             torch.matmul((qi @ ki.transpose(-1, -2)).tril_(), vi, out=o[:, :, i])
             o[:, :, i].add_(qi @ state)
@@ -114,9 +176,11 @@ def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None
         # No decay: the state before chunk n is the initial state plus every earlier chunk's k^T v, a running
         # sum over chunks. N elementwise adds: an [N, N] matmul costs as much as the matmuls above at N = 64
         # and grows as N^2 (2x slower at T = 4096 on a CPU), and cumsum over this middle dim is slower still.
-        state = state0 if state0 is not None else qc.new_zeros(b, h, dk, dv)
+        state = state0 if state0 is not None and packing is None else qc.new_zeros(b, h, dk, dv)
         starts = []
-        for delta_i in delta.unbind(2):
+        for i, delta_i in enumerate(delta.unbind(2)):
+            if packing is not None:
+                state = _restart(i, state, packing, state0, finals)
             starts.append(state)
             state = state + delta_i
         o = (scores @ vc).add_(qc @ torch.stack(starts, dim=2))
@@ -130,10 +194,12 @@ def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None
         scores, q_inter, k_state = _intra_chunk(qc, kc, G, causal_mask)
         chunk_decay = G[..., -1, :, None].exp()  # [B, H, N, K or 1, 1]
         delta = k_state.transpose(-1, -2) @ vc  # [B, H, N, K, V]
-        state = state0 if state0 is not None else qc.new_zeros(b, h, dk, dv)
+        state = state0 if state0 is not None and packing is None else qc.new_zeros(b, h, dk, dv)
         starts = []
         # One fused op per chunk: at T = 2048 this loop is a fair part of the CPU time.
-        for decay_i, delta_i in zip(chunk_decay.unbind(2), delta.unbind(2)):
+        for i, (decay_i, delta_i) in enumerate(zip(chunk_decay.unbind(2), delta.unbind(2))):
+            if packing is not None:
+                state = _restart(i, state, packing, state0, finals)
             starts.append(state)
             state = torch.addcmul(delta_i, state, decay_i)
         o = (scores @ vc).add_(q_inter @ torch.stack(starts, dim=2))
@@ -142,6 +208,8 @@ def _causal(q, k, v, g, scale, initial_state, output_final_state, out_dtype=None
     if scale != 1.0:  # flow-attention, SSD and Liger call with scale 1: no pass over o for it
         o = o.mul_(scale)
     o = o.reshape(b, h, n * chunk, dv)[:, :, :t].transpose(1, 2)
+    if packing is not None and output_final_state:
+        final = torch.cat(finals + [final])
     return o.to(out_dtype or q.dtype), final
 
 

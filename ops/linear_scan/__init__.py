@@ -123,7 +123,12 @@ linear_scan = define_op(
     auto_order={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)},
 )
 linear_scan.register("reference", _reference.linear_scan, description="step-by-step loop, fp64 inside")
-linear_scan.register("torch", _torch.linear_scan, description="blocked scan, ~2 sqrt(T) vectorised steps")
+linear_scan.register(
+    "torch",
+    _torch.linear_scan,
+    description="blocked scan, ~2 sqrt(T) vectorised steps (packed: one pass)",
+    varlen=True,
+)
 linear_scan.register_lazy(
     "triton",
     ".linear_scan.triton",

@@ -32,6 +32,18 @@ tensors ``.conj()`` returns the tensor itself, so the real path is unchanged. A 
 gets the real part of its complex gradient.
 
 ``reverse=True`` runs the same phases with the time indices walked backwards (no flipped copies).
+
+Packed documents (``cu_seqlens``, one pass): N documents in one row scan as one sequence in which each document's
+first step (its last position when ``reverse``) forgets what came before and starts from its own initial state,
+
+    a'_s = 0,   x'_s = x_s + a_s h0[n]       at each document's start s     (h0[n] = 0 without initial_state)
+
+so h'_s = a_s h0[n] + x_s as in a separate run, and every later step of the document is the same recurrence. a'
+and x' are made on the buffers the scan runs in (a custom autograd.Function, no other full-size buffer: on a CPU
+each costs page faults), and its backward is the scan's own with a' (g does not cross into the previous document)
+fixed up at the starts: da_s = g_s h0[n], d h0[n] = a_s g_s. Each document's final state is h at its last step
+(its first position when ``reverse``). :func:`reset_at` makes a' and x' out of place, with autograd, for callers
+that build a and x themselves (``ops.selective_scan``).
 """
 
 from __future__ import annotations
@@ -196,6 +208,103 @@ def _grad_as(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return grad.to(dtype)
 
 
-def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False):
+def linear_scan(a, x, initial_state=None, output_final_state=False, reverse=False, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return _packed(a, x, initial_state, output_final_state, bool(reverse), cu_seqlens)
     h, final = _LinearScan.apply(a, x, initial_state, bool(reverse))
     return h, (final if output_final_state else None)
+
+
+def document_bounds(cu_seqlens: torch.Tensor, device, reverse: bool = False):
+    """(first, last) positions of each packed document in the order a scan visits them, as [N] int64 on
+    ``device``: (starts, ends) forward, (ends, starts) when ``reverse``."""
+    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    starts, ends = cu[:-1], cu[1:] - 1
+    return (ends, starts) if reverse else (starts, ends)
+
+
+def reset_at(a, x, h0, first):
+    """a', x' [B, T, M] of packed documents: a' = 0 at the positions ``first`` [N] (each document's first step)
+    and x' = x + a h0[n] there (h0 [N, M], or None for zero states), so a plain scan restarts at each document.
+    Autograd-tracked (out of place); the caller passes a, x and h0 in the scan's dtype (x is promoted to complex
+    when a or h0 is complex and x is not: the scan would promote it anyway)."""
+    a_first = a[:, first]  # [B, N, M]
+    a = a.index_fill(1, first, 0)
+    if h0 is not None:
+        inject = a_first * h0[None]
+        x = x.to(torch.promote_types(x.dtype, inject.dtype))
+        x = x.index_add(1, first, inject.to(x.dtype))
+    return a, x
+
+
+def _packed(a, x, initial_state, output_final_state, reverse, cu_seqlens):
+    """N documents packed in a, x [1, T, D] scanned in one pass (see the module docstring); the dispatcher has
+    checked cu_seqlens and that initial_state has N rows."""
+    first, last = document_bounds(cu_seqlens, x.device, reverse)
+    h, final = _PackedLinearScan.apply(a, x, initial_state, first, last, reverse)
+    return h, (final if output_final_state else None)
+
+
+class _PackedLinearScan(torch.autograd.Function):
+    """The scan of packed documents: _LinearScan on a' = a with zeros at the documents' first steps and
+    x' = x + a h0[n] there, made on the copies the scan writes its states into (no other full-size buffer), with
+    the backward fixed up at those steps: da_s = g_s h0[n] (not g_s h_{s-1}, which crosses documents), and
+    d h0[n] = a_s g_s. The final states are the states at the documents' last steps."""
+
+    @staticmethod
+    def forward(ctx, a, x, initial_state, first, last, reverse):
+        out_dtype = torch.promote_types(a.dtype, x.dtype)
+        acc = torch.promote_types(out_dtype, torch.float32)
+        a_reset = a.to(acc, copy=True)
+        a_first = a_reset[:, first]  # [1, N, D], each document's first decay
+        a_reset[:, first] = 0
+        h = x.to(acc, copy=True)  # x', then the states written over it
+        h0 = None if initial_state is None else initial_state.to(acc)
+        if h0 is not None:
+            # x + a h0 in the accumulation dtype, as a separate run's first step makes it.
+            h.index_add_(1, first, a_first * h0[None])
+        blocked_scan(a_reset, h, None, reverse, out=h)
+        final = h[0, last]  # [N, D]
+        ctx.save_for_backward(a_reset, h, h0, a_first, first, last)
+        ctx.reverse = reverse
+        ctx.dtypes = (a.dtype, x.dtype, None if initial_state is None else initial_state.dtype)
+        return h.to(out_dtype), final
+
+    @staticmethod
+    def backward(ctx, dh, dfinal):
+        a, h, h0, a_first, first, last = ctx.saved_tensors
+        a, h, a_first = a.conj(), h.conj(), a_first.conj()  # complex autograd (see _LinearScan.backward)
+        h0 = None if h0 is None else h0.conj()
+        a_dtype, x_dtype, h0_dtype = ctx.dtypes
+        reverse = ctx.reverse
+        b, t, d = h.shape
+        if dh is None:
+            dh = h.new_zeros(b, t, d)
+        elif dfinal is not None:
+            dh = dh.to(h.dtype, copy=True)  # the final states' gradients go in at the documents' last steps
+        else:
+            dh = dh.to(h.dtype)
+        if dfinal is not None:
+            dh.index_add_(1, last, dfinal.to(h.dtype)[None])
+        # g_t = dh_t + a'_next(t) g_next(t): a' is 0 at each document's first step, so nothing crosses into the
+        # document before (the same scan as _LinearScan.backward's, whose comments explain the shifted views).
+        row_first, row_last = (t - 1, 0) if reverse else (0, t - 1)
+        g = torch.empty_like(h)
+        g[:, row_last] = dh[:, row_last]
+        if t > 1:
+            if reverse:
+                blocked_scan(a[:, :-1], dh[:, 1:], g[:, row_last], False, out=g[:, 1:])
+            else:
+                blocked_scan(a[:, 1:], dh[:, :-1], g[:, row_last], True, out=g[:, :-1])
+        da = torch.empty_like(h)
+        if reverse:
+            torch.mul(g[:, :-1], h[:, 1:], out=da[:, :-1])
+        else:
+            torch.mul(g[:, 1:], h[:, :-1], out=da[:, 1:])
+        # At each document's first step the previous state is its initial state (the row's first step is one).
+        g_first = g[:, first]  # [1, N, D]
+        da[:, first] = 0 if h0 is None else g_first * h0[None]
+        dh0 = None
+        if ctx.needs_input_grad[2]:
+            dh0 = _grad_as((a_first * g_first)[0], h0_dtype)
+        return _grad_as(da, a_dtype), _grad_as(g, x_dtype), dh0, None, None, None

@@ -241,7 +241,10 @@ selective_scan = define_op(
 )
 selective_scan.register("reference", _reference.selective_scan, description="step-by-step loop, fp64 inside")
 selective_scan.register(
-    "torch", _torch.selective_scan, description="the D*N recurrences as one blocked chunked scan"
+    "torch",
+    _torch.selective_scan,
+    description="the D*N recurrences as one blocked chunked scan (packed: one pass)",
+    varlen=True,
 )
 selective_scan.register_lazy(
     "triton",
