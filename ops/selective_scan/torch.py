@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from .._packed_chunks import document_groups
 from ..linear_scan.torch import blocked_scan, document_bounds, reset_at
 from ..linear_scan.torch import linear_scan as _linear_scan
 from .pre_post import finish
@@ -125,16 +126,6 @@ def selective_scan(
 # tensors stay in them (D = 256, N = 16, 16 documents of 16..512 tokens, one thread: one pass over the 1526 tokens
 # 220-340 ms, once per document 160-260 ms). Groups keep both the locality and few calls for short documents.
 GROUP_STATES = 1 << 19
-
-
-def document_groups(bounds: list[int], max_tokens: int) -> list[tuple[int, int]]:
-    """Consecutive documents [lo, hi) of ``bounds`` grouped up to ``max_tokens`` tokens (a longer one alone)."""
-    groups, lo = [], 0
-    for i in range(1, len(bounds) - 1):
-        if bounds[i + 1] - bounds[lo] > max_tokens:
-            groups.append((lo, i))
-            lo = i
-    return groups + [(lo, len(bounds) - 1)]
 
 
 # States per inference segment (B * S * D * N): two fp32 buffers of 4 MiB, which a CPU's L3 holds. Measured at
