@@ -135,13 +135,16 @@ def test_attention_native(case, budget, monkeypatch):
     from seqzoo.ops.attention import torch as attention_torch
 
     monkeypatch.setattr(attention_torch, "PAD_BUDGET", budget)
-    op, inputs, cu = _example(
-        "attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2
-    )  # GQA: 4 heads over 2
+    monkeypatch.setattr(attention_torch, "PAD_BUDGET_INFERENCE", budget)
+    # GQA: 4 query heads over 2 key/value heads.
+    op, inputs, cu = _example("attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2)
     inputs.update(ATTENTION_CASES[case], scale=0.3)
     assert_packed_matches_separate(op, "torch", inputs, cu)
-    op(**inputs, cu_seqlens=cu, backend="torch")
-    assert op.last_packing == "native"
+    with torch.no_grad():  # the inference path: documents alone read their slices, outputs written in place
+        packed = op(**inputs, cu_seqlens=cu, backend="torch")
+        assert op.last_packing == "native"
+        reference = op(**inputs, cu_seqlens=cu, backend="reference")
+    torch.testing.assert_close(packed, reference, rtol=1e-10, atol=1e-10)
 
 
 def test_attention_buckets():
