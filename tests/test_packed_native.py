@@ -129,7 +129,7 @@ ATTENTION_CASES = {
 }
 
 
-@pytest.mark.parametrize("budget", [0, 10**9], ids=["one_call_each", "one_batch"])
+@pytest.mark.parametrize("budget", [-1, 0, 10**9], ids=["alone", "equal_lengths", "one_batch"])
 @pytest.mark.parametrize("case", list(ATTENTION_CASES))
 def test_attention_native(case, budget, monkeypatch):
     from seqzoo.ops.attention import torch as attention_torch
