@@ -82,13 +82,19 @@ def run_in_groups(fn, groups, bounds, cu_seqlens, packed: dict, state_name: str,
     """``fn(**packed cut to the group, state_name=its rows, **rest, cu_seqlens=the group's)`` for each group of
     documents, returning (outputs joined along time, final states row under row or None): a packed row run one
     cache-sized group at a time (a pass over a row whose tensors outgrow the caches costs more per token)."""
+    # Cut by split, not slicing: the backward of a slice per group would build a full-size zero gradient each
+    # (quadratic in the groups); that of split is one cat.
+    tokens = [bounds[hi] - bounds[lo] for lo, hi in groups]
+    pieces = {
+        name: (None,) * len(groups) if x is None else x.split(tokens, dim=1) for name, x in packed.items()
+    }
+    states = (None,) * len(groups) if state is None else state.split([hi - lo for lo, hi in groups])
     outs, finals = [], []
-    for lo, hi in groups:
-        s0, s1 = bounds[lo], bounds[hi]
-        cut = {name: None if x is None else x[:, s0:s1] for name, x in packed.items()}
-        cut[state_name] = None if state is None else state[lo:hi]
+    for i, (lo, hi) in enumerate(groups):
+        cut = {name: parts[i] for name, parts in pieces.items()}
         # One document: the op itself, unpacked (a separate run); several: one pass over them.
-        o, final = fn(**cut, **rest, cu_seqlens=None if hi - lo == 1 else cu_seqlens[lo : hi + 1] - s0)
+        cu = None if hi - lo == 1 else cu_seqlens[lo : hi + 1] - bounds[lo]
+        o, final = fn(**cut, **rest, **{state_name: states[i]}, cu_seqlens=cu)
         outs.append(o)
         finals.append(final)
     return torch.cat(outs, dim=1), (None if finals[0] is None else torch.cat(finals))
