@@ -1,4 +1,5 @@
-"""Packed documents laid out on whole chunks, for the chunked torch backends (``ops.gla``, ``ops.delta_rule``).
+"""Packed documents laid out on whole chunks, for the chunked torch backends (``ops.gla``, ``ops.delta_rule``),
+and run a cache-sized group of documents at a time (:func:`run_in_groups`).
 
 Each document of a packed row [1, T, ...] is zero-padded to a whole number of chunks of C positions inside one
 padded row [1, P, ...]: every chunk then holds one document only, so the chunked algorithm runs unchanged, over
@@ -65,3 +66,35 @@ def pack_chunks(bounds: list[int], chunk: int, device) -> ChunkPacking:
     return ChunkPacking(
         chunk, n_chunks, first_chunk, torch.cat(source).to(device), torch.cat(token_at).to(device)
     )
+
+
+def document_groups(bounds: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive documents [lo, hi) of ``bounds`` grouped up to ``max_tokens`` tokens (a longer one alone)."""
+    groups, lo = [], 0
+    for i in range(1, len(bounds) - 1):
+        if bounds[i + 1] - bounds[lo] > max_tokens:
+            groups.append((lo, i))
+            lo = i
+    return groups + [(lo, len(bounds) - 1)]
+
+
+def run_in_groups(fn, groups, bounds, cu_seqlens, packed: dict, state_name: str, state, **rest):
+    """``fn(**packed cut to the group, state_name=its rows, **rest, cu_seqlens=the group's)`` for each group of
+    documents, returning (outputs joined along time, final states row under row or None): a packed row run one
+    cache-sized group at a time (a pass over a row whose tensors outgrow the caches costs more per token)."""
+    # Cut by split, not slicing: the backward of a slice per group would build a full-size zero gradient each
+    # (quadratic in the groups); that of split is one cat.
+    tokens = [bounds[hi] - bounds[lo] for lo, hi in groups]
+    pieces = {
+        name: (None,) * len(groups) if x is None else x.split(tokens, dim=1) for name, x in packed.items()
+    }
+    states = (None,) * len(groups) if state is None else state.split([hi - lo for lo, hi in groups])
+    outs, finals = [], []
+    for i, (lo, hi) in enumerate(groups):
+        cut = {name: parts[i] for name, parts in pieces.items()}
+        # One document: the op itself, unpacked (a separate run); several: one pass over them.
+        cu = None if hi - lo == 1 else cu_seqlens[lo : hi + 1] - bounds[lo]
+        o, final = fn(**cut, **rest, **{state_name: states[i]}, cu_seqlens=cu)
+        outs.append(o)
+        finals.append(final)
+    return torch.cat(outs, dim=1), (None if finals[0] is None else torch.cat(finals))

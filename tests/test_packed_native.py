@@ -129,19 +129,22 @@ ATTENTION_CASES = {
 }
 
 
-@pytest.mark.parametrize("budget", [0, 10**9], ids=["one_call_each", "one_batch"])
+@pytest.mark.parametrize("budget", [-1, 0, 10**9], ids=["alone", "equal_lengths", "one_batch"])
 @pytest.mark.parametrize("case", list(ATTENTION_CASES))
 def test_attention_native(case, budget, monkeypatch):
     from seqzoo.ops.attention import torch as attention_torch
 
     monkeypatch.setattr(attention_torch, "PAD_BUDGET", budget)
-    op, inputs, cu = _example(
-        "attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2
-    )  # GQA: 4 heads over 2
+    monkeypatch.setattr(attention_torch, "PAD_BUDGET_INFERENCE", budget)
+    # GQA: 4 query heads over 2 key/value heads.
+    op, inputs, cu = _example("attention", torch.float64, (5, 1, 42, 5, 9, 2), H=4, G=2)
     inputs.update(ATTENTION_CASES[case], scale=0.3)
     assert_packed_matches_separate(op, "torch", inputs, cu)
-    op(**inputs, cu_seqlens=cu, backend="torch")
-    assert op.last_packing == "native"
+    with torch.no_grad():  # the inference path: documents alone read their slices, outputs written in place
+        packed = op(**inputs, cu_seqlens=cu, backend="torch")
+        assert op.last_packing == "native"
+        reference = op(**inputs, cu_seqlens=cu, backend="reference")
+    torch.testing.assert_close(packed, reference, rtol=1e-10, atol=1e-10)
 
 
 def test_attention_buckets():
@@ -232,6 +235,7 @@ def test_gla_native(case, drop_state, chunk_costs, monkeypatch):
 
     if chunk_costs:
         monkeypatch.setattr(gla_torch, "PACKED_CHUNK_COST", chunk_costs)
+        monkeypatch.setattr(gla_torch, "PACKED_CHUNK_COST_INFERENCE", chunk_costs)
     sizes, change = GLA_CASES[case]
     op, inputs, cu = _example("gla", torch.float64, CHUNKED_LENGTHS, drop_state, H=2, K=8, V=4, **sizes)
     if change:
@@ -287,3 +291,21 @@ def test_selective_scan_native_groups(group_states, monkeypatch):
     monkeypatch.setattr(selective_torch, "GROUP_STATES", group_states)
     op, inputs, cu = _example("selective_scan", torch.float64, (5, 1, 42, 30, 2, 1, 9, 3))
     assert_packed_matches_separate(op, "torch", inputs, cu)
+
+
+@pytest.mark.parametrize("name", ["gla", "delta_rule"])
+def test_chunked_native_in_groups(name, monkeypatch):
+    """A row run a group of documents at a time: here groups of up to 50 tokens (width H K = 16), so (5, 1, 42) and
+    (16, 33) share a pass and 70 runs alone (unpacked), with autograd and without."""
+    import importlib
+
+    backend = importlib.import_module(f"seqzoo.ops.{name}.torch")
+    monkeypatch.setattr(backend, "GROUP_ELEMENTS", 50 * 16)
+    monkeypatch.setattr(backend, "GROUP_ELEMENTS_INFERENCE", 50 * 16)
+    op, inputs, cu = _example(name, torch.float64, CHUNKED_LENGTHS, H=2, K=8, V=4)
+    assert_packed_matches_separate(op, "torch", inputs, cu)
+    with torch.no_grad():
+        packed = op(**inputs, cu_seqlens=cu, backend="torch")
+        reference = op(**inputs, cu_seqlens=cu, backend="reference")
+    for p, r in zip(packed, reference):
+        torch.testing.assert_close(p, r.to(p.dtype), rtol=1e-9, atol=1e-9)

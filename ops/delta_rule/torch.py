@@ -35,6 +35,8 @@ Packed documents (``cu_seqlens``, one pass): each document is zero-padded to who
 for all documents at once as above, and the chunk loop restarts the state at each document's first chunk from
 that document's initial state (zeros without one), keeping the state after its last chunk as its final state. The
 chunk length is the one of 16, 32, 64 that weighs padding against the cost per position (``PACKED_CHUNK_COST``).
+A long row runs a group of consecutive documents at a time (``GROUP_ELEMENTS``: its tensors stay in cache), a
+document longer than that alone, unpacked.
 """
 
 from __future__ import annotations
@@ -42,13 +44,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._packed_chunks import choose_chunk, pack_chunks
+from .._packed_chunks import choose_chunk, document_groups, pack_chunks, run_in_groups
 
 CHUNK = 64
 # Packed rows: the relative cost of a position at each chunk length (forward and backward, one CPU thread, H = 4,
 # K = V = 64, T = 2048, per-head decays: 473, 502 and 591 ms at C = 16, 32, 64), weighed against the padding.
 # Packed: 16 documents of 16..512 tokens 75, 79, 127 ms; 128 of 4..64 tokens 177, 231, 496 ms (C = 16 chosen).
 PACKED_CHUNK_COST = {16: 0.8, 32: 0.85, 64: 1.0}
+# A packed row runs one group of consecutive documents of up to this many elements per [T, H, K] tensor at a time
+# (a longer document alone, unpacked): the same 16 and 128 documents (H = 4, K = V = 64) in groups of up to 2^30,
+# 2048, 1024, 512, 256 tokens and one at a time: forward only 54, 22, 22, 27, 26, 30 ms and 93, 83, 47, 50, 47, 126
+# ms; forward and backward 59, 54, 54, 59, 68, 84 ms and 147, 140, 146, 151, 166, 741 ms.
+GROUP_ELEMENTS = 2048 * 256
+GROUP_ELEMENTS_INFERENCE = 1024 * 256
 # Exponents of decay factors are raised to this floor: see the module docstring.
 LOG_FLOOR = -40.0
 
@@ -69,6 +77,19 @@ def delta_rule(
     if cu_seqlens is not None:
         # Documents on whole chunks of one padded row (see the module docstring); the outputs read back at the end.
         bounds = [int(x) for x in cu_seqlens.tolist()]
+        training = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state)
+        )
+        width = q.shape[2] * max(q.shape[3], v.shape[3])
+        groups = document_groups(
+            bounds, max(1, (GROUP_ELEMENTS if training else GROUP_ELEMENTS_INFERENCE) // width)
+        )
+        if len(groups) > 1:
+            packed = dict(q=q, k=k, v=v, beta=beta, g=g)
+            rest = dict(scale=scale, output_final_state=output_final_state, chunk=chunk)
+            return run_in_groups(
+                delta_rule, groups, bounds, cu_seqlens, packed, "initial_state", initial_state, **rest
+            )
         lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
         # (A chunk length the caller chose is kept; the default one gives way to the one that pads least.)
         c = choose_chunk(lengths, PACKED_CHUNK_COST) if chunk == CHUNK else chunk

@@ -30,7 +30,8 @@ Packed documents (``cu_seqlens``, one pass): each document is zero-padded to who
 computed together as above, and the loop that carries the state from chunk to chunk restarts it at each document's
 first chunk from that document's initial state (zeros without one) and keeps it after the document's last chunk as
 its final state. The chunk length is the power of two in 16..64 whose padded row costs least (its padding weighed by
-``PACKED_CHUNK_COST``).
+``PACKED_CHUNK_COST``, or ``PACKED_CHUNK_COST_INFERENCE`` without autograd). A long row runs a group of consecutive
+documents at a time (``GROUP_ELEMENTS``: its tensors stay in cache), a document longer than that alone, unpacked.
 ``causal=False`` (no state, no chunk loop to restart) runs once per document.
 """
 
@@ -41,14 +42,23 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .._packed_chunks import choose_chunk, pack_chunks
+from .._packed_chunks import choose_chunk, document_groups, pack_chunks, run_in_groups
 
 CHUNK = 64
-# Packed rows: the relative cost of a position at each chunk length (forward and backward, one CPU thread, H = 4,
-# K = V = 64, one sequence of T = 2048: 343, 323 and 303 ms at C = 16, 32, 64), against which the padding each saves
-# is weighed. Packed, where shorter chunks pad less: 16 documents of 16..512 tokens 56, 61, 79 ms; 128 of 4..64
-# tokens 121, 157, 309 ms (C = 16 chosen in both).
-PACKED_CHUNK_COST = {64: 1.0, 32: 1.07, 16: 1.13}
+# Packed rows: the relative cost of a padded position at each chunk length, against which the padding each saves
+# is weighed. Measured packed (one CPU thread, H = 4, K = V = 64; 16 documents of 16..512 tokens padded to 1632,
+# 1760, 2048 positions at C = 16, 32, 64, and 128 of 4..64 tokens to 3664, 4960, 8192): forward and backward 56,
+# 61, 79 ms and 121, 157, 309 ms (the states of short chunks cost little next to the padding of long ones);
+# forward only 28, 20, 25 ms and 65, 77, 105 ms (there the [K, V] state per chunk is a larger share).
+PACKED_CHUNK_COST = {16: 0.9, 32: 0.9, 64: 1.0}
+PACKED_CHUNK_COST_INFERENCE = {64: 1.0, 32: 1.05, 16: 1.45}
+# A packed row runs one group of consecutive documents of up to this many elements per [T, H, K] tensor at a time
+# (T H max(K, V); a longer document alone, unpacked), whose tensors stay in cache. The same 16 and 128 documents
+# (H = 4, K = V = 64) in groups of up to 2^30, 2048, 1024, 512, 256 tokens and one at a time: forward only 30, 23,
+# 20, 17, 18, 27 ms and 104, 82, 55, 43, 42, 128 ms; forward and backward 41, 42, 42, 51, 56, 74 ms and 131, 102,
+# 107, 137, 157, 641 ms.
+GROUP_ELEMENTS = 2048 * 256
+GROUP_ELEMENTS_INFERENCE = 512 * 256
 MIN_CHUNK = 16
 # Largest per-channel decay span (in log space) of a chunk for the one-matmul intra-chunk form.
 MAX_FACTORED_SPAN = 60.0
@@ -112,8 +122,18 @@ def _packed(q, k, v, g, scale, initial_state, output_final_state, causal, cu_seq
             for s, e in zip(bounds[:-1], bounds[1:])
         ]
         return torch.cat(parts, dim=1), None
+    training = _needs_grad(q, k, v, g, initial_state)
+    width = q.shape[2] * max(q.shape[3], v.shape[3])
+    groups = document_groups(
+        bounds, max(1, (GROUP_ELEMENTS if training else GROUP_ELEMENTS_INFERENCE) // width)
+    )
+    if len(groups) > 1:
+        packed = dict(q=q, k=k, v=v, g=g)
+        rest = dict(scale=scale, output_final_state=output_final_state)
+        return run_in_groups(gla, groups, bounds, cu_seqlens, packed, "initial_state", initial_state, **rest)
     lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    packing = pack_chunks(bounds, choose_chunk(lengths, PACKED_CHUNK_COST), q.device)
+    costs = PACKED_CHUNK_COST if training else PACKED_CHUNK_COST_INFERENCE
+    packing = pack_chunks(bounds, choose_chunk(lengths, costs), q.device)
     o, final = _causal(
         packing.pad(q), packing.pad(k), packing.pad(v), packing.pad(g), scale, initial_state, output_final_state,
         packing=packing,

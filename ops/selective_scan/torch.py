@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from .._packed_chunks import document_groups, run_in_groups
 from ..linear_scan.torch import blocked_scan, document_bounds, reset_at
 from ..linear_scan.torch import linear_scan as _linear_scan
 from .pre_post import finish
@@ -127,16 +128,6 @@ def selective_scan(
 GROUP_STATES = 1 << 19
 
 
-def document_groups(bounds: list[int], max_tokens: int) -> list[tuple[int, int]]:
-    """Consecutive documents [lo, hi) of ``bounds`` grouped up to ``max_tokens`` tokens (a longer one alone)."""
-    groups, lo = [], 0
-    for i in range(1, len(bounds) - 1):
-        if bounds[i + 1] - bounds[lo] > max_tokens:
-            groups.append((lo, i))
-            lo = i
-    return groups + [(lo, len(bounds) - 1)]
-
-
 # States per inference segment (B * S * D * N): two fp32 buffers of 4 MiB, which a CPU's L3 holds. Measured at
 # B=1, T=2048, D=128, N=16 (2 threads): 2^19 15 ms, 2^20 9.4 ms, 2^21 8.3-11 ms, one segment (2^22) 12-18 ms.
 SEGMENT_STATES = 1 << 20
@@ -170,19 +161,12 @@ def _packed(
     else:
         groups = [(0, docs)]  # inference walks the row in cache-sized segments already
     if len(groups) > 1:
-        ys, finals = [], []
-        for lo, hi in groups:
-            s0, s1 = bounds[lo], bounds[hi]
-            cut = lambda x, s0=s0, s1=s1: None if x is None else x[:, s0:s1]
-            kw = dict(D=D, z=cut(z), delta_bias=delta_bias, delta_softplus=delta_softplus)
-            kw.update(initial_state=None if initial_state is None else initial_state[lo:hi])
-            kw.update(output_final_state=output_final_state)
-            # One document: the unpacked op itself (a separate run); several: one pass over them.
-            kw.update(cu_seqlens=None if hi - lo == 1 else cu_seqlens[lo : hi + 1] - bounds[lo])
-            y, final = selective_scan(cut(u), cut(delta), A, cut(B), cut(C), **kw)
-            ys.append(y)
-            finals.append(final)
-        return torch.cat(ys, dim=1), (torch.cat(finals) if output_final_state else None)
+        packed = dict(u=u, delta=delta, B=B, C=C, z=z)
+        rest = dict(A=A, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+        rest.update(output_final_state=output_final_state)
+        return run_in_groups(
+            selective_scan, groups, bounds, cu_seqlens, packed, "initial_state", initial_state, **rest
+        )
     sdt = state_dtype(acc, A)
     u_, A_ = u.to(acc), A.to(sdt)
     dt = discretize(delta.to(acc), None if delta_bias is None else delta_bias.to(acc), delta_softplus)
