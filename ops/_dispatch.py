@@ -293,6 +293,17 @@ class Op:
         kw = {**dict(zip(names, args)), **kwargs}
         first = next((n for n in packed if kw.get(n) is not None), packed[0])
         bounds = check_cu_seqlens(self.name, cu_seqlens, kw.get(first), first)
+        for name in packed:
+            other = kw.get(name)
+            if (
+                isinstance(other, torch.Tensor)
+                and other is not kw[first]
+                and other.shape[:2] != kw[first].shape[:2]
+            ):
+                raise ValueError(
+                    f"{self.name}: with cu_seqlens, {name} packs the same sequences as {first}: expected its "
+                    f"first two dimensions {tuple(kw[first].shape[:2])} (batch 1, T), got {tuple(other.shape)}"
+                )
         n_seq = len(bounds) - 1
         state_arg = self.spec.state_arg
         state = kw.get(state_arg) if state_arg else None

@@ -246,7 +246,11 @@ def compare_packed_with_separate(
     packed = _flat(op(**leaves, cu_seqlens=cu_seqlens, backend=backend))
     gen = torch.Generator().manual_seed(seed)
     cots = [
-        None if o is None else torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)
+        None
+        if o is None
+        else torch.randn(
+            o.shape, generator=gen, dtype=torch.complex128 if o.is_complex() else torch.float64
+        ).to(o.device)
         for o in packed
     ]
     loss = _cotangent_loss(packed, cots)

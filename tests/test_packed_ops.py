@@ -152,3 +152,24 @@ def test_cu_seqlens_helpers():
     assert cu_seqlens_from_eot(ids[:5], 0).tolist() == [0, 3, 5]
     with pytest.raises(ValueError, match="positive"):
         cu_seqlens_from_lengths([2, 0])
+
+
+def test_packed_tensors_must_share_the_row():
+    """attention's keys pack the same sequences as its queries: a k of another length is refused by name (every
+    backend, the per-sequence runs included, would otherwise cut it by the queries' boundaries)."""
+    inputs, cu = packed_inputs(ops.attention, torch.float32)
+    inputs["k"] = inputs["k"][:, :-1]
+    inputs["v"] = inputs["v"][:, :-1]
+    for backend in ("reference", "torch"):
+        with pytest.raises(ValueError, match="with cu_seqlens, k packs the same sequences as q"):
+            ops.attention(**inputs, cu_seqlens=cu, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_packed_complex_scan(backend):
+    """A complex recurrence (S4D-style) packs too; the helper draws complex cotangents for complex outputs."""
+    inputs, cu = packed_inputs(ops.linear_scan, torch.float64)
+    inputs["a"] = inputs["a"] * torch.exp(1j * torch.rand_like(inputs["a"]))
+    inputs["x"] = inputs["x"].to(torch.complex128)
+    inputs["initial_state"] = inputs["initial_state"].to(torch.complex128)
+    assert_packed_matches_separate(ops.linear_scan, backend, inputs, cu)

@@ -38,7 +38,9 @@ def test_start_is_input_gate_times_input_exactly(with_state):
     i0 = torch.sigmoid(m._gate(u, m.gate_x_weight, m.gate_x_bias))[:, 0]
     assert torch.equal(h[:, 0], i0 * u[:, 0])
     # ... and not at the other tokens: there the decay and sqrt(1 - a^2) act as before.
-    assert not torch.allclose(h[:, 1], torch.sigmoid(m._gate(u, m.gate_x_weight, m.gate_x_bias))[:, 1] * u[:, 1])
+    assert not torch.allclose(
+        h[:, 1], torch.sigmoid(m._gate(u, m.gate_x_weight, m.gate_x_bias))[:, 1] * u[:, 1]
+    )
 
 
 def _scalar_block():

@@ -126,7 +126,9 @@ class Attention(Mixer):
         return apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base), v
 
     def _attention(self, q, k, v, causal: bool, window, cu_seqlens=None):
-        return ops.attention(q, k, v, causal=causal, window=window, backend=self.backend, cu_seqlens=cu_seqlens)
+        return ops.attention(
+            q, k, v, causal=causal, window=window, backend=self.backend, cu_seqlens=cu_seqlens
+        )
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
         return self.o_proj(o.reshape(o.shape[0], o.shape[1], -1))

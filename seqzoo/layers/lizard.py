@@ -182,7 +182,9 @@ class Lizard(AttentionHybridMixer):
         bounds = [int(b) for b in cu_seqlens.tolist()]
         return torch.cat(
             [
-                window_attention_with_sinks(q[:, s:e], k[:, s:e], v[:, s:e], self.window, self.meta_k, self.meta_v)
+                window_attention_with_sinks(
+                    q[:, s:e], k[:, s:e], v[:, s:e], self.window, self.meta_k, self.meta_v
+                )
                 for s, e in zip(bounds[:-1], bounds[1:])
             ],
             dim=1,
