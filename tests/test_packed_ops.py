@@ -173,3 +173,15 @@ def test_packed_complex_scan(backend):
     inputs["x"] = inputs["x"].to(torch.complex128)
     inputs["initial_state"] = inputs["initial_state"].to(torch.complex128)
     assert_packed_matches_separate(ops.linear_scan, backend, inputs, cu)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_packed_fft_conv_groups_similar_lengths(bidirectional, dtype):
+    """fft_conv's torch backend batches documents of similar length, zero-padded to the group's longest: groups of
+    several documents, either way in time."""
+    lengths = (7, 9, 8, 30, 33, 1, 16)
+    inputs, cu = packed_inputs(ops.fft_conv, dtype, lengths=lengths, bidirectional=bidirectional)
+    assert_packed_matches_separate(ops.fft_conv, "torch", inputs, cu)
+    ops.fft_conv(**inputs, cu_seqlens=cu, backend="torch")
+    assert ops.fft_conv.last_packing == "native"

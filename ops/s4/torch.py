@@ -98,7 +98,9 @@ def s4_kernel(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, 
     return torch.fft.irfft(spectrum, n=L)
 
 
-def fft_conv(u, K, D=None, bidirectional=False):
+def fft_conv(u, K, D=None, bidirectional=False, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return fft_conv_packed(u, K, D, bidirectional, cu_seqlens=cu_seqlens)
     b, t, h = u.shape
     out_dtype = torch.promote_types(u.dtype, K.dtype)  # the FFTs run in fp32 (fp64) whatever the inputs
     u = _work(u)
@@ -119,3 +121,43 @@ def fft_conv(u, K, D=None, bidirectional=False):
     if D is not None:
         y = y + u * _work(D)
     return y.to(out_dtype)
+
+
+# Packed documents: a group's documents are padded to its longest; a new group starts where the next document is
+# more than this many times longer than the group's first (sorted by length: at most half of a group is padding).
+PACKED_GROUP_RATIO = 2.0
+
+
+def fft_conv_packed(u, K, D=None, bidirectional=False, *, cu_seqlens):
+    """``fft_conv`` over documents packed in u [1, T, H] (``cu_seqlens``): documents of similar length (sorted, the
+    longest of a group at most PACKED_GROUP_RATIO times its shortest) run as one zero-padded batch. Zeros after a
+    document's end add nothing to its real positions, either way in time, so each position's sum is the one it
+    has alone (only the FFT length, hence the rounding, differs)."""
+    bounds = cu_seqlens.tolist()
+    starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups, current = [], [order[0]]
+    for n in order[1:]:
+        if lengths[n] > PACKED_GROUP_RATIO * lengths[current[0]]:
+            groups.append(current)
+            current = []
+        current.append(n)
+    groups.append(current)
+    device = u.device
+    outs, positions = [], []
+    for group in groups:
+        longest = max(lengths[n] for n in group)
+        steps = torch.arange(longest, device=device)
+        first = torch.tensor([starts[n] for n in group], device=device)
+        size = torch.tensor([lengths[n] for n in group], device=device)
+        real = steps < size[:, None]  # [G, Lmax]
+        index = (first[:, None] + steps).masked_fill(~real, 0)  # padding reads token 0, then is zeroed
+        batch = u[0, index] * real[..., None].to(u.dtype)  # [G, Lmax, H]
+        y = fft_conv(batch, K, D, bidirectional)  # one batch of the group, unpacked
+        outs.append(y[real])
+        positions.append(index[real])
+    y = torch.cat(outs)
+    where = torch.cat(positions)
+    out = y.new_empty(u.shape[1], *y.shape[1:])
+    out = out.index_copy(0, where, y)
+    return out[None]
