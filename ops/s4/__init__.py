@@ -246,7 +246,10 @@ fft_conv = define_op(
 )
 fft_conv.register("reference", _reference.fft_conv, description="explicit O(T^2) Toeplitz convolution")
 fft_conv.register(
-    "torch", _torch.fft_conv, description="real FFTs of length 2T (packed: similar lengths batched)", varlen=True
+    "torch",
+    _torch.fft_conv,
+    description="real FFTs of length 2T (packed: similar lengths batched)",
+    varlen=True,
 )
 fft_conv.register_lazy(
     "triton",
