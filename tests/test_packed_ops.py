@@ -185,3 +185,15 @@ def test_packed_fft_conv_groups_similar_lengths(bidirectional, dtype):
     assert_packed_matches_separate(ops.fft_conv, "torch", inputs, cu)
     ops.fft_conv(**inputs, cu_seqlens=cu, backend="torch")
     assert ops.fft_conv.last_packing == "native"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_packed_flow_attention_normalisers_are_each_documents(causal, dtype):
+    """flow_attention's torch backend packs in one pass: running and whole sums, positions and the competition's
+    softmax per document (causal and not)."""
+    inputs, cu = packed_inputs(ops.flow_attention, dtype, lengths=(7, 1, 30, 9, 2))
+    inputs["causal"] = causal
+    assert_packed_matches_separate(ops.flow_attention, "torch", inputs, cu)
+    ops.flow_attention(**inputs, cu_seqlens=cu, backend="torch")
+    assert ops.flow_attention.last_packing == "native"

@@ -123,6 +123,7 @@ flow_attention.register(
     "torch",
     _torch.flow_attention,
     description="prefix-sum normalisers, linear attention by ops.gla (backend torch)",
+    varlen=True,  # packed: per-document sums (ops.linear_scan's reset), ops.gla with cu_seqlens
 )
 flow_attention.register(
     "triton",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..gla import gla
 
 EPS = 1e-6
@@ -39,7 +40,29 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
-def flow_weights(q, k, v, causal=True, sums=None):
+def _segment_tools(cu_seqlens, x):
+    """For packed documents: (prefix, total, n) where prefix(x) is each document's own running sum over time,
+    total(x) its whole sum at every position, and n [1, T, 1, 1]-broadcastable the positions seen (1-based) or
+    the document's length (for total)."""
+    from ..linear_scan import linear_scan  # a reset at each document start: exact per-document running sums
+
+    seq = seq_idx_from_cu_seqlens(cu_seqlens.to(x.device))
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(x.device, x.dtype)
+
+    def prefix(y):
+        flat = y.reshape(1, y.shape[1], -1)
+        h, _ = linear_scan(torch.ones_like(flat), flat, cu_seqlens=cu_seqlens, backend="torch")
+        return h.reshape(y.shape)
+
+    def total(y):
+        sums = y.new_zeros(lengths.numel(), *y.shape[2:]).index_add(0, seq, y[0])
+        return sums[seq][None]
+
+    positions = positions_from_cu_seqlens(cu_seqlens.to(x.device)).to(x.dtype) + 1
+    return prefix, total, positions[None, :, None], lengths[seq][None, :, None]
+
+
+def flow_weights(q, k, v, causal=True, sums=None, cu_seqlens=None):
     """Fold the flow normalisers into the inputs: returns ``q' = q A / I``, ``v' = v c`` and the new sums.
 
     q, k [B, T, H, D], v [B, T, H, M], already in the compute dtype. ``sums`` (causal only) holds the running
@@ -49,6 +72,8 @@ def flow_weights(q, k, v, causal=True, sums=None):
     this segment; non-causal returns None for them.
     """
     b, t = q.shape[:2]
+    if cu_seqlens is not None:
+        return _packed_flow_weights(q, k, v, causal, cu_seqlens)
     if not causal:
         incoming = _dot(q + EPS, k.sum(1, keepdim=True) + EPS)  # I [B, T, H]
         outgoing = _dot(k + EPS, q.sum(1, keepdim=True) + EPS)  # O
@@ -89,17 +114,44 @@ def flow_weights(q, k, v, causal=True, sums=None):
     return q * (allocation / incoming)[..., None], v * competition[..., None], new_sums
 
 
-def flow_attention(q, k, v, causal=True, gla_backend="torch"):
-    """q, k [B, T, H, D], v [B, T, H, M] -> o [B, T, H, M] in q's dtype; ``gla_backend``: ``torch`` or ``triton``."""
+def _packed_flow_weights(q, k, v, causal, cu_seqlens):
+    """flow_weights over documents packed in one row: every sum (running or whole) is the document's own, and n
+    counts positions inside it; the same equations as the unpacked path."""
+    prefix, total, n, length = _segment_tools(cu_seqlens, q)
+    if not causal:
+        incoming = _dot(q + EPS, total(k) + EPS)
+        outgoing = _dot(k + EPS, total(q) + EPS)
+        incoming_hat = _dot(q + EPS, total(k / outgoing[..., None]) + EPS)
+        outgoing_hat = _dot(k + EPS, total(q / incoming[..., None]) + EPS).clamp(-1.0, 1.0)
+        allocation = torch.sigmoid(incoming_hat)
+        e = outgoing_hat.exp()  # |Ô| <= 1: the softmax over each document needs no max-shift
+        competition = e / total(e) * length
+        return q * (allocation / incoming)[..., None], v * competition[..., None], None
+    incoming = _dot(q + EPS, prefix(k) + EPS)
+    outgoing = _dot(k + EPS, prefix(q) + EPS)
+    incoming_hat = _dot(q + EPS, prefix(k * (n / outgoing)[..., None]) + EPS) / n
+    outgoing_hat = (_dot(k + EPS, prefix(q * (n / incoming)[..., None]) + EPS) / n).clamp(-1.0, 1.0)
+    allocation = torch.sigmoid(incoming_hat)
+    e = outgoing_hat.exp()
+    competition = e / prefix(e) * n
+    return q * (allocation / incoming)[..., None], v * competition[..., None], None
+
+
+def flow_attention(q, k, v, causal=True, gla_backend="torch", cu_seqlens=None):
+    """q, k [B, T, H, D], v [B, T, H, M] -> o [B, T, H, M] in q's dtype; ``gla_backend``: ``torch`` or ``triton``.
+    ``cu_seqlens``: q, k, v [1, T, ...] pack documents; the normalisers are each document's own and ops.gla
+    takes the boundaries."""
     out_dtype = q.dtype
     # The normalisers in fp32 (fp64 stays fp64): prefix sums over long sequences would drift in bf16.
     dt = torch.promote_types(q.dtype, torch.float32)
     k_in = k  # gla's Triton kernels read k as given
     q, k, v = q.to(dt), k.to(dt), v.to(dt)  # once: k's two gradients then add up in fp32
-    q_scaled, v_scaled, _ = flow_weights(q, k, v, causal)
+    q_scaled, v_scaled, _ = flow_weights(q, k, v, causal, cu_seqlens=cu_seqlens)
     if gla_backend == "triton":
         q_scaled, v_scaled = q_scaled.to(out_dtype), v_scaled.to(out_dtype)
     else:
         k_in = k
-    o, _ = gla(q_scaled, k_in, v_scaled, None, scale=1.0, causal=causal, backend=gla_backend)
+    o, _ = gla(
+        q_scaled, k_in, v_scaled, None, scale=1.0, causal=causal, backend=gla_backend, cu_seqlens=cu_seqlens
+    )
     return o.to(out_dtype)
