@@ -24,6 +24,8 @@ SIZES = {
     "selective_scan": dict(D=256, N=16),
     "gla": dict(H=4, K=64, V=64),
     "delta_rule": dict(H=4, K=64, V=64),
+    "fft_conv": dict(H=256),
+    "flow_attention": dict(H=4, D=64),
 }
 
 def inputs(name, lens):
