@@ -24,31 +24,42 @@ PACKED_OPS = {name: op for name, op in ops.list_ops().items() if op.packed_args(
 NOT_PACKED = sorted(set(ops.list_ops()) - set(PACKED_OPS))
 
 
-def _cpu_backends(op) -> list[str]:
-    return [name for name, status in op.backends("cpu").items() if status == "available"]
+def _backends(op, device: str) -> list[str]:
+    return [name for name, status in op.backends(device).items() if status == "available"]
 
 
+# Every backend that runs here: on a CPU-only machine (CI) the CPU ones (Triton interpreted); with a GPU also every
+# backend on it (compiled Triton, cuda, flash when installed), as `pytest -m gpu`.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = [
-    pytest.param(name, backend, dtype, id=f"{name}-{backend}-{str(dtype)[6:]}")
+    pytest.param(
+        name,
+        backend,
+        dtype,
+        device,
+        id=f"{name}-{backend}-{str(dtype)[6:]}" + ("" if device == "cpu" else "-cuda"),
+        marks=[pytest.mark.gpu] if device == "cuda" else [],
+    )
+    for device in DEVICES
     for name, op in PACKED_OPS.items()
-    for backend in _cpu_backends(op)
+    for backend in _backends(op, device)
     for dtype in (torch.float64, torch.float32)
-    # The Triton kernels take no fp64 (they refuse it by name): fp32 only.
-    if not (dtype == torch.float64 and backend.startswith("triton"))
+    # The Triton and CUDA kernels take no fp64 (they refuse it by name): fp32 only.
+    if not (dtype == torch.float64 and backend not in ("reference", "torch"))
 ]
 
 
-def packed_inputs(op, dtype, lengths=LENGTHS, **sizes) -> tuple[dict, torch.Tensor]:
+def packed_inputs(op, dtype, lengths=LENGTHS, device="cpu", **sizes) -> tuple[dict, torch.Tensor]:
     """The op's example at batch 1 and T = sum(lengths), with one initial state per sequence."""
     spec = op.spec
     total, n = sum(lengths), len(lengths)
-    args = spec.example(torch.float32, B=1, T=total, **sizes)
+    args = spec.example(torch.float32, device, B=1, T=total, **sizes)
     if spec.state_arg:
-        state = spec.example(torch.float32, B=n, T=3, **sizes).get(spec.state_arg)
+        state = spec.example(torch.float32, device, B=n, T=3, **sizes).get(spec.state_arg)
         if (
             state is None
-        ):  # an op whose example starts fresh (flow_attention_prefill): the state after 3 tokens
-            prefix = spec.example(torch.float32, B=n, T=3, **sizes)
+        ):  # an op whose example starts fresh (flow_attention_prefill): the state after 3 steps
+            prefix = spec.example(torch.float32, device, B=n, T=3, **sizes)
             state = ops.list_ops()[op.name](**prefix, backend="reference")[spec.states[0]]
         args[spec.state_arg] = state
 
@@ -59,13 +70,13 @@ def packed_inputs(op, dtype, lengths=LENGTHS, **sizes) -> tuple[dict, torch.Tens
             return v.to(dtype)
         return v
 
-    return {k: cast(v) for k, v in args.items()}, cu_seqlens_from_lengths(lengths)
+    return {k: cast(v) for k, v in args.items()}, cu_seqlens_from_lengths(lengths, device=device)
 
 
-@pytest.mark.parametrize("name,backend,dtype", CASES)
-def test_packed_equals_separate_runs(name, backend, dtype):
+@pytest.mark.parametrize("name,backend,dtype,device", CASES)
+def test_packed_equals_separate_runs(name, backend, dtype, device):
     op = PACKED_OPS[name]
-    inputs, cu = packed_inputs(op, dtype)
+    inputs, cu = packed_inputs(op, dtype, device=device)
     assert_packed_matches_separate(op, backend, inputs, cu)
     op(**inputs, cu_seqlens=cu, backend=backend)
     assert op.last_backend == backend
