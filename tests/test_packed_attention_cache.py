@@ -12,19 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 from test_mixer_contract import D_MODEL, build
+from test_packed_mixers import LENGTHS, TOTAL, _slices
 
 from seqzoo.ops._varlen import cu_seqlens_from_lengths
 
-LENGTHS = (5, 1, 42)
-TOTAL = sum(LENGTHS)
 GROWING = ["attention", "attention:plain"]
-
-
-def _slices(x):
-    bounds = [0]
-    for n in LENGTHS:
-        bounds.append(bounds[-1] + n)
-    return [x[:, s:e] for s, e in zip(bounds[:-1], bounds[1:])]
 
 
 def _padded_rows(states: list[dict]) -> dict:

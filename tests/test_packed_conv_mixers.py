@@ -18,14 +18,11 @@ from __future__ import annotations
 import pytest
 import torch
 from test_mixer_contract import D_MODEL, build
+from test_packed_mixers import LENGTHS, TOTAL, _close, _slices
 
 import seqzoo
 from seqzoo.ops._varlen import cu_seqlens_from_lengths
-from seqzoo.ops.testing import relative_error
 
-LENGTHS = (5, 1, 42)
-TOTAL = sum(LENGTHS)
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 # The caches that grow with the sequence, per mixer (time on dim 1); everything else has a fixed size.
 GROWING = {"hyena": ("z",), "base_conv": ("x",), "orchid": ("z", "x")}
 
@@ -53,18 +50,6 @@ def _make(name, dtype, **extra):
     m = build(name, **kwargs).to(dtype)
     torch.manual_seed(1)
     return m
-
-
-def _slices(x, lengths=LENGTHS):
-    bounds = [0]
-    for n in lengths:
-        bounds.append(bounds[-1] + n)
-    return [x[:, s:e] for s, e in zip(bounds[:-1], bounds[1:])]
-
-
-def _close(what, got, want, dtype):
-    err = relative_error(got, want)
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
 
 
 def compare_padded_states(name, packed: dict, separate: list[dict], dtype):

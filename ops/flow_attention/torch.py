@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
+from .._varlen import lengths_from_cu_seqlens, positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..gla import gla
 
 EPS = 1e-6
@@ -47,7 +47,7 @@ def _segment_tools(cu_seqlens, x):
     from ..linear_scan import linear_scan  # a reset at each document start: exact per-document running sums
 
     seq = seq_idx_from_cu_seqlens(cu_seqlens.to(x.device))
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(x.device, x.dtype)
+    lengths = lengths_from_cu_seqlens(cu_seqlens).to(x.device, x.dtype)
 
     def prefix(y):
         flat = y.reshape(1, y.shape[1], -1)

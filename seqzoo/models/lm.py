@@ -17,7 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops._varlen import check_cu_seqlens, positions_from_cu_seqlens, seq_idx_from_cu_seqlens
+from ..ops._varlen import (
+    check_cu_seqlens,
+    lengths_from_cu_seqlens,
+    positions_from_cu_seqlens,
+    seq_idx_from_cu_seqlens,
+)
 from .backbone import Backbone, init_weights
 from .config import LMConfig
 from .io import load_weights, read_config, save_model_dir
@@ -164,7 +169,7 @@ class CausalLM(nn.Module):
             positions = self._packed_positions(input_ids, cu_seqlens, pos)
             h, states = self.backbone.prefill(self._embed(input_ids, positions=positions), states, cu_seqlens)
             if pos is not None:
-                lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(pos.device, torch.long)
+                lengths = lengths_from_cu_seqlens(cu_seqlens).to(pos.device)
                 states = [*states, {"pos": pos + lengths}]
             return self.head(h), states
         states, pos = self._split_position(states, input_ids.shape[0], input_ids.device)
