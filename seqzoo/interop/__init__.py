@@ -1,0 +1,1 @@
+"""Interoperation with other libraries' model formats (``seqzoo.interop.hf``: Hugging Face transformers)."""
