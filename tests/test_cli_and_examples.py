@@ -57,7 +57,11 @@ def test_demo_tiny_run(capsys):
 
 
 # Arguments for examples that have a quick mode (the full run takes minutes).
-EXAMPLE_ARGS = {"linearize_tiny.py": ["--quick"]}
+EXAMPLE_ARGS = {
+    "linearize_tiny.py": ["--quick"],
+    # a shorter signal and a smaller state (test_hippo.py checks the full size's errors in-process)
+    "hippo_reconstruction.py": ["--T", "1.5", "--N", "32", "--no-plot"],
+}
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))

@@ -6,7 +6,8 @@ so each kernel is real and the state size of the real system is 2N.
 
     K = s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zoh", backend="auto")
 
-        log_dt [H]; A, B, C [H, N] (as *_re, *_im); K [H, L] in fp32 (fp64 for fp64 inputs).
+        log_dt [H], or [H, N] for one step per mode; A, B, C [H, N] (as *_re, *_im); K [H, L] in fp32 (fp64 for
+        fp64 inputs).
         dt = exp(log_dt);  zoh:      Abar = exp(dt A),                    Bbar = (Abar - 1) / A * B
                            bilinear: Abar = (1 + dt A/2) / (1 - dt A/2),  Bbar = dt / (1 - dt A/2) * B
         K[h, l] = 2 Re( sum_n C[h,n] Bbar[h,n] Abar[h,n]^l )      l = 0..L-1
@@ -16,7 +17,12 @@ so each kernel is real and the state size of the real system is 2N.
     K = s4_kernel(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L, backend="auto")
 
         The DPLR system of S4 with its conjugate pairs restored: Lambda, P, B, C [H, N] stand for the 2N-vectors
-        [v, conj v]; A = diag(Lambda) - P P^* (2N x 2N), bilinear discretisation with step dt = exp(log_dt).
+        [v, conj v]; A = diag(Lambda) - sum_r P_r P_r^* (2N x 2N), bilinear discretisation with step dt =
+        exp(log_dt). P [H, N] is rank 1; P [R, H, N] rank R (HiPPO-LegT needs 2), the Woodbury identity then
+        inverting an R x R matrix per frequency (the triton backend takes rank 1 only and auto picks torch).
+        log_dt [H], or [H, N] for one step per mode (``dt_tie=False``): then the system is x' = Delta (A x + B u),
+        Delta = diag(dt) (both conjugates of a mode share its dt), discretised bilinearly with unit step, which
+        is the tied case when every dt of a channel is equal.
         C is the paper's C~ = C_true (I - Abar^L): the truncated generating function of the kernel at the L-th
         roots of unity is then C~ (I - Abar z)^{-1} Bbar, which Cauchy sums and the Woodbury identity evaluate
         in O(N L); K = irfft of it. K[h, l] = C_true Abar^l Bbar (real), K [H, L].
@@ -59,15 +65,28 @@ def _check_len(op, L):
         raise ValueError(f"{op}: L must be a positive int, got {L!r}")
 
 
-def _check_params(op, log_dt, named):
-    check_tensor(op, "log_dt", log_dt, 1)
+def _check_params(op, log_dt, named, low_rank=()):
+    """log_dt [H] (one step per channel) or [H, N] (one per mode: ``dt_tie=False``); every named tensor [H, N],
+    those in ``low_rank`` [H, N] (rank 1) or [R, H, N] (rank R)."""
+    check_tensor(op, "log_dt", log_dt, (1, 2))
     h = log_dt.shape[0]
-    first = None
+    first = log_dt.shape[1] if log_dt.dim() == 2 else None
     for name, x in named.items():
-        check_tensor(op, name, x, 2)
+        if name in low_rank:
+            check_tensor(op, name, x, (2, 3))
+            if first is None:
+                first = x.shape[-1]
+            if x.dim() == 3:
+                check_shape(op, name, x, (None, h, first), "[R, H, N] (rank R), H = log_dt.shape[0]")
+                check_nonempty(op, name, x, "(rank R >= 1)")
+                continue
+        else:
+            check_tensor(op, name, x, 2)
         if first is None:
             first = x.shape[1]
         check_shape(op, name, x, (h, first), "[H, N], H = log_dt.shape[0]")
+    if log_dt.dim() == 2:
+        check_shape(op, "log_dt", log_dt, (h, first), "[H] or [H, N] (one step per mode)")
     check_same_device(op, log_dt=log_dt, **named)
     # The kernels compute in fp64 for fp64 parameters and in fp32 for any mix of fp32/fp16/bf16 ones (the S4
     # layer keeps C~ in fp32 beside bf16 parameters); fp64 mixed with anything else failed inside torch.
@@ -98,7 +117,12 @@ def _validate_s4(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_i
             C_re=C_re,
             C_im=C_im,
         ),
+        low_rank=("P_re", "P_im"),
     )
+    if P_re.shape != P_im.shape:
+        raise ValueError(
+            f"s4_kernel: P_re and P_im must have the same shape, got {tuple(P_re.shape)} and {tuple(P_im.shape)}"
+        )
     _check_len("s4_kernel", L)
 
 
@@ -181,6 +205,16 @@ s4d_kernel.register_lazy(
     description="Triton Vandermonde kernels, forward and backward",
 )
 
+
+def _triton_s4_unsupported(*args, **kwargs):
+    """The Triton Cauchy kernel sums the four numerators of a rank-1 Woodbury only: rank R > 1 (P [R, H, N])
+    goes to torch under ``auto`` and is refused, naming ``rank``, when triton is asked for."""
+    P_re = kwargs["P_re"] if "P_re" in kwargs else (args[3] if len(args) > 3 else None)
+    if isinstance(P_re, _pt.Tensor) and P_re.dim() == 3 and P_re.shape[0] != 1:
+        return f"takes rank 1 only (P [H, N]), got rank {P_re.shape[0]} (P_re shape {tuple(P_re.shape)})"
+    return no_float64(*args, **kwargs)
+
+
 s4_kernel = define_op(
     "s4_kernel",
     __doc__,
@@ -201,8 +235,8 @@ s4_kernel.register_lazy(
     ".s4.triton",
     "s4_kernel",
     unavailable=triton_unavailable_reason,
-    unsupported=no_float64,
-    description="Triton Cauchy sums (forward and backward); Woodbury and irfft in PyTorch",
+    unsupported=_triton_s4_unsupported,
+    description="Triton Cauchy sums (forward and backward); Woodbury and irfft in PyTorch; rank 1 only",
 )
 
 

@@ -20,11 +20,23 @@ def _work(x):
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def step_sizes(log_dt):
+    """dt [H, 1] (one per channel) or [H, N] (one per mode) from log_dt [H] or [H, N], in the working dtype."""
+    dt = torch.exp(_work(log_dt))
+    return dt[:, None] if dt.dim() == 1 else dt
+
+
+def low_rank(P_re, P_im):
+    """P [R, H, N] complex from P [H, N] (rank 1) or [R, H, N]."""
+    P = torch.complex(_work(P_re), _work(P_im))
+    return P[None] if P.dim() == 2 else P
+
+
 def discretize_diagonal(log_dt, A_re, A_im, B_re, B_im, discretization):
     """Abar, Bbar [H, N] (complex) of the diagonal system x' = A x + B u with step dt = exp(log_dt)."""
     A = torch.complex(_work(A_re), _work(A_im))
     B = torch.complex(_work(B_re), _work(B_im))
-    dt = torch.exp(_work(log_dt))[:, None]
+    dt = step_sizes(log_dt)
     dtA = dt * A
     if discretization == "zoh":
         Abar = torch.exp(dtA)
@@ -66,23 +78,31 @@ def s4d_kernel(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, L, discretization="zo
 def dplr_dense(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, L):
     """The bilinear discrete system of S4 as dense complex matrices, conjugate pairs restored.
 
+    P is [H, N] (rank 1) or [R, H, N]: A = diag(Lambda) - sum_r P_r P_r^*. log_dt [H] or [H, N] (one step per
+    mode: x' = Delta (A x + B u) discretised with unit step, Delta = diag(dt)).
     Returns Abar [H, 2N, 2N], Bbar [H, 2N], C [H, 2N] with C = C~ (I - Abar^L)^{-1} (the op's C is C~), so that
     K[l] = C Abar^l Bbar for l < L and the recurrence x_t = Abar x_{t-1} + Bbar u_t, y_t = Re(C x_t) + D u_t
     gives the same outputs as the convolution.
     """
 
-    def full(re, im):
-        z = torch.complex(_work(re), _work(im))
+    def full(z):
         return torch.cat([z, z.conj()], -1)
 
-    Lam, P, B, Ct = full(Lambda_re, Lambda_im), full(P_re, P_im), full(B_re, B_im), full(C_re, C_im)
-    dt = torch.exp(_work(log_dt))[:, None, None]
+    def cplx(re, im):
+        return torch.complex(_work(re), _work(im))
+
+    Lam, B, Ct = full(cplx(Lambda_re, Lambda_im)), full(cplx(B_re, B_im)), full(cplx(C_re, C_im))
+    P = full(low_rank(P_re, P_im))  # [R, H, 2N]
+    dt = step_sizes(log_dt).expand(Lam.shape[0], Lam.shape[1] // 2)
+    dt = torch.cat([dt, dt], -1)  # [H, 2N]: a mode and its conjugate share their dt
     n = Lam.shape[-1]
     eye = torch.eye(n, dtype=Lam.dtype, device=Lam.device).expand(Lam.shape[0], n, n)
-    A = torch.diag_embed(Lam) - P[:, :, None] * P.conj()[:, None, :]
-    M = eye - dt / 2 * A
-    Abar = torch.linalg.solve(M, eye + dt / 2 * A)
-    Bbar = torch.linalg.solve(M, dt[..., 0] * B)
+    A = torch.diag_embed(Lam) - torch.einsum("rhi,rhj->hij", P, P.conj())
+    # x' = Delta (A x + B u), Delta = diag(dt), bilinear with unit step (dt tied: the usual step dt).
+    dtA = dt[..., None] * A
+    M = eye - dtA / 2
+    Abar = torch.linalg.solve(M, eye + dtA / 2)
+    Bbar = torch.linalg.solve(M, dt * B)
     AL = torch.linalg.matrix_power(Abar, L)
     # C (I - Abar^L) = C~  <=>  (I - Abar^L)^T C^T = C~^T
     C = torch.linalg.solve((eye - AL).transpose(-1, -2), Ct)

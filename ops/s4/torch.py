@@ -3,7 +3,8 @@
 - :func:`s4d_kernel`: the Vandermonde product K[h, l] = 2 Re(sum_n W[h, n] exp(l log Abar[h, n])), factored
   over blocks of about sqrt(L) positions into one batched complex matmul (no [H, N, L] intermediate).
 - :func:`s4_kernel`: the truncated generating function at the roots of unity by Cauchy sums with the Woodbury
-  correction for the rank-1 term, then an inverse real FFT; chunked over the frequencies.
+  correction for the low-rank term (rank R: an R x R solve per frequency), then an inverse real FFT; chunked
+  over the frequencies.
 - :func:`fft_conv`: the convolution by real FFTs of length 2T (no wrap-around).
 """
 
@@ -13,7 +14,7 @@ import math
 
 import torch
 
-from .reference import _work, discretize_diagonal
+from .reference import _work, discretize_diagonal, low_rank, step_sizes
 
 
 def diagonal_vandermonde_factors(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, discretization):
@@ -22,7 +23,7 @@ def diagonal_vandermonde_factors(log_dt, A_re, A_im, B_re, B_im, C_re, C_im, dis
     C = torch.complex(_work(C_re), _work(C_im))
     if discretization == "zoh":
         # log(exp(dt A)) = dt A exactly (no branch cut), and it keeps exp(l dt A) accurate for large l.
-        log_abar = torch.exp(_work(log_dt))[:, None] * torch.complex(_work(A_re), _work(A_im))
+        log_abar = step_sizes(log_dt) * torch.complex(_work(A_re), _work(A_im))
     else:
         log_abar = torch.log(Abar)
     return C * Bbar, log_abar
@@ -76,13 +77,17 @@ def s4_kernel(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, 
     """``cauchy`` computes :func:`cauchy_sums` over all the nodes at once (the Triton backend passes its kernel);
     by default it runs here in chunks of ``chunk`` nodes, so the largest intermediate is [H, 2N, chunk]."""
     lam = torch.complex(_work(Lambda_re), _work(Lambda_im))
-    P = torch.complex(_work(P_re), _work(P_im))
+    P = low_rank(P_re, P_im)  # [R, H, N]
     B = torch.complex(_work(B_re), _work(B_im))
     C = torch.complex(_work(C_re), _work(C_im))
-    dt = torch.exp(_work(log_dt))[:, None]
+    dt = step_sizes(log_dt).expand_as(lam)  # [H, N]
+    R = P.shape[0]
     # Each conjugate pair (lam, conj lam) enters the sums: term a b / den(lam) plus conj(a b) / den(conj lam).
-    a = dt * torch.cat([lam, lam.conj()], -1)
-    nums = torch.stack([C * B, C * P, P.conj() * B, P.conj() * P])  # C~.B, C~.P, P^*.B, P^*.P
+    a = torch.cat([dt * lam, dt * lam.conj()], -1)
+    # Numerators, each times its mode's dt (so one dt per mode is exact, see below): C~.B, C~.P_j, P_i^*.B,
+    # P_i^*.P_j  (1 + R + R + R^2 of them; R = 1 gives the four of the rank-1 Woodbury).
+    Pc = P.conj()
+    nums = torch.cat([(C * B)[None], C * P, Pc * B, (Pc[:, None] * P[None]).flatten(0, 1)]) * dt
     nums = torch.cat([nums, nums.conj()], -1)
     freqs = L // 2 + 1
     k = torch.arange(freqs, device=lam.device, dtype=dt.dtype)
@@ -91,10 +96,18 @@ def s4_kernel(log_dt, Lambda_re, Lambda_im, P_re, P_im, B_re, B_im, C_re, C_im, 
         r = torch.cat([cauchy_sums(nums, a, nodes[i : i + chunk]) for i in range(0, freqs, chunk)], -1)
     else:
         r = cauchy(nums, a, nodes)
-    r00, r01, r10, r11 = dt * r  # dt sum / den = (1 + z)^{-1} sum / (g - lam)
+    # dt sum / den = (1 + z)^{-1} sum / (g - lam); with one dt per mode, sum x dt y / (g - dt lam) is what the
+    # resolvent of Delta A (unit step) gives, so dt stays inside the sums.
     z = nodes
-    # Woodbury: K^(z) = 2/(1+z) [k00 - k01 k10 / (1 + k11)] with k = (1 + z) r, i.e.
-    spectrum = 2 * (r00 - (1 + z) * r01 * r10 / (1 + (1 + z) * r11))
+    r00, r01, r10, r11 = r[0], r[1 : 1 + R], r[1 + R : 1 + 2 * R], r[1 + 2 * R :].unflatten(0, (R, R))
+    # Woodbury: K^(z) = 2/(1+z) [k00 - k01 (I + k11)^{-1} k10] with k = (1 + z) r, i.e.
+    if R == 1:
+        spectrum = 2 * (r00 - (1 + z) * r01[0] * r10[0] / (1 + (1 + z) * r11[0, 0]))
+    else:
+        eye = torch.eye(R, dtype=r.dtype, device=r.device)
+        M = eye + ((1 + z) * r11).permute(2, 3, 0, 1)  # [H, F, R, R]
+        x = torch.linalg.solve(M, r10.permute(1, 2, 0)[..., None])[..., 0]  # [H, F, R]
+        spectrum = 2 * (r00 - (1 + z) * (r01.permute(1, 2, 0) * x).sum(-1))
     return torch.fft.irfft(spectrum, n=L)
 
 

@@ -36,9 +36,22 @@ from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..ops.s4.reference import discretize_diagonal, dplr_dense
 from ..registry import LRASettings, register_mixer
 from .base import Mixer, State
-from .ssm_init import S4D_INITS, log_dt_init, nplr_legs, s4d_init
+from .ssm_init import (
+    DT_TRANSFORMS,
+    MEASURE_RANK,
+    S4_INITS,
+    S4D_INITS,
+    dplr_init,
+    dt_init,
+    log_dt_from_param,
+    s4d_init,
+)
 
 SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0}
+REAL_TRANSFORMS = ("exp", "relu", "none")
+# Re(A) of a mode whose A is exactly 0 (FouT's zero frequency) and the floor of -Re(A) under "exp": the s4
+# repo's inv_transform clamp. At A = 0 the bilinear Abar has eigenvalue 1, so I - Abar^L (S4's C~) is singular.
+REAL_FLOOR = 1e-4
 
 
 def _longest(bounds: list[int]) -> int:
@@ -146,31 +159,75 @@ class _SSMLayer(Mixer):
     def _state_dtype(self, x):
         return torch.promote_types(x.dtype, torch.float32)
 
+    def _check_ssm_options(self, real_transform, dt_tie, dt_transform):
+        name = type(self).mixer_name
+        if real_transform not in REAL_TRANSFORMS:
+            raise ValueError(
+                f"{name}: real_transform must be one of {REAL_TRANSFORMS}, got {real_transform!r}"
+            )
+        if not isinstance(dt_tie, bool):
+            raise TypeError(f"{name}: dt_tie must be a bool, got {type(dt_tie).__name__}")
+        if dt_transform not in DT_TRANSFORMS:
+            raise ValueError(f"{name}: dt_transform must be one of {DT_TRANSFORMS}, got {dt_transform!r}")
+        self.real_transform, self.dt_tie, self.dt_transform = real_transform, dt_tie, dt_transform
+
     def _init_ssm(self, A, B, dt_min, dt_max, *, A_name="A", P=None, train_A_imag=True):
-        """The SSM parameters both layers train, from the N/2 complex modes A, B (and S4's low-rank P), copied
-        to every one of the n_kernels SSMs: ``log_dt``, ``log_{A_name}_real`` (Re A = -exp(.), so every mode
-        stays stable whatever the optimiser does), ``{A_name}_imag`` (a zero buffer when not trained:
-        S4D-Real), ``P_re``/``P_im`` when P is given, ``B_re``/``B_im``, and C (``C_re``/``C_im``, complex
-        normal of unit variance, trained at the model's own lr; for S4 the paper's C~ = C (I - Abar^l_max)).
+        """The SSM parameters both layers train, from the N/2 complex modes A, B ([N/2] or per SSM [n_kernels,
+        N/2]; and S4's low-rank P, [R, N/2] or [R, n_kernels, N/2]), copied to every one of the n_kernels SSMs:
+
+        - the step: ``log_dt`` (dt = exp, ``dt_transform="exp"``) or ``softplus_inv_dt`` (dt = softplus),
+          [n_kernels], or [n_kernels, N/2] with ``dt_tie=False`` (one step per mode);
+        - Re(A) = -exp(``log_{A_name}_real``) (``real_transform="exp"``: every mode stays stable whatever the
+          optimiser does; -Re(A) is floored at 1e-4 at init), or -relu / minus ``{A_name}_decay`` ("relu",
+          "none": Re(A) = 0 is exact, as FouT's diagonal has it);
+        - ``{A_name}_imag`` (a zero buffer when not trained: S4D-Real), ``P_re``/``P_im`` when P is given
+          ([n_kernels, N/2] at rank 1, [R, n_kernels, N/2] above), ``B_re``/``B_im``, and C (``C_re``/``C_im``,
+          complex normal of unit variance, trained at the model's own lr; for S4 the paper's C~ = C (I -
+          Abar^l_max)).
 
         The order here is the parameters' order in the state dict and the order the random draws are taken
-        (log_dt, then C's real and imaginary parts): seeded models and saved checkpoints depend on it."""
+        (the step, then C's real and imaginary parts): seeded models and saved checkpoints depend on it."""
         h, m = self.n_kernels, self.d_state // 2
 
         def per_kernel(v):
             return _ssm_param(v.expand(h, m).clone())
 
-        self.log_dt = _ssm_param(log_dt_init(h, dt_min, dt_max))
-        setattr(self, f"log_{A_name}_real", per_kernel(torch.log(-A.real)))
+        shape = h if self.dt_tie else (h, m)
+        self._dt_name = "log_dt" if self.dt_transform == "exp" else "softplus_inv_dt"
+        setattr(self, self._dt_name, _ssm_param(dt_init(shape, dt_min, dt_max, self.dt_transform)))
+        decay = -A.real
+        # A mode at A = 0 exactly gets Re(A) = -1e-4 (see REAL_FLOOR); "exp" cannot hold 0 at all.
+        decay = torch.where(A.abs() == 0, torch.full_like(decay, REAL_FLOOR), decay)
+        self._real_name = f"log_{A_name}_real" if self.real_transform == "exp" else f"{A_name}_decay"
+        if self.real_transform == "exp":
+            setattr(self, self._real_name, per_kernel(torch.log(decay.clamp(min=REAL_FLOOR))))
+        else:
+            setattr(self, self._real_name, per_kernel(decay))
         if train_A_imag:
             setattr(self, f"{A_name}_imag", per_kernel(A.imag))
         else:
             self.register_buffer(f"{A_name}_imag", torch.zeros(h, m))
         if P is not None:
-            self.P_re, self.P_im = per_kernel(P.real), per_kernel(P.imag)
+            if P.shape[0] == 1:  # rank 1: [n_kernels, N/2], as before rank R existed
+                self.P_re, self.P_im = per_kernel(P[0].real), per_kernel(P[0].imag)
+            else:
+                r = P.shape[0]
+                self.P_re = _ssm_param(P.real.expand(r, h, m).clone())
+                self.P_im = _ssm_param(P.imag.expand(r, h, m).clone())
         self.B_re, self.B_im = per_kernel(B.real), per_kernel(B.imag)
         self.C_re = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
         self.C_im = nn.Parameter(torch.randn(h, m) * 0.5**0.5)
+
+    def _log_dt(self):
+        """log dt [n_kernels] or [n_kernels, N/2], whatever the transform (the kernel ops take log dt)."""
+        return log_dt_from_param(getattr(self, self._dt_name), self.dt_transform)
+
+    def _real(self):
+        """Re(A) [n_kernels, N/2] (<= 0 under every transform but "none")."""
+        q = getattr(self, self._real_name)
+        if self.real_transform == "exp":
+            return -torch.exp(q)
+        return -F.relu(q) if self.real_transform == "relu" else -q
 
 
 @register_mixer(
@@ -198,8 +255,11 @@ class S4D(_SSMLayer):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         backend: str = "auto",
+        dt_tie: bool = True,
+        dt_transform: str = "exp",
     ):
         super().__init__(d_model, d_state, output, dropout, bidirectional, backend)
+        self._check_ssm_options("exp", dt_tie, dt_transform)
         if init not in S4D_INITS:
             raise ValueError(f"s4d: init must be one of {S4D_INITS}, got {init!r}")
         if discretization not in ("zoh", "bilinear"):
@@ -213,8 +273,8 @@ class S4D(_SSMLayer):
 
     def _params(self):
         return (
-            self.log_dt,
-            -torch.exp(self.log_A_real),
+            self._log_dt(),
+            self._real(),
             self.A_imag,
             self.B_re,
             self.B_im,
@@ -303,23 +363,44 @@ class S4(_SSMLayer):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         backend: str = "auto",
+        rank: int | None = None,
+        real_transform: str = "exp",
+        dt_tie: bool = True,
+        dt_transform: str = "exp",
+        B_clip: float | None = None,
     ):
+        """``init``: a HiPPO measure in NPLR form ("legs", "legt" (rank 2), "lagt", "fout", "foud") or "hippo"
+        (half the channels LegS, half FouT); ``rank`` of P (default: what the init needs); ``real_transform``
+        of Re(Lambda) ("exp": -exp(p), floored at -1e-4 at init; "relu", "none": Re = 0 exact); ``dt_tie``
+        (False: one dt per mode); ``dt_transform`` ("exp" or "softplus"); ``B_clip`` clips Im(V^* B) at init.
+        See :mod:`seqzoo.layers.ssm_init`."""
         super().__init__(d_model, d_state, output, dropout, bidirectional, backend)
-        if init != "legs":
-            raise ValueError(f"s4: init must be 'legs' (HiPPO-LegS NPLR), got {init!r}")
+        if init not in S4_INITS:
+            raise ValueError(f"s4: init must be one of {S4_INITS}, got {init!r}")
         if not isinstance(l_max, int) or l_max < 1:
             raise ValueError(f"s4: l_max must be a positive int, got {l_max!r}")
-        self.init, self.l_max = init, l_max
-        lam, P, B = nplr_legs(d_state)
+        need = 1 if init == "hippo" else MEASURE_RANK[init]
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < need):
+            raise ValueError(f"s4: rank must be an int >= {need} for init {init!r} (or None), got {rank!r}")
+        if B_clip is not None and (
+            isinstance(B_clip, bool) or not isinstance(B_clip, (int, float)) or B_clip <= 0
+        ):
+            raise ValueError(f"s4: B_clip must be a positive number or None, got {B_clip!r}")
+        self._check_ssm_options(real_transform, dt_tie, dt_transform)
+        self.init, self.l_max, self.B_clip = init, l_max, B_clip
+        lam, P, B = dplr_init(init, d_state, d_model, rank, B_clip)  # per channel
+        if bidirectional:  # the backward SSM of channel c is kernel H + c: the same init
+            lam, P, B = torch.cat([lam, lam]), torch.cat([P, P], 1), torch.cat([B, B])
+        self.rank = P.shape[0]
         self._init_ssm(lam, B, dt_min, dt_max, A_name="Lambda", P=P)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", l_max={self.l_max}"
+        return super().extra_repr() + f", l_max={self.l_max}, init={self.init}, rank={self.rank}"
 
     def _params(self):
         return (
-            self.log_dt,
-            -torch.exp(self.log_Lambda_real),
+            self._log_dt(),
+            self._real(),
             self.Lambda_imag,
             self.P_re,
             self.P_im,
