@@ -92,6 +92,25 @@ def test_one_call_equals_two_calls_outputs_and_gradients(packed):
         assert a.abs().sum() > 0, name
 
 
+def test_one_call_runs_on_the_triton_chunk_kernels():
+    """The fused two-direction path on a GPU is one launch of gla's Triton chunked kernels over the [x; flip(x)]
+    batch: forward and backward through them (the interpreter here, TRITON_INTERPRET=1) equal the torch backend's."""
+    if seqzoo.ops.gla.backends("cpu")["triton"] != "available":
+        pytest.fail(
+            "gla's triton backend should run here under TRITON_INTERPRET=1 (tests/conftest.py sets it)"
+        )
+    x = [u.float().detach().requires_grad_() for u in _inputs(b=1, t=5, h=1, k=4, v=4)]
+    got = bidirectional_gla(*x, backend="triton")
+    assert ops.gla.last_backend == "triton"
+    want = bidirectional_gla(*x, backend="torch")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    cot = torch.randn_like(got)
+    g_got = torch.autograd.grad((got * cot).sum(), x)
+    g_want = torch.autograd.grad((want * cot).sum(), x)
+    for name, a, b in zip(("q", "k", "v", "g_fwd", "g_bwd"), g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_flip_documents_reverses_each_document_in_place():
     x = torch.arange(7.0)[None, :, None]
     got = flip_documents(x, cu_seqlens_from_lengths((3, 1, 3)))
@@ -229,6 +248,15 @@ def test_vigs_init_survives_a_models_init_and_a_causal_lm_refuses_vig():
         assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
     with pytest.raises(ValueError, match="bidirectional"):
         CausalLM(LMConfig(vocab_size=5, d_model=16, n_layers=1, mixer={"name": "vig", "n_heads": 2}))
+
+
+def test_vig_is_left_out_of_causal_mqar():
+    """MQAR trains causal LMs: 'mixers: all' (mqar-zoology-fig2) leaves vig out, and so does the CPU grid."""
+    from seqzoo.eval.mqar import all_mixers, load_sweep
+
+    assert "vig" not in all_mixers() and {"gla", "attention", "s4d"} <= set(all_mixers())
+    assert "vig" not in load_sweep("mqar-cpu").mixer_entries()
+    assert seqzoo.list_mixers()["vig"].mqar_lr is None
 
 
 def test_lra_image_tasks_give_vig_their_grid():

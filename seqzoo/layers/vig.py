@@ -19,7 +19,8 @@ the global branch of V channels, so V = D (``expand_v=1``).
 
 Bidirectional by construction: there is no causal mode, ``prefill``/``step`` raise (as every bidirectional
 mixer does). Both directions run in ONE ``ops.gla`` call (causal) on [x; flip(x)] concatenated on the batch axis
-(ViG's training path; on a GPU one Triton launch over both directions): :func:`bidirectional_gla`. This is
+(ViG's training path: on a GPU gla's Triton chunked kernels run once over twice the batch, not once per
+direction): :func:`bidirectional_gla`. This is
 not ``ops.gla(causal=False)``, which has ONE gate, takes R_t = exp(g_{t+1}) R_{t+1} + k_t^T v_t (the gate of
 the token it leaves) and counts the self term once; ``tests/test_vig.py`` pins the difference.
 
