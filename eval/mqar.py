@@ -107,10 +107,15 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 
 
 def all_mixers() -> list[str]:
-    """Every registered mixer."""
+    """Every registered mixer that can be causal (MQAR trains a causal LM): not an encoder-only one such as
+    vig, whose class is bidirectional whatever its arguments."""
     import seqzoo
 
-    return list(seqzoo.list_mixers())
+    return [
+        name
+        for name, record in seqzoo.list_mixers().items()
+        if not getattr(record.cls, "bidirectional", False)
+    ]
 
 
 def record_lrs(lrs: list[float]) -> dict[str, list[float]]:

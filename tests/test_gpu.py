@@ -251,7 +251,10 @@ def test_mixer_forward_backward_and_decoding_on_cuda_match_cpu(name):
             continue
         scale = max(1.0, p_cpu.grad.abs().max().item())
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=5e-3, atol=5e-3 * scale, msg=n)
-    # Decoding on the GPU: prefill half, step the rest, equal to the forward.
+    # Decoding on the GPU: prefill half, step the rest, equal to the forward (not for an encoder-only mixer:
+    # vig refuses to decode, tests/test_mixer_contract.py checks that).
+    if gpu.bidirectional:
+        return
     with torch.no_grad():
         y = gpu(xg)
         y_pre, state = gpu.prefill(xg[:, :20])

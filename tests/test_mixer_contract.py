@@ -39,6 +39,7 @@ MIXER_FAMILIES = {
     "gated_deltanet": "delta rule",
     "rglru": "gated RNN",
     "flow": "flow attention",
+    "vig": "gated linear attention",
 }
 # "name" builds a mixer with its paper's settings; "name:plain" with the layer's own defaults (only where its
 # paper settings differ from them).
@@ -73,6 +74,23 @@ def name(request):
     return request.param
 
 
+def refuses_to_decode(m) -> bool:
+    """True for a mixer that is bidirectional whatever its arguments (vig), after checking that it refuses
+    every decoding entry point with the bidirectional error; False for a causal one (the other tests apply)."""
+    if not m.bidirectional:
+        return False
+    x = torch.randn(2, 5, D_MODEL, dtype=torch.float64)
+    for call in (
+        lambda: m.prefill(x),
+        lambda: m.step(x[:, 0], {}),
+        lambda: m.init_state(2),
+        lambda: m.state_size(5),
+    ):
+        with pytest.raises(RuntimeError, match="bidirectional"):
+            call()
+    return True
+
+
 def test_every_mixer_has_description_and_paper(name):
     info = seqzoo.list_mixers()[name.partition(":")[0]]
     assert info.description and info.paper
@@ -88,6 +106,11 @@ def test_causal(name):
     m = build(name)
     x = torch.randn(2, 13, D_MODEL, dtype=torch.float64)
     y = m(x)
+    if m.bidirectional:  # an encoder-only mixer: the future matters, at every position
+        x2 = x.clone()
+        x2[:, 12] += 1.0
+        assert ((m(x2) - y)[:, :12].abs().amax(-1) > 1e-9).all()
+        return
     for t in (1, 6, 12):
         x2 = x.clone()
         x2[:, t:] = torch.randn_like(x2[:, t:])
@@ -101,6 +124,8 @@ def test_causal(name):
 @pytest.mark.parametrize("split", [0, 1, 6, 13])
 def test_prefill_then_step_equals_forward(name, split):
     m = build(name)
+    if refuses_to_decode(m):
+        return
     x = torch.randn(2, 13, D_MODEL, dtype=torch.float64)
     y = m(x)
     if split:
@@ -117,6 +142,8 @@ def test_prefill_then_step_equals_forward(name, split):
 
 def test_prefill_continues_from_state(name):
     m = build(name)
+    if refuses_to_decode(m):
+        return
     x = torch.randn(2, 13, D_MODEL, dtype=torch.float64)
     y = m(x)
     y1, s = m.prefill(x[:, :4])
@@ -127,6 +154,8 @@ def test_prefill_continues_from_state(name):
 
 def test_state_size_matches_state(name):
     m = build(name)
+    if refuses_to_decode(m):
+        return
     x = torch.randn(2, 9, D_MODEL, dtype=torch.float64)
     _, state = m.prefill(x)
     held = sum(v[0].numel() for v in state.values() if v.dim() > 1)  # per sequence; position counters aside
@@ -163,6 +192,8 @@ def test_bad_input_errors_name_the_argument(name, bad, exc, word):
 
 def test_bad_step_input(name):
     m = build(name)
+    if refuses_to_decode(m):
+        return
     state = m.init_state(2, dtype=torch.float64)
     with pytest.raises(ValueError, match="x_t"):
         m.step(torch.randn(2, 3, D_MODEL, dtype=torch.float64), state)
@@ -201,6 +232,7 @@ BACKEND_OP = {
     "s4": "s4_kernel",
     "s4d": "s4d_kernel",
     "short_conv": "causal_conv1d",
+    "vig": "gla",
 }
 MIXER_BACKENDS = [
     (mixer, backend)
@@ -259,6 +291,8 @@ def test_mixer_runs_with_every_backend_of_its_op(mixer, backend):
     x = torch.randn(1, 6, D_MODEL)
     y = auto(x)
     torch.testing.assert_close(m(x), y, rtol=1e-4, atol=1e-4)
+    if refuses_to_decode(m):
+        return
     y_pre, state = m.prefill(x[:, :5])
     y_t, _ = m.step(x[:, 5], state)
     torch.testing.assert_close(torch.cat([y_pre, y_t[:, None]], 1), y, rtol=1e-4, atol=1e-4)

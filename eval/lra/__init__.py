@@ -23,17 +23,18 @@ class TaskInfo:
     seq_len: int
     n_classes: int
     generator: str | None = None  # the task's generator, when it is synthetic
+    image_size: tuple[int, int] | None = None  # (H, W) of an image task, its pixels row-major (vig's grid)
 
 
 TASKS: dict[str, TaskInfo] = {
     "listops": TaskInfo("listops", "nested MAX/MIN/MED/SUM_MOD expressions over digits", 2000, 10, "listops"),
     "text": TaskInfo("text", "IMDB sentiment, byte level", 4096, 2),
     "retrieval": TaskInfo("retrieval", "AAN citation pairs, byte level, two towers", 4000, 2),
-    "image": TaskInfo("image", "CIFAR-10 grayscale, one pixel per token", 1024, 10),
+    "image": TaskInfo("image", "CIFAR-10 grayscale, one pixel per token", 1024, 10, image_size=(32, 32)),
     "pathfinder": TaskInfo(
-        "pathfinder", "are the two dots joined by a path? 32 x 32 pixels", 1024, 2, "pathfinder"
+        "pathfinder", "are the two dots joined by a path? 32 x 32 pixels", 1024, 2, "pathfinder", (32, 32)
     ),
-    "pathx": TaskInfo("pathx", "Pathfinder at 128 x 128 pixels", 16384, 2, "pathfinder"),
+    "pathx": TaskInfo("pathx", "Pathfinder at 128 x 128 pixels", 16384, 2, "pathfinder", (128, 128)),
 }
 TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 

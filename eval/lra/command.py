@@ -66,12 +66,12 @@ def build_config(task: str, mixer: str, cpu: bool = False, data_dir=None, name=N
 
     from .settings import overrides_for
 
-    check_task(task)
+    info = check_task(task)
     path = resolve_config_path(config_name(task, cpu))
     raw = yaml.safe_load(path.read_text())
     task_mixer = raw["model"]["mixer"]
     task_mixer = task_mixer if isinstance(task_mixer, dict) else {"name": task_mixer}
-    dotted = [f"{k}={json.dumps(v)}" for k, v in overrides_for(mixer, task_mixer).items()]
+    dotted = [f"{k}={json.dumps(v)}" for k, v in overrides_for(mixer, task_mixer, info.image_size).items()]
     raw["name"] = name or f"{path.stem}-{mixer}"
     if data_dir:
         dotted.append(f"data.data_dir={data_dir}")

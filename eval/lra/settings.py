@@ -40,14 +40,22 @@ def lra_mixers() -> dict[str, LRAMixer]:
     return {name: lra_mixer(name) for name, record in list_mixers().items() if record.lra is not None}
 
 
-def overrides_for(name: str, task_mixer: dict) -> dict:
+def overrides_for(name: str, task_mixer: dict, image_size: tuple[int, int] | None = None) -> dict:
     """Dotted overrides that put mixer ``name`` into a task config whose mixer entry is ``task_mixer``.
 
     The task config's SSM keys (dt range, output) apply to s4/s4d only; every other mixer gets its entry.
     With ``model.bidirectional: auto`` a mixer runs bidirectionally when it has that mode as configured (a
-    causal short convolution from its paper settings keeps it causal)."""
+    causal short convolution from its paper settings keeps it causal). An image task's ``image_size`` (H, W)
+    goes to a mixer that takes one (vig's 2D convolution), unless its entry sets it."""
+    import inspect
+
+    from seqzoo.registry import mixer_class
+
     entry = lra_mixer(name)
     mixer = dict(entry.mixer)
     if mixer["name"] in ("s4", "s4d"):
         mixer = {**{k: v for k, v in task_mixer.items() if k != "name"}, **mixer}
+    takes_image = "image_size" in inspect.signature(mixer_class(name).__init__).parameters
+    if image_size is not None and takes_image and "image_size" not in mixer:
+        mixer["image_size"] = list(image_size)
     return {"model.mixer": mixer, **entry.overrides}

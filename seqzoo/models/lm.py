@@ -51,6 +51,12 @@ class CausalLM(nn.Module):
         )
         self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.backbone = Backbone(config)
+        for i, block in enumerate(self.backbone.blocks):  # a mixer that sees the future would leak the labels
+            if getattr(block.mixer, "bidirectional", False):
+                raise ValueError(
+                    f"CausalLM: layer {i}'s mixer {getattr(block.mixer, 'mixer_name', '?')!r} is bidirectional (it "
+                    "sees the future); a causal language model needs causal mixers (use it in a SequenceClassifier)"
+                )
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         init_weights(self, rescale_output_layers=config.n_layers if config.block == "zoology" else None)
         if config.tie_embeddings:
