@@ -140,7 +140,11 @@ class Attention(Mixer):
         if not self.rotary:
             return q, k, v
         rot = self.rotary_dim
-        return apply_rotary(q, positions, self.rope_base, rot), apply_rotary(k, positions, self.rope_base, rot), v
+        return (
+            apply_rotary(q, positions, self.rope_base, rot),
+            apply_rotary(k, positions, self.rope_base, rot),
+            v,
+        )
 
     def _attention(self, q, k, v, causal: bool, window, cu_seqlens=None):
         return ops.attention(

@@ -79,6 +79,7 @@ KNOWN_FIELDS = IGNORED_FIELDS | {
     "attention_bias",
     "tie_word_embeddings",
     "embeddings_scale_by_sqrt_dim",  # transformers 4.x; transformers always scales
+    "_block_types",  # transformers 4.x's name of block_types (the published checkpoints carry it)
 }
 
 # transformers' defaults (RecurrentGemmaConfig) for fields a config.json may leave out.
@@ -203,6 +204,15 @@ def config_from_hf(hf_config: dict) -> LMConfig:
             f"int(head_dim={head_dim} * factor) = {rotary_dim} must be even, >= 2 and <= head_dim",
         )
     block_types = hf["block_types"]
+    if "_block_types" in hf_config and "block_types" not in hf_config:
+        # transformers 5 ignores 4.x's "_block_types" and builds its default pattern: only that one is exact.
+        if list(hf_config["_block_types"]) != DEFAULTS["block_types"]:
+            raise _unsupported(
+                "_block_types",
+                hf_config["_block_types"],
+                f"transformers 5 ignores it and builds {DEFAULTS['block_types']}; rename it block_types "
+                "to convert that pattern",
+            )
     if not isinstance(block_types, (list, tuple)) or not block_types:
         raise _unsupported("block_types", block_types, "must be a non-empty list")
     mixers = []
@@ -423,16 +433,12 @@ def _kv_parts(attention_bias: bool) -> tuple[str, ...]:
     return ("weight", "bias") if attention_bias else ("weight",)
 
 
-def _block_types(n_layers: int, block_types: list[str]) -> list[str]:
-    return [block_types[i % len(block_types)] for i in range(n_layers)]
-
-
 def weights_from_hf(hf_weights: StateDict, hf_config: dict) -> StateDict:
     """transformers' state dict -> the state dict of ``CausalLM(config_from_hf(hf_config))``; the tensors are
     the same values in the same dtype (conv filters reshaped, k and v stacked). Missing or unexpected keys raise
     a KeyError naming them."""
     cfg = config_from_hf(hf_config)
-    kinds = _block_types(cfg.n_layers, list(hf_config.get("block_types", DEFAULTS["block_types"])))
+    kinds = ["recurrent" if name == "rglru" else "attention" for name, _ in cfg.layer_specs()]
     todo = dict(hf_weights)
     out: StateDict = {}
 
@@ -466,7 +472,7 @@ def weights_to_hf(weights: StateDict, config: LMConfig) -> StateDict:
     """A CausalLM state dict -> transformers' state dict (the inverse of weights_from_hf: the same tensors'
     values; a tied model writes no ``lm_head.weight``, as transformers' save_pretrained does)."""
     hf_config = config_to_hf(config)
-    kinds = _block_types(config.n_layers, hf_config["block_types"])
+    kinds = ["recurrent" if name == "rglru" else "attention" for name, _ in config.layer_specs()]
     todo = dict(weights)
     out: StateDict = {}
 
@@ -493,6 +499,32 @@ def weights_to_hf(weights: StateDict, config: LMConfig) -> StateDict:
     if todo:
         raise KeyError(f"{MODEL_TYPE}: seqzoo keys with no transformers name {sorted(todo)[:8]}")
     return out
+
+
+# google/recurrentgemma-2b's config.json (as published: transformers 4.40's field names).
+RECURRENTGEMMA_2B = {
+    "_block_types": ["recurrent", "recurrent", "attention"],
+    "architectures": [ARCHITECTURE],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attention_window_size": 2048,
+    "conv1d_width": 4,
+    "embeddings_scale_by_sqrt_dim": True,
+    "head_dim": 256,
+    "hidden_activation": ACTIVATION,
+    "hidden_size": 2560,
+    "intermediate_size": 15360,
+    "logits_soft_cap": 30.0,
+    "lru_width": 2560,
+    "model_type": MODEL_TYPE,
+    "num_attention_heads": 10,
+    "num_hidden_layers": 26,
+    "num_key_value_heads": 1,
+    "partial_rotary_factor": 0.5,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "vocab_size": 256000,
+}
 
 
 register_family(
