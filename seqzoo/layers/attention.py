@@ -77,11 +77,18 @@ class Attention(Mixer):
         bidirectional: bool = False,
         bias: bool = False,
         rotary: bool = True,
+        rotary_dim: int | None = None,
+        out_bias: bool | None = None,
         backend: str = "auto",
     ):
+        """``bias``: biases on the q, k, v projections (and on the output projection unless ``out_bias`` says
+        otherwise; RecurrentGemma: none on q, k, v, one on the output). ``rotary_dim``: RoPE on the first
+        rotary_dim channels of each head only (even, <= head_dim; RecurrentGemma: head_dim / 2), None: all."""
         super().__init__(d_model)
         if not isinstance(rotary, bool):
             raise TypeError(f"attention: rotary must be a bool, got {rotary!r}")
+        if not isinstance(bias, bool) or (out_bias is not None and not isinstance(out_bias, bool)):
+            raise TypeError(f"attention: bias and out_bias must be bools, got {bias!r} and {out_bias!r}")
         for arg, value in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
             if value is not None:
                 check_int("attention", arg, value, 1)
@@ -97,6 +104,15 @@ class Attention(Mixer):
             raise ValueError(f"attention: head_dim must be even and >= 2 for RoPE, got {head_dim}")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
+        if rotary_dim is not None:
+            check_int("attention", "rotary_dim", rotary_dim, 2)
+            if rotary_dim % 2 or rotary_dim > head_dim or not rotary:
+                raise ValueError(
+                    f"attention: rotary_dim must be even, <= head_dim ({head_dim}) and need rotary=True, "
+                    f"got {rotary_dim!r}"
+                )
+        # None: every channel rotates (the same as rotary_dim = head_dim).
+        self.rotary_dim = rotary_dim
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         # rotary=False leaves positions to the model (learned absolute embeddings, Zoology's protocol).
         self.rotary = rotary
@@ -108,13 +124,13 @@ class Attention(Mixer):
         )
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}, window={self.window}, bidirectional={self.bidirectional}, "
-            f"rotary={self.rotary}"
+            f"rotary={self.rotary}" + (f", rotary_dim={self.rotary_dim}" if self.rotary_dim else "")
         )
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor):
@@ -123,7 +139,12 @@ class Attention(Mixer):
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
         if not self.rotary:
             return q, k, v
-        return apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base), v
+        rot = self.rotary_dim
+        return (
+            apply_rotary(q, positions, self.rope_base, rot),
+            apply_rotary(k, positions, self.rope_base, rot),
+            v,
+        )
 
     def _attention(self, q, k, v, causal: bool, window, cu_seqlens=None):
         return ops.attention(

@@ -29,6 +29,10 @@ flag ``fresh`` [B] (fp32, 1 in ``init_state``, 0 once a row has seen a token): a
 resets the first token of each row whose flag is 1, so ``init_state`` then ``step`` equals ``forward``, and
 ``prefill(x, init_state(B))`` equals ``prefill(x)``.
 
+``bias=True`` adds biases to the three projections W_gate, W_in and W_out (recurrentgemma's ``linear_y``,
+``linear_x`` and ``linear_out`` have them; the convolution and the gates have biases either way), so a
+converted RecurrentGemma checkpoint is this block; the default (no biases) is Griffin's paper block as before.
+
 Decoding keeps the last 3 inputs of the convolution [B, W, 3] and the recurrent state [B, W], both fp32, and
 the flag: constant memory, whatever the length. Packed prefill returns these with one row per document.
 """
@@ -91,6 +95,7 @@ class RGLRUBlock(Mixer):
         c: float = DECAY_SCALE,
         min_decay: float = 0.9,
         max_decay: float = 0.999,
+        bias: bool = False,
         backend: str = "auto",
     ):
         super().__init__(d_model)
@@ -108,6 +113,8 @@ class RGLRUBlock(Mixer):
             raise ValueError(f"{name}: conv_width must be an int in 2..8, got {conv_width!r}")
         if not c > 0:
             raise ValueError(f"{name}: c must be positive, got {c!r}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"{name}: bias must be a bool, got {bias!r}")
         if not 0 < min_decay <= max_decay < 1:
             raise ValueError(
                 f"{name}: need 0 < min_decay <= max_decay < 1, got {min_decay!r} and {max_decay!r}"
@@ -116,8 +123,8 @@ class RGLRUBlock(Mixer):
         self.backend = backend
         block = lru_width // n_heads
 
-        self.gate_proj = nn.Linear(d_model, lru_width, bias=False)
-        self.in_proj = nn.Linear(d_model, lru_width, bias=False)
+        self.gate_proj = nn.Linear(d_model, lru_width, bias=bias)
+        self.in_proj = nn.Linear(d_model, lru_width, bias=bias)
         # Griffin's temporal convolution: no activation; the filter drawn as nn.Conv1d draws a depthwise one.
         self.conv = ShortConvolution(
             lru_width, conv_width, backend=backend_for(ops.causal_conv1d, backend), activation=None
@@ -134,7 +141,7 @@ class RGLRUBlock(Mixer):
         # softplus(Lambda) = -log(u) / c, so Lambda = log(expm1(-log(u) / c)).
         u = torch.empty(lru_width, dtype=torch.float64).uniform_(min_decay, max_decay)
         self.a_param = nn.Parameter(torch.log(torch.expm1(-torch.log(u) / self.c)).float())
-        self.out_proj = nn.Linear(lru_width, d_model, bias=False)
+        self.out_proj = nn.Linear(lru_width, d_model, bias=bias)
 
     def extra_repr(self) -> str:
         return (

@@ -3,8 +3,9 @@
     h = h + mixer(RMSNorm(h));   h = h + MLP(RMSNorm(h))      (prenorm, the default; the MLP is optional)
     h = Norm(h + mixer(h));      h = Norm(h + MLP(h))         (postnorm: S4's Long Range Arena models)
 
-``norm`` picks the normalisation: RMSNorm (the default), LayerNorm, or BatchNorm over the batch and time
-positions (S4's LRA models; ``BatchNorm`` below). ``dropout`` drops each branch's output before the residual
+``norm`` picks the normalisation: RMSNorm (the default), LayerNorm, BatchNorm over the batch and time
+positions (S4's LRA models; ``BatchNorm`` below), or Gemma's RMSNorm scaled by (1 + w) (``gemma``).
+``mlp_hidden`` and ``mlp_bias`` give the MLP an exact width and biases (a converted RecurrentGemma). ``dropout`` drops each branch's output before the residual
 add (S4's residual dropout). A postnorm stack has no final norm (its last block ends with one).
 
 ``block="zoology"`` builds Zoology's block instead (Arora et al. 2023, ``zoology/model.py``), to reproduce its
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..layers.base import State, mix_per_sequence, takes_cu_seqlens
 from ..modules import RMSNorm, build_mlp
+from ..modules.norm import GemmaRMSNorm
 from ..ops._varlen import check_cu_seqlens
 from ..registry import build_mixer
 from .config import BackboneConfig
@@ -50,6 +52,8 @@ def build_norm(block: str, d_model: int, eps: float, norm: str = "auto") -> nn.M
         return nn.LayerNorm(d_model, eps=eps)
     if norm == "batch":
         return BatchNorm(d_model, eps=eps)
+    if norm == "gemma":
+        return GemmaRMSNorm(d_model, eps)
     return RMSNorm(d_model, eps)
 
 
@@ -68,12 +72,14 @@ class Block(nn.Module):
         block: str = "prenorm",
         norm: str = "auto",
         dropout: float = 0.0,
+        mlp_bias: bool = False,
+        mlp_hidden: int | None = None,
     ):
         super().__init__()
         self.postnorm = block == "postnorm"
         self.mixer_norm = build_norm(block, d_model, eps, norm)
         self.mixer = mixer
-        self.mlp = build_mlp(d_model, mlp, mlp_ratio)
+        self.mlp = build_mlp(d_model, mlp, mlp_ratio, bias=mlp_bias, hidden=mlp_hidden)
         if self.mlp is None and block == "zoology":
             self.mlp = nn.Identity()  # Zoology's "identity" state mixer: the branch adds LayerNorm(h)
         self.mlp_norm = build_norm(block, d_model, eps, norm) if self.mlp is not None else None
@@ -134,6 +140,8 @@ class Backbone(nn.Module):
                     block=config.block,
                     norm=config.norm,
                     dropout=config.dropout,
+                    mlp_bias=config.mlp_bias,
+                    mlp_hidden=config.mlp_hidden,
                 )
             )
         self.final_norm = (

@@ -29,6 +29,13 @@ class BackboneConfig(BaseModel):
     mixer_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs for every mixer")
     mlp: Literal["swiglu", "geglu", "gelu", "none"] = "swiglu"
     mlp_ratio: float = Field(4.0, gt=0)
+    mlp_hidden: int | None = Field(
+        None,
+        ge=1,
+        description="the MLP's hidden width (of each branch of a gated MLP) exactly, instead of mlp_ratio's "
+        "rounded width (a converted RecurrentGemma: 3 d per branch)",
+    )
+    mlp_bias: bool = Field(False, description="biases on the MLP's projections (RecurrentGemma has them)")
     norm_eps: float = Field(1e-6, gt=0)
     block: Literal["prenorm", "postnorm", "zoology"] = Field(
         "prenorm",
@@ -37,10 +44,10 @@ class BackboneConfig(BaseModel):
         "with mlp none the second branch adds LayerNorm(h), its 'identity' state mixer; output projections "
         "initialised with std 0.02 / sqrt(2 n_layers))",
     )
-    norm: Literal["auto", "rms", "layer", "batch"] = Field(
+    norm: Literal["auto", "rms", "layer", "batch", "gemma"] = Field(
         "auto",
         description="auto: RMSNorm (LayerNorm for the zoology block); batch: BatchNorm over batch and time "
-        "(S4's LRA models)",
+        "(S4's LRA models); gemma: RMSNorm scaled by (1 + w), w starting at 0 (Gemma, RecurrentGemma)",
     )
     dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout on each branch's output (S4: residual dropout)"
@@ -82,6 +89,20 @@ class LMConfig(BackboneConfig):
         0, ge=0, description="learned absolute positions for this many tokens (0: none; attention has RoPE)"
     )
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embeddings (Zoology: 0.1)")
+    embed_scale: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="multiplies the token embeddings (in the model's dtype, before positions are added); "
+        "Gemma/RecurrentGemma: sqrt(d_model) rounded to bf16, as transformers computes it",
+    )
+    logits_soft_cap: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="cap * tanh(logits / cap) on the LM head's output in forward, prefill and step "
+        "(RecurrentGemma: 30); None: raw logits",
+    )
 
 
 class ClassifierConfig(BackboneConfig):

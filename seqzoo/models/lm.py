@@ -5,6 +5,9 @@
     loss = model.loss(logits, labels)                # cross-entropy, labels == -100 ignored
     ids = model.generate(prompt_ids, max_new_tokens=64, temperature=0.8, top_k=50)
 
+Gemma-style options (a converted RecurrentGemma): ``embed_scale`` multiplies the token embeddings (sqrt(d)
+rounded to bf16 there), ``logits_soft_cap`` c maps the logits to c tanh(logits / c) in forward, prefill and step.
+
 Generation runs ``prefill`` over the prompt and then one ``step`` per token, so recurrent mixers decode in
 constant memory while attention grows its KV cache.
 """
@@ -83,6 +86,9 @@ class CausalLM(nn.Module):
         """Token (plus position) embeddings of ids [B, T] or [B] whose first position is ``start``; packed
         documents give each token's ``positions`` [T] instead (its place in its own document)."""
         h = self.embedding(input_ids)
+        if self.config.embed_scale != 1.0:
+            # In h's dtype, as transformers multiplies by its (bf16-rounded) normalizer cast to that dtype.
+            h = h * torch.tensor(self.config.embed_scale, dtype=h.dtype, device=h.device)
         if self.position is not None:
             t = input_ids.shape[1] if input_ids.dim() == 2 else 1
             if positions is not None:
@@ -115,6 +121,12 @@ class CausalLM(nn.Module):
             positions = positions + start[seq_idx_from_cu_seqlens(cu_seqlens.to(input_ids.device))]
         return positions
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head, soft-capped when the config says so: c tanh(head(h) / c)."""
+        logits = self.head(h)
+        cap = self.config.logits_soft_cap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -137,7 +149,7 @@ class CausalLM(nn.Module):
                     f"{logits_at.dtype} {tuple(logits_at.shape)}"
                 )
             h = h[logits_at]
-        return self.head(h)
+        return self._logits(h)
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -177,13 +189,13 @@ class CausalLM(nn.Module):
             if pos is not None:
                 lengths = lengths_from_cu_seqlens(cu_seqlens).to(pos.device)
                 states = [*states, {"pos": pos + lengths}]
-            return self.head(h), states
+            return self._logits(h), states
         states, pos = self._split_position(states, input_ids.shape[0], input_ids.device)
         start = 0 if pos is None else int(pos[0])
         h, states = self.backbone.prefill(self._embed(input_ids, start), states)
         if pos is not None:
             states = [*states, {"pos": pos + input_ids.shape[1]}]
-        return self.head(h), states
+        return self._logits(h), states
 
     def step(self, token_ids: torch.Tensor, states):
         """One token per sequence [B] -> next-token logits [B, V] and the new states."""
@@ -192,7 +204,7 @@ class CausalLM(nn.Module):
         h, states = self.backbone.step(self._embed(token_ids, 0 if pos is None else pos), states)
         if pos is not None:
             states = [*states, {"pos": pos + 1}]
-        return self.head(h), states
+        return self._logits(h), states
 
     @torch.no_grad()
     def generate(

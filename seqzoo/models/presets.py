@@ -28,6 +28,12 @@ Based (Arora et al. 2024), the architecture around its Taylor linear attention:
   1, 6, 11, ..., the window at 2, 7, 12, ..., BaseConv elsewhere), each followed by a SwiGLU MLP; every mixer
   with its paper settings. Defaults d_model 1024, 27 layers (the paper's 360M shape).
 
+- ``recurrentgemma-2b``: Google's RecurrentGemma 2B as transformers' ``RecurrentGemmaForCausalLM`` builds it
+  (the published config.json through ``seqzoo.interop.hf.recurrent_gemma``): Griffin's pattern with biases on
+  the recurrent block and MLP projections, Gemma norms (1 + w), MLP width 3 d per branch, local MQA of window
+  2048 with head size 256 and RoPE on half of each head, embeddings scaled by bf16(sqrt(d)), logits soft-capped
+  at 30; for converted checkpoints. Keywords override LMConfig fields.
+
 Hawk and Griffin decode in constant memory: the recurrent blocks hold a convolution buffer and an RG-LRU
 state, the local attention a ring buffer of its window. Griffin's sizes: MLP expansion 3, attention head
 size 128, recurrence width equal to the model width, as many gate blocks as attention heads. Any other keyword
@@ -175,7 +181,21 @@ def based(
     )
 
 
-PRESETS: dict[str, Callable[..., LMConfig]] = {"hawk": hawk, "griffin": griffin, "based": based}
+def recurrentgemma_2b(**config: Any) -> LMConfig:
+    """RecurrentGemma 2B (google/recurrentgemma-2b's config.json converted); keywords override LMConfig fields."""
+    from ..interop.hf.recurrent_gemma import RECURRENTGEMMA_2B, config_from_hf  # the interop imports models
+
+    if "mixer" in config:
+        raise ValueError("recurrentgemma-2b fixes its mixers; give LMConfig fields other than mixer")
+    return LMConfig(**{**config_from_hf(RECURRENTGEMMA_2B).model_dump(), **config})
+
+
+PRESETS: dict[str, Callable[..., LMConfig]] = {
+    "hawk": hawk,
+    "griffin": griffin,
+    "based": based,
+    "recurrentgemma-2b": recurrentgemma_2b,
+}
 for _linear in HYBRID_LINEAR_MIXERS:
     for _ratio in HYBRID_RATIOS:
         PRESETS[f"hybrid-{_linear}-{_ratio}to1"] = partial(hybrid_linear_attention, _linear, _ratio)

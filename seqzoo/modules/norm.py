@@ -1,5 +1,8 @@
 """RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 for stability (fp64 stays fp64).
 
+GemmaRMSNorm: the same normalisation scaled by (1 + weight), the weight starting at zero (Gemma,
+RecurrentGemma; transformers' ``GemmaRMSNorm``, which also multiplies before casting back to x's dtype).
+
 GatedRMSNorm: RMSNorm with a SiLU gate z, in the two orders the papers use:
 
     norm_before_gate=True:   y = RMSNorm(x) * silu(z)      # DeltaNet / Gated DeltaNet (fla's FusedRMSNormGated)
@@ -30,6 +33,25 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _rms(x, self.eps)
         return (y * self.weight.to(y.dtype)).to(x.dtype)
+
+
+class GemmaRMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * (1 + weight); x [..., dim], weight [dim] zero at init (scale 1).
+
+    Computed in fp32 (fp64 stays fp64) and cast back to x's dtype after the scale, as transformers'
+    ``GemmaRMSNorm`` does ((x * w).to(fp16), not x.to(fp16) * w)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _rms(x, self.eps)
+        return (y * (1.0 + self.weight.to(y.dtype))).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
 
 
 class GatedRMSNorm(nn.Module):
