@@ -11,6 +11,7 @@ See docs/design.md ("The ops contract") for every signature; ``list_ops()`` list
 from ._dispatch import Op, list_ops
 from .attention import attention
 from .causal_conv1d import causal_conv1d
+from .combiner import combiner
 from .delta_rule import delta_rule, delta_rule_step
 from .flow_attention import flow_attention, flow_attention_prefill, flow_attention_step
 from .gla import gla, gla_step
@@ -23,6 +24,7 @@ __all__ = [
     "list_ops",
     "attention",
     "causal_conv1d",
+    "combiner",
     "delta_rule",
     "flow_attention",
     "gla",

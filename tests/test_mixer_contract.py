@@ -19,6 +19,7 @@ D_MODEL = 32
 MIXER_FAMILIES = {
     "attention": "softmax attention",
     "sliding_window": "local attention",
+    "combiner": "softmax attention",
     "short_conv": "short convolution",
     "base_conv": "long convolution",
     "hyena": "long convolution",
@@ -214,6 +215,7 @@ BACKEND_OP = {
     "attention": "attention",
     "base_conv": "fft_conv",
     "based": "gla",
+    "combiner": "combiner",
     "deltanet": "delta_rule",
     "flow": "flow_attention",
     "gated_deltanet": "delta_rule",

@@ -93,7 +93,7 @@ def test_the_cpu_sweep_runs_each_mixer_at_its_records_lr():
     for name in sweep.mixer_entries():
         assert sweep.mixer_lrs.get(name, sweep.lrs) == [RECORDS[name].mqar_lr], name
     assert {n for n, r in RECORDS.items() if r.mqar_lr == 3e-3} == {
-        "attention", "sliding_window", "liger", "lizard", "hyena",
+        "attention", "sliding_window", "liger", "lizard", "hyena", "combiner",
     }  # fmt: skip
 
 

@@ -1,0 +1,114 @@
+"""``ops.combiner``: Combiner attention (Ren et al. 2021, "Combiner: Full Attention Transformer with Sparse
+Computation Cost"): softmax attention's full support at O(T sqrt T) cost.
+
+    o = combiner(q, k, v, segment=None, variant="fixed", causal=True, scale=None, backend="auto")
+
+q, k [B, T, H, D], v [B, T, H, E] -> o [B, T, H, E]. Positions are cut into segments of ``segment`` tokens
+(default ceil(sqrt(T)); the last one shorter when it does not divide T, its padding masked out of every pool).
+Each query attends exactly to its own segment (causal: j <= i) and, in the same softmax, to one abstraction per
+other segment (causal: per earlier segment), which spreads its weight over that segment's tokens:
+
+- ``variant="fixed"``: the abstraction of segment r has key max_{j in r} k_j and value
+  softmax_{j in r}(scale qbar_r . k_j) v_j with qbar_r = max_{j in r} q_j (max-pooling, a true max);
+- ``variant="axial"``: segments are rows; from column c the abstraction of row r has key k_(r, c) and value the
+  complete row-r attention output at (r, c) (``row_summary = none`` of the reference code).
+
+Every position j <= i (every j when ``causal=False``) gets probability > 0 (equations in :mod:`.reference`);
+with ``segment=1`` both variants are exactly softmax attention. The op is linear in ``v``. ``scale`` defaults
+to D ** -0.5.
+
+Backends: ``reference`` (builds the implied T x T probability matrix in fp64 and applies it) and ``torch``
+(blocked einsums, O(T s + T^2 / s) logits and memory: :mod:`.torch`; the default everywhere). With ``cu_seqlens``
+each document runs alone (per sequence), its segments counted from its own start.
+"""
+
+from __future__ import annotations
+
+from .._checks import check_bool, check_same_device, check_tensor
+from .._dispatch import define_op
+from .._spec import BenchGrid, OpSpec
+from . import reference as _reference
+from . import torch as _torch
+from .reference import VARIANTS, default_segment
+
+
+def _validate(q, k, v, segment=None, variant="fixed", causal=True, scale=None):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor("combiner", name, x, 4)
+    check_same_device("combiner", q=q, k=k, v=v)
+    if k.shape != q.shape:
+        raise ValueError(
+            f"combiner: k must have the shape of q {tuple(q.shape)} [B, T, H, D], got {tuple(k.shape)}"
+        )
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"combiner: v must have shape [B, T, H, E] with [B, T, H] = {tuple(q.shape[:3])}, got {tuple(v.shape)}"
+        )
+    if q.shape[1] < 1:
+        raise ValueError(f"combiner: q, k, v need at least one position (T >= 1), got T = {q.shape[1]}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"combiner: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if segment is not None and (not isinstance(segment, int) or isinstance(segment, bool) or segment < 1):
+        raise ValueError(f"combiner: segment must be a positive int or None (ceil(sqrt(T))), got {segment!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"combiner: variant must be one of {VARIANTS}, got {variant!r}")
+    check_bool("combiner", "causal", causal)
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
+        raise TypeError(f"combiner: scale must be a number or None, got {scale!r}")
+
+
+def _example(s: dict, draw) -> dict:
+    """Regime "strong" / "large_logits": q and k scaled (peaked softmaxes, logits ~1e2), as attention's."""
+    scale = {"strong": 3.0, "large_logits": 10.0}.get(draw.regime, 1.0)
+    return dict(
+        q=draw("q") * scale,
+        k=draw("k") * scale,
+        v=draw("v"),
+        segment=s.get("segment", 2),
+        variant=s.get("variant", "fixed"),
+        causal=s.get("causal", True),
+        scale=None,
+    )
+
+
+SPEC = OpSpec(
+    shapes={"q": "B T H D", "k": "B T H D", "v": "B T H E"},
+    make=_example,
+    sizes={"B": 2, "T": 5, "H": 2, "D": 4},
+    defaults={"E": "D"},
+    # segment None: ceil(sqrt(T)) at each benched length.
+    bench=BenchGrid(cpu={"B": 2, "H": 4, "D": 64, "segment": None}, cuda={"H": 16, "D": 64, "segment": None}),
+    same_dtype=("q", "k", "v"),
+    nonempty=("T",),
+    variants={
+        "": {"variant": "fixed"},
+        "combiner_axial": {"variant": "axial"},
+        "combiner_bidirectional": {"variant": "fixed", "causal": False},
+    },
+    # O(T^1.5): T = 16,384 at s = 128 is 4M logits per head, well within the budget of a CPU test.
+    extreme={"B": 1, "T": 16384, "H": 1, "D": 8, "segment": 128, "regime": "strong"},
+    audit={
+        "large_logits": {"B": 1, "T": 64, "H": 2, "D": 32, "segment": 8, "regime": "large_logits"},
+        "axial_large_logits": {
+            "B": 1,
+            "T": 64,
+            "H": 2,
+            "D": 32,
+            "segment": 8,
+            "variant": "axial",
+            "regime": "large_logits",
+        },
+    },
+)
+
+combiner = define_op(
+    "combiner", __doc__, validate=_validate, spec=SPEC, auto_order={"cuda": ("torch",), "cpu": ("torch",)}
+)
+combiner.register(
+    "reference", _reference.combiner, description="the implied T x T probability matrix, fp64 inside"
+)
+combiner.register(
+    "torch", _torch.combiner, description="blocked einsums, O(T s + T^2 / s) (packed: per sequence)"
+)
+
+__all__ = ["combiner", "default_segment"]

@@ -1,0 +1,192 @@
+"""Combiner (ops.combiner and the ``combiner`` mixer): with one-token segments it is softmax attention; its implied
+matrix is row-stochastic with full support where the sparse pattern it starts from has holes; a segment never
+reads its own summary; the blocked backend equals the dense definition; decoding equals the forward pass; and
+the blocked backend's logits and largest intermediate grow as T^1.5."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo import ops
+from seqzoo.ops.combiner import reference as ref_mod
+from seqzoo.ops.combiner import torch as torch_mod
+
+BACKENDS = ("reference", "torch")
+VARIANTS = ("fixed", "axial")
+
+
+def _qkv(b=1, t=11, h=2, d=4, e=None, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(b, t, h, d, generator=g, dtype=dtype) for _ in range(2))
+    return q, k, torch.randn(b, t, h, e or d, generator=g, dtype=dtype)
+
+
+def _implied(q, k, variant, causal, segment, backend="torch"):
+    """P [B, H, T, T] read off the op by identity probes: v = e_j gives column j (the op is linear in v)."""
+    b, t, h, _ = q.shape
+    probes = torch.eye(t, dtype=q.dtype)[None, :, None, :].expand(b, t, h, t)
+    o = ops.combiner(q, k, probes, segment=segment, variant=variant, causal=causal, backend=backend)
+    return o.permute(0, 2, 1, 3)  # o[b, i, h, j] = P[b, h, i, j]
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_segment_one_is_attention(variant, backend, causal):
+    """Every abstraction is one token (its pooled key is the key, its span value the value): exact attention."""
+    q, k, v = _qkv(t=9, e=3)
+    got = ops.combiner(q, k, v, segment=1, variant=variant, causal=causal, backend=backend)
+    want = ops.attention(q, k, v, causal=causal, backend="reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    # ... and a longer segment is not attention, so the check above can fail.
+    other = ops.combiner(q, k, v, segment=3, variant=variant, causal=causal, backend=backend)
+    assert (other - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_implied_matrix_is_stochastic_with_full_support(variant, causal):
+    """T = 11 in segments of 3 (the last one short, its padding masked out of the pools): rows sum to 1, every
+    j <= i (every j bidirectional) has p(j|i) > 0, nothing above the diagonal when causal; the probes through
+    the blocked backend give the reference's dense matrix."""
+    t, s = 11, 3
+    q, k, _ = _qkv(b=2, t=t)
+    P = _implied(q, k, variant, causal, s)
+    torch.testing.assert_close(P, ref_mod.implied_matrix(q, k, s, variant, causal), rtol=0, atol=1e-12)
+    torch.testing.assert_close(P.sum(-1), torch.ones_like(P[..., 0]), rtol=0, atol=1e-12)
+    allowed = torch.ones(t, t, dtype=torch.bool)
+    if causal:
+        allowed = torch.tril(allowed)
+    assert (P[..., allowed] > 0).all()
+    assert (P[..., ~allowed] == 0).all()
+
+
+def test_sparse_fixed_pattern_has_holes_combiner_fills():
+    """The sparse Fixed pattern Combiner starts from (Child et al. 2019: own segment plus each earlier segment's
+    last token) leaves most of the causal triangle at probability 0; Combiner-Fixed with the same segments has
+    no zero there."""
+    t, s = 12, 4
+    q, k, _ = _qkv(t=t)
+    pos = torch.arange(t)
+    seg = pos // s
+    sparse = (seg[:, None] == seg[None, :]) | (pos[None, :] % s == s - 1)
+    sparse &= pos[None, :] <= pos[:, None]
+    logits = torch.einsum("bihd,bjhd->bhij", q, k).masked_fill(~sparse, float("-inf"))
+    P_sparse = torch.softmax(logits, -1)
+    tri = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    assert (P_sparse[..., tri] == 0).sum() > 0
+    assert (_implied(q, k, "fixed", True, s)[..., tri] > 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_segment_never_reads_its_own_summary(variant, backend):
+    """Causality by gradients: o_i depends on no q, k, v at a later position, in particular on no later token of
+    its own segment (whose pooled query and key mix them); and it does depend on earlier segments."""
+    t, s = 10, 4
+    q, k, v = (x.requires_grad_() for x in _qkv(t=t))
+    o = ops.combiner(q, k, v, segment=s, variant=variant, causal=True, backend=backend)
+    for i in range(t):
+        grads = torch.autograd.grad(o[:, i].sum(), (q, k, v), retain_graph=True)
+        for g in grads:
+            assert (g[:, i + 1 :] == 0).all(), i
+        if i >= s:  # reaches the previous segments through their summaries
+            assert grads[1][:, : i // s * s].abs().sum() > 0 and grads[2][:, : i // s * s].abs().sum() > 0
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_equals_reference_outputs_and_grads(variant, causal):
+    q, k, v = (x.requires_grad_() for x in _qkv(b=2, t=11, e=3, seed=1))
+    outs = {}
+    for backend in BACKENDS:
+        o = ops.combiner(q, k, v, segment=3, variant=variant, causal=causal, backend=backend)
+        cot = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype)
+        outs[backend] = (o, *torch.autograd.grad((o * cot).sum(), (q, k, v)))
+    for got, want in zip(outs["torch"], outs["reference"]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    # fp32 inputs: the blocked backend in fp32 near the fp64 reference.
+    q32, k32, v32 = (x.detach().float() for x in (q, k, v))
+    o32 = ops.combiner(q32, k32, v32, segment=3, variant=variant, causal=causal, backend="torch")
+    torch.testing.assert_close(o32.double(), outs["reference"][0].detach(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mixer_prefill_and_step_equal_forward(variant):
+    """The decoding state (current segment + summaries) gives the forward pass: prefill in pieces that start
+    mid-segment, then steps; and rows at different positions (a batch continued one row at a time)."""
+    torch.manual_seed(0)
+    m = seqzoo.build_mixer("combiner", 16, n_heads=2, segment=3, variant=variant).double()
+    x = torch.randn(2, 14, 16, dtype=torch.float64)
+    y = m(x)
+    y1, st = m.prefill(x[:, :4])
+    y2, st = m.prefill(x[:, 4:8], st)
+    ys = [y1, y2]
+    for t in range(8, 14):
+        y_t, st = m.step(x[:, t], st)
+        ys.append(y_t[:, None])
+    torch.testing.assert_close(torch.cat(ys, 1), y, rtol=1e-10, atol=1e-10)
+    assert sum(v[0].numel() for v in st.values() if v.dim() > 1) == m.state_size(14)
+    # Row 0 at position 5, row 1 at position 7: one prefill continues both.
+    _, a = m.prefill(x[:1, :5])
+    _, b = m.prefill(x[1:, :7])
+    pad = lambda u, n: torch.cat([u, u.new_zeros(1, n - u.shape[1], *u.shape[2:])], 1)  # noqa: E731
+    both = {key: torch.cat([a[key], b[key]]) for key in ("q", "k", "v", "pos")}
+    both.update(
+        {key: torch.cat([pad(a[key], b[key].shape[1]), b[key]]) for key in ("sk", "sv")}
+    )  # 1 and 2 done
+    z = torch.randn(2, 4, 16, dtype=torch.float64)
+    y_both, _ = m.prefill(z, both)
+    want0 = m(torch.cat([x[:1, :5], z[:1]], 1))[:, 5:]
+    want1 = m(torch.cat([x[1:, :7], z[1:]], 1))[:, 7:]
+    torch.testing.assert_close(y_both, torch.cat([want0, want1]), rtol=1e-10, atol=1e-10)
+
+
+def test_decoding_state_is_sublinear_for_fixed():
+    """Fixed keeps O(s + T / s) per head: at T = 4096 and s = 64, 1 + 2 * 64 + 2 * 64 vectors, not 2 T."""
+    m = seqzoo.build_mixer("combiner", 64, n_heads=1, l_max=4096)
+    assert m.segment == 64
+    assert m.state_size(4096) == (1 + 2 * 64 + 2 * 64) * 64
+    assert m.state_size(4096) < seqzoo.build_mixer("attention", 64, n_heads=1).state_size(4096) / 10
+
+
+def _counted(t: int, variant: str) -> tuple[int, int]:
+    """Elements the blocked backend's einsums produce (logits, span values, outputs) and the largest, measured by
+    wrapping torch.einsum while it runs at T = t, one head, segment ceil(sqrt(t))."""
+    sizes = []
+    real = torch.einsum
+
+    def counting(eq, *operands):
+        out = real(eq, *operands)
+        sizes.append(out.numel())
+        return out
+
+    q, k, v = _qkv(t=t, h=1, d=2, dtype=torch.float32)
+    torch.einsum = counting
+    try:
+        ops.combiner(q, k, v, segment=ref_mod.default_segment(t), variant=variant, backend="torch")
+    finally:
+        torch.einsum = real
+    return sum(sizes), max(sizes)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cost_grows_as_t_to_the_1_5(variant):
+    """Fitted on T = 256 .. 4096: the work (elements computed) and the largest intermediate grow as T^1.5 (a dense
+    attention matrix would be T^2), and the analytic count ``torch_mod.cost`` tracks the measured one."""
+    ts = [256, 512, 1024, 2048, 4096]
+    counts = [_counted(t, variant) for t in ts]
+    x = [math.log(t) for t in ts]
+    for which in (0, 1):
+        y = [math.log(c[which]) for c in counts]
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+        assert 1.4 < slope < 1.6, (variant, which, slope)
+    for t, (total, largest) in zip(ts, counts):
+        est = torch_mod.cost(t, ref_mod.default_segment(t), variant)
+        assert est["largest"] == largest
+        assert 0.5 < est["logits"] / total < 2, (t, est, total)
