@@ -8,7 +8,7 @@
 See docs/design.md ("The ops contract") for every signature; ``list_ops()`` lists them.
 """
 
-from ._dispatch import Op, list_ops
+from ._dispatch import Op, OpCall, list_ops, record_calls
 from .attention import attention
 from .causal_conv1d import causal_conv1d
 from .delta_rule import delta_rule, delta_rule_step
@@ -20,7 +20,9 @@ from .selective_scan import selective_scan, selective_state_update
 
 __all__ = [
     "Op",
+    "OpCall",
     "list_ops",
+    "record_calls",
     "attention",
     "causal_conv1d",
     "delta_rule",

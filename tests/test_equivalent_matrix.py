@@ -1,0 +1,160 @@
+"""seqzoo.analysis.equivalent_matrix (issue 29, the dynamical-systems view): for every registered mixer, Phi @
+values (+ offset) equals the core output the layer computed (its own backend) to 1e-10 in fp64, Phi is zero
+above the diagonal for the causal builds, and the structure the theory predicts holds: S4/S4D Toeplitz,
+softmax attention rows a distribution, RetNet Phi_ij = scale q_i.k_j gamma^(i-j). Also ops.record_calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo import analysis, ops
+from seqzoo.models.mixer_settings import with_paper_settings
+
+D_MODEL = 16
+T = 12
+
+
+def build(name: str, **extra):
+    paper = with_paper_settings(name, seq_len=T)
+    paper.pop("name", None)
+    kwargs = {**paper, **dict(seqzoo.list_mixers()[name].test_kwargs), **extra}
+    torch.manual_seed(0)
+    return seqzoo.build_mixer(name, D_MODEL, **kwargs)
+
+
+def _close(a, b, atol):
+    err = (a - b).abs().max().item()
+    assert err <= atol, f"max |a - b| = {err:.3g} > {atol:g}"
+
+
+def x_input(batch=2, t=T, seed=1):
+    return torch.randn(batch, t, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(seqzoo.list_mixers()))
+def test_phi_times_values_is_the_core_output(name):
+    view = analysis.equivalent_matrix(build(name), x_input())
+    b, g, t, s = view.matrix.shape
+    assert (b, t, s) == (2, T, T) and view.values.shape[:3] == (2, T, g) == view.output.shape[:3]
+    assert view.matrix.dtype in (torch.float64, torch.complex128)
+    # Not vacuous: the core carries signal, and Phi is not diagonal (it mixes positions).
+    assert view.output.abs().max() > 1e-3
+    assert torch.tril(view.matrix, -1).abs().max() > 1e-6
+    view.check(atol=1e-10)
+    # Causal builds (every registered mixer's default): nothing from the future.
+    assert torch.triu(view.matrix, 1).abs().max() == 0
+    assert view.mixer == name and view.note
+
+
+def test_check_can_fail():
+    view = analysis.equivalent_matrix(build("gla"), x_input())
+    view.matrix = view.matrix.clone()
+    view.matrix[0, 0, 5, 2] += 1e-6
+    with pytest.raises(AssertionError, match="gla"):
+        view.check(1e-10)
+
+
+@pytest.mark.parametrize("name", ["s4", "s4d"])
+def test_lti_is_toeplitz(name):
+    view = analysis.equivalent_matrix(build(name), x_input())
+    m = view.matrix
+    _close(m[:, :, 1:, 1:], m[:, :, :-1, :-1], 1e-12)
+    # ... and the same for both batch rows (time-invariant, input-independent).
+    _close(m[0], m[1], 1e-12)
+
+
+def test_bidirectional_s4d_is_toeplitz_both_ways():
+    view = analysis.equivalent_matrix(build("s4d", bidirectional=True), x_input())
+    view.check(1e-10)
+    m = view.matrix
+    assert torch.triu(m, 1).abs().max() > 1e-6
+    _close(m[:, :, 1:, 1:], m[:, :, :-1, :-1], 1e-12)
+
+
+def test_attention_rows_are_distributions():
+    view = analysis.equivalent_matrix(build("attention"), x_input())
+    assert view.kind == "softmax" and view.matrix.min() >= 0
+    _close(view.matrix.sum(-1), torch.ones_like(view.matrix[..., 0]), 1e-12)
+
+
+def test_retnet_is_decayed_qk():
+    m = build("retnet")
+    view = analysis.equivalent_matrix(m, x_input())
+    args = view.calls[0].arguments
+    q, k = args["q"], args["k"]
+    scale = args.get("scale") or q.shape[-1] ** -0.5
+    gamma = m.log_decay.double().exp()  # [H], the layer's own decays, not the recorded gate
+    i = torch.arange(T)
+    lag = (i[:, None] - i[None, :]).clamp(min=0).double()
+    expected = scale * torch.einsum("bihd,bjhd->bhij", q, k) * gamma[None, :, None, None] ** lag
+    expected = torch.tril(expected)
+    _close(view.matrix, expected, 1e-11)
+
+
+@pytest.mark.parametrize("name", ["gla", "mamba"])
+def test_packed_documents_are_blocks(name):
+    cu = torch.tensor([0, 5, T], dtype=torch.int32)
+    view = analysis.equivalent_matrix(build(name), x_input(batch=1), cu_seqlens=cu)
+    view.check(1e-10)
+    assert view.matrix[..., 5:, :5].abs().max() == 0
+    # The second document alone gives its own block.
+    alone = analysis.equivalent_matrix(build(name), x_input(batch=1)[:, 5:])
+    _close(view.matrix[..., 5:, 5:], alone.matrix, 1e-12)
+
+
+def test_heads_and_channels_selection():
+    view = analysis.equivalent_matrix(build("gla"), x_input(), heads=[1])
+    full = analysis.equivalent_matrix(build("gla"), x_input())
+    assert view.groups == [1] and view.matrix.shape[1] == 1
+    _close(view.matrix[:, 0], full.matrix[:, 1], 0)
+    view.check(1e-10)
+    with pytest.raises(ValueError, match="head"):
+        analysis.equivalent_matrix(build("gla"), x_input(), channels=[0])
+    with pytest.raises(ValueError, match="out of range"):
+        analysis.equivalent_matrix(build("gla"), x_input(), heads=[7])
+
+
+def test_carried_state_is_the_offset():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 6, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    gate = -torch.rand(1, 6, 2, generator=g, dtype=torch.float64)
+    s0 = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64)
+    with ops.record_calls() as calls:
+        ops.gla(q, k, v, gate, initial_state=s0)
+    view = analysis.probe_call(calls[0])
+    assert view.offset is not None and view.offset.abs().max() > 1e-3
+    view.check(1e-10)
+
+
+def test_a_core_outside_the_ops_is_named():
+    class Plain(torch.nn.Module):
+        def forward(self, x):
+            return x.cumsum(1)
+
+    with pytest.raises(ValueError, match="Plain.*no op call"):
+        analysis.equivalent_matrix(Plain(), x_input())
+
+
+def test_record_calls_depth_and_off():
+    m = build("flow").double()
+    x = x_input()
+    with ops.record_calls() as calls:
+        m(x)
+    names = [(c.name, c.depth) for c in calls]
+    assert ("flow_attention", 0) in names
+    assert all(d == 1 for n, d in names if n == "gla")  # flow's torch backend runs ops.gla inside
+    n = len(calls)
+    m(x)  # outside the block: nothing recorded
+    assert len(calls) == n and not ops._dispatch._RECORDERS
+
+
+def test_plots(tmp_path):
+    views = {n: analysis.equivalent_matrix(build(n), x_input()) for n in ("attention", "s4d")}
+    fig = analysis.plot(views["attention"], scale="abs-minmax")
+    assert len(fig.axes) >= 2
+    path = analysis.plot_mixers(views, tmp_path / "grid.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="scale"):
+        analysis.plot(views["s4d"], scale="softmax")
