@@ -21,7 +21,7 @@ from .equivalent import (
     probe_call,
     record_core_calls,
 )
-from .plot import plot, plot_mixers
+from .plot import mixer_grid, plot, plot_mixers
 
 __all__ = [
     "ADAPTERS",
@@ -32,6 +32,7 @@ __all__ = [
     "equivalent_matrices",
     "equivalent_matrix",
     "head",
+    "mixer_grid",
     "plot",
     "plot_mixers",
     "probe_call",

@@ -103,3 +103,28 @@ def plot_mixers(views: dict, path, *, batch: int = 0, group: int = 0, scale: str
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def mixer_grid(
+    path, *, names=None, d_model: int = 32, seq_len: int = 24, seed: int = 0, scale: str = "signed"
+):
+    """Every registered mixer (or ``names``), built with its paper settings and its record's small test
+    kwargs at ``d_model``, on one random input x [1, seq_len, d_model] (seed ``seed``): the grid of Phi
+    (first head / channel) written to ``path``. Returns ``{name: view}``. Untrained weights: the picture shows
+    each family's structure (softmax rows, decayed q.k, Toeplitz), not what training makes of it."""
+    import seqzoo
+    from seqzoo.models.mixer_settings import with_paper_settings
+
+    from .equivalent import equivalent_matrix
+
+    records = seqzoo.list_mixers()
+    views = {}
+    x = torch.randn(1, seq_len, d_model, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for name in names or sorted(records):
+        kwargs = with_paper_settings(name, seq_len=seq_len)
+        kwargs.pop("name", None)
+        torch.manual_seed(seed)
+        mixer = seqzoo.build_mixer(name, d_model, **{**kwargs, **dict(records[name].test_kwargs)})
+        views[name] = equivalent_matrix(mixer, x)
+    plot_mixers(views, path, scale=scale)
+    return views
