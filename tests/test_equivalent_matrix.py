@@ -158,3 +158,28 @@ def test_plots(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="scale"):
         analysis.plot(views["s4d"], scale="softmax")
+
+
+def test_explain_cli(tmp_path):
+    """seqzoo explain on a saved (untrained) 2-layer gla MQAR run: the PNG, the JSON with a rate per layer."""
+    import json
+
+    import yaml
+
+    from seqzoo.cli import main
+    from seqzoo.models.lm import CausalLM
+
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    CausalLM(d_model=16, n_layers=2, vocab_size=64, mixer=[{"name": "gla", "n_heads": 2}], mlp="none").save(
+        run / "model"
+    )
+    task = {"vocab_size": 64, "num_train": 4, "num_test": 8, "seq_len": 16, "num_kv_pairs": 2}
+    config = {"name": "tiny", "data": {"source": "task", "name": "mqar", "task_args": task}, "train": {"seed": 0}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["explain", str(run), "--num", "8", "--groups", "2"]) == 0
+    assert (run / "explain.png").stat().st_size > 1000
+    report = json.loads((run / "explain.json").read_text())
+    assert [r["kind"] for r in report["layers"]] == ["gla", "gla"] and report["examples"] == 8
+    assert all(0 <= r["hit_rate"] <= 1 and 0 <= r["best_group_hit_rate"] <= 1 for r in report["layers"])
+    assert main(["explain", str(tmp_path / "nothing")]) == 2
