@@ -43,8 +43,9 @@ def test_phi_times_values_is_the_core_output(name):
     assert view.output.abs().max() > 1e-3
     assert torch.tril(view.matrix, -1).abs().max() > 1e-6
     view.check(atol=1e-10)
-    # Causal builds (every registered mixer's default): nothing from the future.
-    assert torch.triu(view.matrix, 1).abs().max() == 0
+    # Causal builds (the default of every mixer but a vision one's): nothing from the future.
+    if view.causal:
+        assert torch.triu(view.matrix, 1).abs().max() == 0
     assert view.mixer == name and view.note
 
 
@@ -68,6 +69,7 @@ def test_lti_is_toeplitz(name):
 def test_bidirectional_s4d_is_toeplitz_both_ways():
     view = analysis.equivalent_matrix(build("s4d", bidirectional=True), x_input())
     view.check(1e-10)
+    assert not view.causal
     m = view.matrix
     assert torch.triu(m, 1).abs().max() > 1e-6
     _close(m[:, :, 1:, 1:], m[:, :, :-1, :-1], 1e-12)
@@ -128,6 +130,31 @@ def test_carried_state_is_the_offset():
     view.check(1e-10)
 
 
+def test_complex_scan():
+    """S5's kind of core: ops.linear_scan with complex a and x gives a complex Phi, exact."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.polar(
+        torch.rand(2, 8, 3, generator=g, dtype=torch.float64), torch.randn(2, 8, 3, generator=g).double()
+    )
+    x = torch.randn(2, 8, 3, generator=g, dtype=torch.complex128)
+    with ops.record_calls() as calls:
+        ops.linear_scan(a, x)
+    view = analysis.probe_call(calls[0])
+    assert view.matrix.is_complex() and view.grouping == "channel"
+    view.check(1e-12)
+    # Phi[c, t, s] = a_{s+1} ... a_t
+    expected = a[0, 2:6, 1].prod()
+    assert abs(view.matrix[0, 1, 5, 1] - expected) < 1e-12
+
+
+def test_an_op_without_a_probe_is_named(monkeypatch):
+    from seqzoo.analysis import equivalent
+
+    monkeypatch.delitem(equivalent.PROBES, "delta_rule")
+    with pytest.raises(ValueError, match="deltanet.*delta_rule.*no probe"):
+        analysis.equivalent_matrix(build("deltanet"), x_input())
+
+
 def test_a_core_outside_the_ops_is_named():
     class Plain(torch.nn.Module):
         def forward(self, x):
@@ -175,7 +202,11 @@ def test_explain_cli(tmp_path):
         run / "model"
     )
     task = {"vocab_size": 64, "num_train": 4, "num_test": 8, "seq_len": 16, "num_kv_pairs": 2}
-    config = {"name": "tiny", "data": {"source": "task", "name": "mqar", "task_args": task}, "train": {"seed": 0}}
+    config = {
+        "name": "tiny",
+        "data": {"source": "task", "name": "mqar", "task_args": task},
+        "train": {"seed": 0},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["explain", str(run), "--num", "8", "--groups", "2"]) == 0
     assert (run / "explain.png").stat().st_size > 1000

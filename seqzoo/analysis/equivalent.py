@@ -108,6 +108,11 @@ PROBES: dict[str, Probe] = {
 }
 
 
+# Ops a layer may call whose output is not a mixing of values (a convolution's kernel from SSM parameters): not
+# probed, and not an error. Any other op without a probe is an error naming it (the view would miss the core).
+NOT_MIXING: set[str] = {"s4_kernel", "s4d_kernel"}
+
+
 @dataclass
 class EquivalentView:
     """Phi of one core (see the module docstring). Shapes (G: the heads or channels kept):
@@ -135,6 +140,15 @@ class EquivalentView:
     mixer: str = ""
     # The recorded op call(s) the view probed (their arguments: q, k, gates... as the layer computed them).
     calls: list = field(default_factory=list)
+
+    @property
+    def causal(self) -> bool:
+        """False when a probed call ran bidirectionally (``causal=False`` / ``bidirectional=True``): then Phi
+        has entries above the diagonal; True: Phi is lower triangular."""
+        return not any(
+            c.arguments.get("causal", True) is False or c.arguments.get("bidirectional", False) is True
+            for c in self.calls
+        )
 
     def __repr__(self) -> str:
         return (
@@ -346,7 +360,15 @@ def record_core_calls(mixer, x: torch.Tensor, *, cu_seqlens=None, dtype=torch.fl
     x = x.to(dtype)
     with torch.no_grad(), ops.record_calls() as calls:
         y = m(x) if cu_seqlens is None else m(x, cu_seqlens=cu_seqlens)
-    probed = [c for c in calls if c.depth == 0 and c.name in PROBES]
+    top = [c for c in calls if c.depth == 0]
+    unknown = sorted({c.name for c in top if c.name not in PROBES and c.name not in NOT_MIXING})
+    if unknown:
+        raise ValueError(
+            f"equivalent_matrix: mixer {name!r} calls op(s) {unknown} that have no probe (add a line to "
+            f"seqzoo.analysis.PROBES, or to NOT_MIXING for an op that does not mix values); probed ops: "
+            f"{sorted(PROBES)}"
+        )
+    probed = [c for c in top if c.name in PROBES]
     if not probed:
         seen = sorted({c.name for c in calls}) or ["none"]
         raise ValueError(
