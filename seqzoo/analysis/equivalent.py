@@ -143,10 +143,12 @@ class EquivalentView:
 
     @property
     def causal(self) -> bool:
-        """False when a probed call ran bidirectionally (``causal=False`` / ``bidirectional=True``): then Phi
-        has entries above the diagonal; True: Phi is lower triangular."""
+        """False when a probed call ran bidirectionally or backwards (``causal=False``, ``bidirectional=True``,
+        ``reverse=True``): then Phi has entries above the diagonal; True: Phi is lower triangular."""
         return not any(
-            c.arguments.get("causal", True) is False or c.arguments.get("bidirectional", False) is True
+            c.arguments.get("causal", True) is False
+            or c.arguments.get("bidirectional", False) is True
+            or c.arguments.get("reverse", False) is True
             for c in self.calls
         )
 
