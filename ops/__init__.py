@@ -8,7 +8,7 @@
 See docs/design.md ("The ops contract") for every signature; ``list_ops()`` lists them.
 """
 
-from ._dispatch import Op, OpCall, list_ops, record_calls
+from ._dispatch import Op, OpCall, list_ops, note, record_calls
 from .attention import attention
 from .causal_conv1d import causal_conv1d
 from .delta_rule import delta_rule, delta_rule_step
@@ -22,6 +22,7 @@ __all__ = [
     "Op",
     "OpCall",
     "list_ops",
+    "note",
     "record_calls",
     "attention",
     "causal_conv1d",

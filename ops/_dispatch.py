@@ -380,6 +380,18 @@ def record_calls():
         _RECORDERS.remove(calls)
 
 
+def note(site: str, **tensors) -> None:
+    """Hand named tensors of a layer's plain-torch steps to the open :func:`record_calls` blocks (the gates of
+    hyena's chain, the conditioning coefficients of orchid, the inputs of lizard's window attention): what
+    happens outside any op, which ``seqzoo.analysis`` needs to compose a mixer's whole core. Recorded in call
+    order as an :class:`OpCall` named ``site`` with ``ran="note"`` and no result; one truth test when nothing
+    records, and it changes nothing the layer computes."""
+    if _RECORDERS:
+        call = OpCall(site, dict(tensors), None, "", None, "note", _DEPTH[0])
+        for calls in _RECORDERS:
+            calls.append(call)
+
+
 def _recorded_call(op: Op, args, kwargs, backend, cu_seqlens):
     _DEPTH[0] += 1
     try:

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from ..ops._dispatch import OpCall
@@ -63,6 +64,10 @@ class Probe:
     # The rank of a core: when a layer makes several probed calls (a short convolution before a scan), the
     # highest rank is the core; ties go to an adapter, else to the last call.
     rank: int = 1
+    # Arguments that are a skip (D u on the diagonal) and output gates (row scalings) computed inside the op:
+    # set to None in the probe when equivalent_matrix(include_skip=False / include_gates=False).
+    skip: tuple[str, ...] = ()
+    gates: tuple[str, ...] = ()
 
 
 def head(value: str, kind: str, **kw) -> Probe:
@@ -101,9 +106,9 @@ PROBES: dict[str, Probe] = {
     "gla": head("v", "gla", rank=2),
     "delta_rule": head("v", "delta", rank=2),
     "flow_attention": head("v", "flow", rank=2),
-    "selective_scan": channel("u", "selective", rank=2),
+    "selective_scan": channel("u", "selective", rank=2, skip=("D",), gates=("z",)),
     "linear_scan": channel("x", "diag_scan", rank=2),
-    "fft_conv": channel("u", "lti", rank=2),
+    "fft_conv": channel("u", "lti", rank=2, skip=("D",)),
     "causal_conv1d": channel("x", "conv", linearize=_conv_activation, rank=1),
 }
 
@@ -124,7 +129,7 @@ class EquivalentView:
     output [B, T, G, V]   the core's output as the layer computed it (recorded, its own backend)
     offset [B, T, G, V] or None   the part not from the values (a carried-in state, a bias)
     grouping "head" | "channel";  kind "softmax" | "gla" | "delta" | "flow" | "selective" | "diag_scan" | "lti"
-    | "conv" | "sum";  op: the op(s) probed;  note: where the core sits in the layer;  calls: the recorded
+    | "conv" | "gated_conv" | "sum";  op: the op(s) probed;  note: where the core sits in the layer;  calls: the recorded
     :class:`~seqzoo.ops.OpCall` (s) probed.
     """
 
@@ -140,6 +145,10 @@ class EquivalentView:
     mixer: str = ""
     # The recorded op call(s) the view probed (their arguments: q, k, gates... as the layer computed them).
     calls: list = field(default_factory=list)
+    # Phi after the layer's output RMSNorm (when it has one that normalises this core's output per head /
+    # channel): matrix diag(1 / rms(o_t)) Phi, values the values times the norm's weight (on the value axis),
+    # output the norm's output. None when the layer has no such norm.
+    after_norm: EquivalentView | None = None
 
     @property
     def causal(self) -> bool:
@@ -210,8 +219,10 @@ def _offset(call: OpCall, arguments: dict, value: torch.Tensor) -> torch.Tensor 
     return None if not bool((zero != 0).any()) else zero
 
 
-def probe_call(call: OpCall) -> EquivalentView:
-    """The view of one recorded op call (its op must be in :data:`PROBES`)."""
+def probe_call(call: OpCall, *, include_skip: bool = True, include_gates: bool = True) -> EquivalentView:
+    """The view of one recorded op call (its op must be in :data:`PROBES`). ``include_skip=False`` /
+    ``include_gates=False`` probe the op without its :attr:`Probe.skip` / :attr:`Probe.gates` arguments (mamba's
+    D and z); the view's output is then the op re-run without them on its reference backend."""
     if call.name not in PROBES:
         raise ValueError(
             f"equivalent_matrix: no probe for op {call.name!r}; known ops: {sorted(PROBES)} (add a line to "
@@ -225,6 +236,13 @@ def probe_call(call: OpCall) -> EquivalentView:
             f"equivalent_matrix: op {call.name}'s value argument {probe.value!r} is not a tensor"
         )
     output = _first(call.result)
+    dropped = [
+        a for a in (probe.skip if not include_skip else ()) + (probe.gates if not include_gates else ())
+    ]
+    dropped = [a for a in dropped if arguments.get(a) is not None]
+    if dropped:
+        arguments = {**arguments, **dict.fromkeys(dropped)}
+        output = _first(_run_reference(call, arguments))
     free = _state_free(call, arguments)
     b, t = value.shape[:2]
     if probe.grouping == "head":
@@ -269,8 +287,9 @@ def _sum_adapter(weights: Callable):
     """A core that is a weighted sum of head calls on the same values (liger: gla_weight * GLA part +
     swa_weight * window-attention part): Phi = sum_i w_i Phi_i."""
 
-    def compose(mixer, views: list[EquivalentView]) -> EquivalentView:
-        ws = weights(mixer)
+    def compose(core: Core) -> EquivalentView:
+        ws = weights(core.mixer)
+        views = [probe_call(c) for c in core.top]
         if len(views) != len(ws):
             raise ValueError(f"equivalent_matrix: expected {len(ws)} core calls, recorded {len(views)}")
         base = views[0]
@@ -295,9 +314,269 @@ def _sum_adapter(weights: Callable):
     return compose
 
 
-# Per-mixer composition of its core calls (by registered name); a mixer not listed takes its top-ranked call.
+@dataclass
+class Core:
+    """What an adapter composes a mixer's view from: the ``dtype`` copy of the mixer that ran, its input and
+    output, its depth-0 probed op calls (``calls``; ``top`` the top-ranked ones), the tensors the layer handed
+    to :func:`seqzoo.ops.note` (``notes``), the input of its output projection (``pre_projection``: the
+    tensor Phi claims to produce, when the layer has an ``o_proj`` / ``out_proj``), the RMSNorms that ran
+    (``norms``: (module, input, output)) and the flags of :func:`equivalent_matrix`."""
+
+    name: str
+    mixer: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    calls: list
+    notes: list
+    pre_projection: torch.Tensor | None
+    norms: list
+    include_skip: bool = True
+    include_gates: bool = True
+
+    @property
+    def top(self) -> list:
+        rank = max(PROBES[c.name].rank for c in self.calls)
+        return [c for c in self.calls if PROBES[c.name].rank == rank]
+
+    def noted(self, site: str) -> list:
+        found = [n for n in self.notes if n.name == site]
+        if not found:
+            raise ValueError(
+                f"equivalent_matrix: mixer {self.name!r} recorded no ops.note({site!r}, ...); its adapter needs it"
+            )
+        return found
+
+    def op_calls(self, name: str) -> list:
+        return [c for c in self.calls if c.name == name]
+
+
+def _rows(g: torch.Tensor) -> torch.Tensor:
+    """A per-channel gate [B, T, C] as the row scaling of Phi [B, C, T, T]: [B, C, T, 1]."""
+    return g.permute(0, 2, 1)[..., None]
+
+
+def _cols(g: torch.Tensor) -> torch.Tensor:
+    """A per-channel gate [B, T, C] as the column scaling of Phi [B, C, T, T]: [B, C, 1, T]."""
+    return g.permute(0, 2, 1)[:, :, None, :]
+
+
+def _eye_like(m: torch.Tensor) -> torch.Tensor:
+    return torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand_as(m)
+
+
+def _apply(m: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bgts,bsgv->btgv", m, values.to(m.dtype))
+
+
+def _channel_view(core, matrix, values, output, kind, op, calls, note, offset=None) -> EquivalentView:
+    """A per-channel view; values / output / offset [B, T, C] (a trailing V = 1 is added)."""
+    return EquivalentView(
+        matrix=matrix,
+        values=values[..., None],
+        output=output[..., None],
+        grouping="channel",
+        kind=kind,
+        op=op,
+        note=note,
+        offset=None if offset is None else offset[..., None],
+        groups=list(range(matrix.shape[1])),
+        calls=calls,
+    )
+
+
+def _without_skip(core: Core, full: torch.Tensor, noskip: torch.Tensor, values, output):
+    """(Phi, output) with or without the skip: without it, the output less the skip's share (Phi_full -
+    Phi_noskip) @ values, so that check() still tests the layer's own tensor."""
+    if core.include_skip:
+        return full, output
+    return noskip, output - _apply(full - noskip, values[..., None])[..., 0]
+
+
+def _hyena(core: Core) -> EquivalentView:
+    """Hyena of order N: v_{o+1} = T_o diag(x_{N-1-o}) v_o (o = 0..N-2, T_o the o-th long convolution with its
+    D on the diagonal), y = diag(x_0) v_{N-1}: Phi = diag(x_0) T_{N-2} diag(x_1) ... T_0 diag(x_{N-1}) per
+    channel, values the v of the split (after the short filter), output the tensor out_proj receives."""
+    gates, convs = core.noted("hyena.gate"), core.op_calls("fft_conv")
+    if len(gates) != len(convs) + 1:
+        raise ValueError(f"equivalent_matrix(hyena): {len(gates)} gates for {len(convs)} long convolutions")
+    full = [probe_call(c).matrix for c in convs]
+    bare = [probe_call(c, include_skip=False).matrix for c in convs] if not core.include_skip else full
+    values = gates[0].arguments["value"]
+    if not core.include_gates:
+        last = probe_call(convs[-1], include_skip=core.include_skip)
+        last.note = f"the last of {len(convs)} long convolutions alone (gates excluded);"
+        return last
+
+    def chain(ts):
+        m = ts[0] * _cols(gates[0].arguments["gate"])
+        for t, g in zip(ts[1:], gates[1:-1]):
+            m = t @ (m * _rows(g.arguments["gate"]))
+        return m * _rows(gates[-1].arguments["gate"])
+
+    output = core.pre_projection
+    matrix, output = _without_skip(core, chain(full), chain(bare), values, output)
+    return _channel_view(
+        core,
+        matrix,
+        values,
+        output,
+        "gated_conv",
+        "fft_conv",
+        convs,
+        f"diag(x_0) T_{len(convs) - 1} ... T_0 diag(x_{len(convs)}) (gates as row / column scalings, each "
+        "T with its D on the diagonal);",
+    )
+
+
+def _orchid(core: Core) -> EquivalentView:
+    """Orchid: w = T_0 z + sum_m diag(c_m) T_m z + diag(bias) z with z = x_1 * v, y = x_0 * w + r:
+    Phi = diag(x_0) (T_0 + sum_m diag(c_m) T_m + diag(bias)) diag(x_1) per channel, values v, offset the static
+    residual convolution r of the layer's input (not a function of v), output the tensor out_proj receives."""
+    note = core.noted("orchid")[-1].arguments
+    convs = core.op_calls("fft_conv")
+    coef, bias = note["coef"], note["bias"]  # [B, T, D, M], [D]
+    b, t, d, m = coef.shape
+    bank = probe_call(convs[0]).matrix.unflatten(1, (d, m + 1))  # [B, D, M+1, T, T]
+    mix = bank[:, :, 0] + (coef.permute(0, 2, 3, 1)[..., None] * bank[:, :, 1:]).sum(2)
+    skip = torch.diag_embed(bias.to(mix.dtype)[None, :, None].expand(b, d, t))
+    residual = _first(convs[1].result) if len(convs) > 1 else None
+    if not core.include_gates:
+        matrix, output = _without_skip(core, mix + skip, mix, note["z"], note["w"])
+        return _channel_view(
+            core,
+            matrix,
+            note["z"],
+            output,
+            "conv",
+            "fft_conv",
+            convs[:1],
+            "the data-dependent convolution w of z = x_1 * v alone (gates excluded);",
+        )
+    x0, x1 = _rows(note["x0"]), _cols(note["x1"])
+    matrix, output = _without_skip(
+        core, x0 * (mix + skip) * x1, x0 * mix * x1, note["v"], core.pre_projection
+    )
+    return _channel_view(
+        core,
+        matrix,
+        note["v"],
+        output,
+        "gated_conv",
+        "fft_conv",
+        convs,
+        "diag(x_0) (T_0 + sum_m diag(c_m) T_m + diag(bias)) diag(x_1); the static residual convolution of "
+        "the input is the offset;",
+        offset=residual,
+    )
+
+
+def _base_conv(core: Core) -> EquivalentView:
+    """BaseConv: c = (T_s x + b_s) + (T_l x + x), y = p * c + x (silu(p) * silu(c) + x with use_act, silu(c) =
+    sigmoid(c) c a row scaling): Phi = diag(g) (T_s + T_l + I) + I per channel, g = p or silu(p) sigmoid(c);
+    values the layer's input x, output the layer's output (BaseConv has no output projection), offset the
+    short convolution's bias times g."""
+    note = core.noted("base_conv")[-1].arguments
+    x, c, p = note["values"], note["c"], note["p"]
+    mixer = core.mixer
+    parts, offset, calls = [], None, []
+    for call in core.op_calls("causal_conv1d") + core.op_calls("fft_conv"):
+        v = probe_call(call)
+        parts.append(v.matrix)
+        calls.append(call)
+        if v.offset is not None:
+            offset = v.offset[..., 0] if offset is None else offset + v.offset[..., 0]
+    conv = sum(parts)
+    eye = _eye_like(conv)
+    unit = eye if mixer.filter is not None else 0 * eye  # Zoology's long convolution adds its input
+    if not core.include_gates:
+        matrix, output = _without_skip(core, conv + unit, conv, x, c)
+        return _channel_view(
+            core,
+            matrix,
+            x,
+            output,
+            "conv",
+            "+".join(cl.name for cl in calls),
+            calls,
+            "the short plus long convolution c alone (gate excluded);",
+            offset=offset,
+        )
+    gate = F.silu(p) * torch.sigmoid(c) if mixer.use_act else p
+    g = _rows(gate)
+    matrix, output = _without_skip(core, g * (conv + unit) + eye, g * conv, x, core.y)
+    return _channel_view(
+        core,
+        matrix,
+        x,
+        output,
+        "gated_conv",
+        "+".join(cl.name for cl in calls),
+        calls,
+        "diag(g) (T_short + T_long + I) + I, g the projection gate (times sigmoid(c) with use_act); the "
+        "input added back is the last I;",
+        offset=None if offset is None else offset * gate,
+    )
+
+
+def _window_sinks_probe(mixer, q, k, v, cu_seqlens):
+    """lizard's window attention with sinks as (Phi [B, H, T, T], offset [B, T, H, Dh]): the function itself
+    run on v <- I_T per kv head with zero sink values, and on v = 0 with the sinks' values (their share)."""
+    from ..layers.lizard import window_attention_with_sinks
+
+    b, t, hk = v.shape[:3]
+    h = q.shape[2]
+    bounds = [0, t] if cu_seqlens is None else [int(i) for i in cu_seqlens.tolist()]
+    matrix = q.new_zeros(b, h, t, t)
+    offset = q.new_zeros(b, t, h, v.shape[-1])
+    meta_k, meta_v = mixer.meta_k, mixer.meta_v
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        n = e - s
+        eye = torch.eye(n, dtype=v.dtype, device=v.device)[None, :, None, :].expand(b, n, hk, n).contiguous()
+        zero_sink = None if meta_v is None else meta_v.new_zeros(meta_v.shape[0], meta_v.shape[1], n)
+        o = window_attention_with_sinks(q[:, s:e], k[:, s:e], eye, mixer.window, meta_k, zero_sink)
+        matrix[:, :, s:e, s:e] = o.permute(0, 2, 1, 3)
+        offset[:, s:e] = window_attention_with_sinks(
+            q[:, s:e], k[:, s:e], torch.zeros_like(v[:, s:e]), mixer.window, meta_k, meta_v
+        )
+    return matrix, offset
+
+
+def _lizard(core: Core) -> EquivalentView:
+    """Lizard: o = diag(1/n_t) Phi_gla v + alpha (P_window v + the meta tokens' share), n_t the GLA normaliser
+    (the ones column of ops.gla's value), P_window the window softmax over the keys (the meta tokens take
+    their mass: rows sum to less than 1): Phi = diag(1/n) Phi_gla + alpha P_window per head, values v
+    (repeated over a GQA group), offset alpha times the meta values' share, output the tensor o_proj receives."""
+    (gla,) = core.op_calls("gla")
+    g = probe_call(gla)
+    norm = _first(gla.result)[..., -1].clamp_min(1e-12)  # [B, T, H]
+    win = core.noted("lizard.window")[-1].arguments
+    p_win, off = _window_sinks_probe(core.mixer, win["q"], win["k"], win["v"], win["cu_seqlens"])
+    alpha = core.mixer.alpha.detach()
+    matrix = g.matrix / norm.permute(0, 2, 1)[..., None] + alpha * p_win
+    out = core.pre_projection.unflatten(-1, (matrix.shape[1], -1))
+    offset = alpha * off
+    return EquivalentView(
+        matrix=matrix,
+        values=g.values[..., :-1],
+        output=out,
+        grouping="head",
+        kind="sum",
+        op="gla+window_attention_with_sinks",
+        offset=offset if bool((offset != 0).any()) else None,
+        groups=list(range(matrix.shape[1])),
+        calls=[gla],
+        note="diag(1/n) Phi_gla + alpha * P_window (the meta tokens' values are the offset);",
+    )
+
+
+# Per-mixer composition of its core calls (by registered name), each a function of a :class:`Core`; a mixer not
+# listed takes its top-ranked call.
 ADAPTERS: dict[str, Callable] = {
     "liger": _sum_adapter(lambda m: [float(m.gla_weight), float(m.swa_weight)]),
+    "lizard": _lizard,
+    "hyena": _hyena,
+    "orchid": _orchid,
+    "base_conv": _base_conv,
 }
 
 # Where the core sits in each layer (the view's note): what precedes it and what follows it.
@@ -305,8 +584,8 @@ NOTES: dict[str, str] = {
     "attention": "softmax(q k^T / sqrt(d)) per head after the q/k/v projections (RoPE on q, k); o_proj follows",
     "sliding_window": "windowed softmax attention per head; o_proj follows",
     "liger": "0.5 GLA (softmax feature maps, gate from k) + 0.5 window softmax attention on one v; o_proj follows",
-    "lizard": "the GLA part only: lizard's window attention with sinks is plain torch (not an op), so it is "
-    "not in Phi",
+    "lizard": "normalised GLA (Hedgehog feature maps) + alpha * window softmax attention with meta-token sinks "
+    "on one v; o_proj follows",
     "mamba": "per channel of the inner width: selective scan with D on the diagonal and silu(z) as row scaling; "
     "the short convolution before it and out_proj after it are outside",
     "rglru": "per channel: h_t = a_t h_{t-1} + x_t with x_t = sqrt(1 - a_t^2) (i_t * u_t) (the input gate and "
@@ -315,10 +594,10 @@ NOTES: dict[str, str] = {
     "and output projection follow",
     "s4d": "per channel: the Toeplitz matrix of the kernel (s4d_kernel) with D on the diagonal; the activation "
     "and output projection follow",
-    "hyena": "the last long convolution (Toeplitz per channel, with its bias on the diagonal); hyena's gates "
-    "(row / column scalings diag(x1) Phi diag(x2)) are elementwise products outside the op",
-    "orchid": "the data-dependent long convolution (Toeplitz per channel); the gates are outside the op",
-    "base_conv": "the long convolution (Toeplitz per channel); the gating projection is outside the op",
+    "hyena": "per channel of the width: the gated chain from v (after the short filter) to the tensor out_proj "
+    "receives",
+    "orchid": "per channel: the gated data-dependent long convolution from v to the tensor out_proj receives",
+    "base_conv": "per channel: the whole layer (it has no output projection) from its input x",
     "short_conv": "the depthwise causal convolution (banded Toeplitz per channel, silu as row scaling)",
 }
 
@@ -354,15 +633,41 @@ def _to_dtype(mixer, dtype: torch.dtype):
     return m.eval()
 
 
-def record_core_calls(mixer, x: torch.Tensor, *, cu_seqlens=None, dtype=torch.float64):
-    """Run a ``dtype`` copy of ``mixer`` on x under :func:`seqzoo.ops.record_calls`; returns (name, the
-    layer's output, the depth-0 calls with a probe)."""
+def _norm_classes():
+    from ..modules.norm import GatedRMSNorm, RMSNorm
+
+    return (RMSNorm, GatedRMSNorm)
+
+
+def record_core(
+    mixer, x: torch.Tensor, *, cu_seqlens=None, dtype=torch.float64, include_skip=True, include_gates=True
+) -> Core:
+    """Run a ``dtype`` copy of ``mixer`` on x under :func:`seqzoo.ops.record_calls` (with hooks on its output
+    projection and RMSNorms); returns the :class:`Core` the adapters compose. ValueError naming the mixer
+    when it calls an op without a probe or no probed op at all."""
     name = _mixer_name(mixer)
     m = _to_dtype(mixer, dtype)
     x = x.to(dtype)
-    with torch.no_grad(), ops.record_calls() as calls:
-        y = m(x) if cu_seqlens is None else m(x, cu_seqlens=cu_seqlens)
-    top = [c for c in calls if c.depth == 0]
+    seen: dict = {"pre": None, "norms": []}
+    hooks = []
+    proj = next(
+        (getattr(m, a) for a in ("o_proj", "out_proj") if isinstance(getattr(m, a, None), torch.nn.Linear)),
+        None,
+    )
+    if proj is not None:
+        hooks.append(proj.register_forward_pre_hook(lambda mod, args: seen.__setitem__("pre", args[0])))
+    for mod in m.modules():
+        if isinstance(mod, _norm_classes()):
+            hooks.append(
+                mod.register_forward_hook(lambda mod, args, out: seen["norms"].append((mod, args, out)))
+            )
+    try:
+        with torch.no_grad(), ops.record_calls() as calls:
+            y = m(x) if cu_seqlens is None else m(x, cu_seqlens=cu_seqlens)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    top = [c for c in calls if c.depth == 0 and c.ran != "note"]
     unknown = sorted({c.name for c in top if c.name not in PROBES and c.name not in NOT_MIXING})
     if unknown:
         raise ValueError(
@@ -372,12 +677,19 @@ def record_core_calls(mixer, x: torch.Tensor, *, cu_seqlens=None, dtype=torch.fl
         )
     probed = [c for c in top if c.name in PROBES]
     if not probed:
-        seen = sorted({c.name for c in calls}) or ["none"]
+        seen_ops = sorted({c.name for c in calls if c.ran != "note"}) or ["none"]
         raise ValueError(
             f"equivalent_matrix: mixer {name!r} made no op call the analysis can probe (ops called: "
-            f"{', '.join(seen)}; probed ops: {sorted(PROBES)}): its core is plain torch, not a seqzoo.ops op"
+            f"{', '.join(seen_ops)}; probed ops: {sorted(PROBES)}): its core is plain torch, not a seqzoo.ops op"
         )
-    return name, y, probed
+    notes = [c for c in calls if c.ran == "note"]
+    return Core(name, m, x, y, probed, notes, seen["pre"], seen["norms"], include_skip, include_gates)
+
+
+def record_core_calls(mixer, x: torch.Tensor, *, cu_seqlens=None, dtype=torch.float64):
+    """(name, the layer's output, the depth-0 calls with a probe) of :func:`record_core`."""
+    core = record_core(mixer, x, cu_seqlens=cu_seqlens, dtype=dtype)
+    return core.name, core.y, core.calls
 
 
 def equivalent_matrices(
@@ -391,12 +703,64 @@ def equivalent_matrices(
     return views
 
 
+def _after_norm(view: EquivalentView, core: Core) -> EquivalentView | None:
+    """The view after the layer's output RMSNorm: an RMSNorm (or a GatedRMSNorm, before its gate) whose input is
+    this core's output and whose rms is over a head's (a channel's) own values or over all of them, so that
+    it is a row scaling diag(1 / rms(o_t)) of each head's Phi and its weight a scaling of the value axis:
+    norm(o) = diag(1/rms) Phi (values * w). None when no norm of the layer fits."""
+    out = view.output
+    b, t, g, v = out.shape
+    for mod, args, res in core.norms:
+        xin = args[0]
+        if xin.numel() != out.numel() or not torch.equal(xin.reshape(out.shape), out):
+            continue
+        gs = getattr(mod, "group_size", xin.shape[-1])
+        xf = xin.reshape(*xin.shape[:-1], -1, gs)
+        inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + mod.eps).expand_as(xf).reshape(out.shape)
+        if not torch.equal(inv, inv[..., :1].expand_as(inv)):
+            continue  # the rms mixes parts of a head's values: not a row scaling of its Phi
+        w = mod.weight.to(out.dtype)
+        w = w.reshape(g, v) if w.numel() == g * v else w.reshape(1, v)
+        gated = len(args) > 1  # GatedRMSNorm(x, z): the output before the gate
+        normed = out * inv * w if gated else res.reshape(out.shape)
+        return EquivalentView(
+            matrix=view.matrix * inv[..., 0].permute(0, 2, 1)[..., None],
+            values=view.values * w,
+            output=normed,
+            grouping=view.grouping,
+            kind=view.kind,
+            op=view.op,
+            note="after the output RMSNorm"
+            + (" (before its gate)" if gated else "")
+            + ": diag(1/rms(o_t)) Phi, "
+            "values times the norm's weight",
+            offset=None if view.offset is None else view.offset * inv * w,
+            groups=view.groups,
+            mixer=view.mixer,
+            calls=view.calls,
+        )
+    return None
+
+
+def _select(view: EquivalentView, idx: torch.Tensor, keep: list[int]) -> EquivalentView:
+    view.matrix = view.matrix.index_select(1, idx)
+    view.values, view.output = view.values.index_select(2, idx), view.output.index_select(2, idx)
+    if view.offset is not None:
+        view.offset = view.offset.index_select(2, idx)
+    if view.after_norm is not None:
+        view.after_norm = _select(view.after_norm, idx, keep)
+    view.groups = keep
+    return view
+
+
 def equivalent_matrix(
     mixer,
     x: torch.Tensor,
     *,
     heads: list[int] | None = None,
     channels: list[int] | None = None,
+    include_skip: bool = True,
+    include_gates: bool = True,
     cu_seqlens: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> EquivalentView:
@@ -404,8 +768,18 @@ def equivalent_matrix(
 
     Runs a ``dtype`` copy of the mixer (eval mode; the mixer itself is untouched), records its op calls, and
     probes the core: the top-ranked probed call (a scan over a short convolution before it), or the mixer's
-    adapter in :data:`ADAPTERS` when its core is a sum of calls. ``heads`` / ``channels``: keep those groups
-    (default all). ``cu_seqlens``: packed documents (batch 1); Phi is then block diagonal.
+    adapter in :data:`ADAPTERS` when its core is composed of several calls and gates (liger, lizard, hyena,
+    orchid, base_conv). ``heads`` / ``channels``: keep those groups (default all). ``cu_seqlens``: packed
+    documents (batch 1); Phi is then block diagonal.
+
+    ``include_skip`` (default True): the skip terms on the diagonal (an op's D, hyena's and orchid's bias, base
+    conv's unit skips); without them Phi is the mixing alone and ``output`` the core's output less the skip's
+    share (Phi_skip @ values), so check() still tests the layer's own tensor. ``include_gates`` (default True):
+    the gates that are row / column scalings of a per-channel Phi (mamba's silu(z) inside selective_scan:
+    without it the op is re-run without z; hyena's, orchid's and base_conv's gate products: without them the
+    view is the (last) convolution alone, on its own input). A head mixer's output gate (gla's swish(x W_r))
+    differs per value column, so it is no row scaling of the head's Phi and stays outside either way.
+    ``view.after_norm``: Phi after the layer's output RMSNorm, when it has one (see :func:`_after_norm`).
     Raises ValueError naming the mixer when its core is not an op the analysis knows.
     """
     if heads is not None and channels is not None:
@@ -414,17 +788,23 @@ def equivalent_matrix(
         raise ValueError(
             f"equivalent_matrix: x must be a [B, T, d_model] tensor, got {getattr(x, 'shape', x)!r}"
         )
-    name, _, probed = record_core_calls(mixer, x, cu_seqlens=cu_seqlens, dtype=dtype)
-    top = max(PROBES[c.name].rank for c in probed)
-    core = [c for c in probed if PROBES[c.name].rank == top]
+    for flag, value in (("include_skip", include_skip), ("include_gates", include_gates)):
+        if not isinstance(value, bool):
+            raise TypeError(f"equivalent_matrix: {flag} must be a bool, got {value!r}")
+    core = record_core(
+        mixer, x, cu_seqlens=cu_seqlens, dtype=dtype, include_skip=include_skip, include_gates=include_gates
+    )
+    name = core.name
     if name in ADAPTERS:
-        view = ADAPTERS[name](mixer, [probe_call(c) for c in core])
+        view = ADAPTERS[name](core)
     else:
-        view = probe_call(core[-1])
-        if len(core) > 1:
-            view.note = f"the last of {len(core)} {core[-1].name} calls (equivalent_matrices gives each); "
+        top = core.top
+        view = probe_call(top[-1], include_skip=include_skip, include_gates=include_gates)
+        if len(top) > 1:
+            view.note = f"the last of {len(top)} {top[-1].name} calls (equivalent_matrices gives each); "
     view.mixer = name
     view.note = (view.note + " " + NOTES.get(name, OP_NOTES.get(view.op, ""))).strip()
+    view.after_norm = _after_norm(view, core)
     keep = heads if heads is not None else channels
     if keep is not None:
         want = "head" if heads is not None else "channel"
@@ -438,16 +818,13 @@ def equivalent_matrix(
         if bad:
             raise ValueError(f"equivalent_matrix: {want}s {bad} out of range for {g} {want}s of {name!r}")
         idx = torch.as_tensor([int(i) % g for i in keep], device=view.matrix.device)
-        view.matrix = view.matrix.index_select(1, idx)
-        view.values, view.output = view.values.index_select(2, idx), view.output.index_select(2, idx)
-        if view.offset is not None:
-            view.offset = view.offset.index_select(2, idx)
-        view.groups = [int(i) % g for i in keep]
+        view = _select(view, idx, [int(i) % g for i in keep])
     return view
 
 
 __all__ = [
     "ADAPTERS",
+    "Core",
     "EquivalentView",
     "PROBES",
     "Probe",
@@ -456,5 +833,6 @@ __all__ = [
     "equivalent_matrix",
     "head",
     "probe_call",
+    "record_core",
     "record_core_calls",
 ]
