@@ -214,3 +214,125 @@ def test_explain_cli(tmp_path):
     assert [r["kind"] for r in report["layers"]] == ["gla", "gla"] and report["examples"] == 8
     assert all(0 <= r["hit_rate"] <= 1 and 0 <= r["best_group_hit_rate"] <= 1 for r in report["layers"])
     assert main(["explain", str(tmp_path / "nothing")]) == 2
+
+
+# -- the whole mixing core: gated convolutions, lizard's two parts, the flags, the output norm ------------------
+
+
+def _pre_projection(mixer, x):
+    """The tensor the layer hands its output projection (the layer's output when it has none), captured by a
+    hook on an fp64 copy independent of the analysis's own."""
+    import copy
+
+    m = copy.deepcopy(mixer).double().eval()
+    proj = getattr(m, "out_proj", None) or getattr(m, "o_proj", None)
+    seen = []
+    if proj is None:
+        with torch.no_grad():
+            return m(x)
+    handle = proj.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    with torch.no_grad():
+        m(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("hyena", {}),
+        ("hyena", {"order": 3}),
+        ("orchid", {}),
+        ("base_conv", {}),
+        ("base_conv", {"use_act": True}),
+        ("lizard", {}),
+    ],
+)
+def test_the_whole_core_is_the_tensor_before_the_projection(name, extra):
+    mixer = build(name, **extra)
+    if name == "lizard":  # give the meta tokens values, so that their share (the offset) is not zero
+        with torch.no_grad():
+            mixer.meta_v.normal_()
+    x = x_input()
+    view = analysis.equivalent_matrix(mixer, x)
+    target = _pre_projection(mixer, x).reshape(view.output.shape)
+    _close(view.output, target, 0)
+    view.check(1e-10)
+    _close(view.reconstruct(), target, 1e-10)
+    assert view.kind in ("gated_conv", "sum") and view.causal
+    assert torch.triu(view.matrix, 1).abs().max() == 0
+    if name == "lizard":
+        assert view.offset is not None and view.offset.abs().max() > 1e-3
+
+
+def test_hyena_order2_is_gate_toeplitz_gate():
+    """Phi = diag(x_0) (Toeplitz(K) + D I) diag(x_1), built here from the layer's own filter and projections."""
+    mixer = build("hyena").double().eval()
+    x = x_input()
+    view = analysis.equivalent_matrix(mixer, x)
+    with torch.no_grad():
+        u, _ = mixer.short_filter(mixer.in_proj(x), None, False)
+        x0, x1, v = u.split(D_MODEL, -1)
+        K, D = mixer._filters(T)
+    i = torch.arange(T)
+    lag = i[:, None] - i[None, :]
+    toeplitz = torch.where(lag >= 0, K[0][:, lag.clamp(min=0)], 0.0) + torch.diag_embed(
+        D[0][:, None].expand(-1, T)
+    )
+    expected = x0.permute(0, 2, 1)[..., None] * toeplitz * x1.permute(0, 2, 1)[:, :, None, :]
+    _close(view.matrix, expected, 1e-12)
+    _close(view.values[..., 0], v, 0)
+
+
+def test_include_skip():
+    """Without the skip, Phi loses exactly its diagonal D terms (s4d: D I; mamba: D silu(z_t) on the diagonal;
+    hyena: the Ds inside the chain, not only on the diagonal) and check() still holds on the layer's tensor."""
+    x = x_input()
+    for name in ("s4d", "mamba", "hyena"):
+        full = analysis.equivalent_matrix(build(name), x)
+        bare = analysis.equivalent_matrix(build(name), x, include_skip=False)
+        bare.check(1e-10)
+        diff = full.matrix - bare.matrix
+        assert diff.abs().max() > 1e-3
+        if name != "hyena":
+            _close(diff, torch.diag_embed(torch.diagonal(diff, dim1=-2, dim2=-1)), 0)
+    m = build("s4d")
+    bare = analysis.equivalent_matrix(m, x, include_skip=False)
+    full = analysis.equivalent_matrix(m, x)
+    d = torch.diagonal(full.matrix - bare.matrix, dim1=-2, dim2=-1)  # [B, C, T]: D_c on every step
+    _close(d, d[..., :1].expand_as(d), 1e-12)
+
+
+def test_include_gates():
+    x = x_input()
+    # mamba: without silu(z) the rows are unscaled: Phi_gated = diag(silu(z_t)) Phi.
+    gated = analysis.equivalent_matrix(build("mamba"), x)
+    plain = analysis.equivalent_matrix(build("mamba"), x, include_gates=False)
+    plain.check(1e-10)
+    z = gated.calls[0].arguments["z"]
+    _close(gated.matrix, plain.matrix * torch.nn.functional.silu(z).permute(0, 2, 1)[..., None], 1e-12)
+    # hyena: the last long convolution alone (Toeplitz plus D), on its own input.
+    conv = analysis.equivalent_matrix(build("hyena"), x, include_gates=False)
+    conv.check(1e-10)
+    assert conv.kind == "lti"
+    _close(conv.matrix[:, :, 1:, 1:], conv.matrix[:, :, :-1, :-1], 1e-12)
+    for name in ("orchid", "base_conv"):
+        view = analysis.equivalent_matrix(build(name), x, include_gates=False)
+        view.check(1e-10)
+        assert view.kind == "conv"
+    with pytest.raises(TypeError, match="include_gates"):
+        analysis.equivalent_matrix(build("gla"), x, include_gates=1)
+
+
+def test_after_the_output_norm():
+    """gla: norm(o) = diag(1/rms(o_t)) Phi (v * w), the norm's own output; a layer without a norm has none."""
+    m = build("gla")
+    with torch.no_grad():
+        m.norm.weight.uniform_(0.5, 1.5)
+    view = analysis.equivalent_matrix(m, x_input(), heads=[1])
+    after = view.after_norm
+    assert after is not None and after.groups == [1]
+    after.check(1e-10)
+    rms = view.output.pow(2).mean(-1).add(m.norm.eps).sqrt()  # [B, T, 1]
+    _close(after.matrix, view.matrix / rms.permute(0, 2, 1)[..., None], 1e-12)
+    assert analysis.equivalent_matrix(build("s4d"), x_input()).after_norm is None

@@ -11,7 +11,7 @@ per channel). Softmax attention gives its attention matrix, gated linear attenti
 decayed (or delta-corrected) q.k products, a selective or diagonal scan the products of its decays, an LTI
 SSM or a convolution a Toeplitz matrix (the kernel on the diagonals).
 
-How Phi is found (the "probe" method, exact by construction, no hook in any layer): the mixer runs once
+How Phi is found (the "probe" method, exact by construction): the mixer runs once
 under :func:`seqzoo.ops.record_calls` (in fp64); every recorded op call whose op is in :data:`PROBES` is
 re-run on the op's ``reference`` backend with its value argument replaced by identity probes while the other
 arguments (q, k, gates, kernels: functions of x) stay as they were:
@@ -35,6 +35,20 @@ Adding an op: one line in :data:`PROBES` (``head(value_arg, kind)`` for an op li
 is linear only up to a pointwise output nonlinearity, as causal_conv1d's silu). A mixer whose core is a sum of
 op calls (liger: a GLA part and a window-attention part on the same v) gets a small adapter in
 :data:`ADAPTERS`; a mixer on known ops needs nothing.
+
+Cores composed outside the ops. Where a layer combines op calls with plain torch (hyena's and orchid's gate
+products, base_conv's gate, lizard's window attention with meta tokens), the layer hands those tensors to the
+recorder with one :func:`seqzoo.ops.note` line (nothing when no recorder is open) and its adapter composes the
+whole core from the probed ops and the noted tensors (a :class:`Core`): per channel, hyena of order N is
+diag(x_0) T_{N-2} diag(x_1) ... T_0 diag(x_{N-1}) (T_o the o-th long convolution with its D), orchid
+diag(x_0) (T_0 + sum_m diag(c_m) T_m + diag(bias)) diag(x_1), base_conv diag(g) (T_short + T_long + I) + I; per
+head, lizard diag(1/n) Phi_gla + alpha P_window. Their ``output`` is the tensor the layer hands its output
+projection (hooked), the layer's output for base_conv (no projection).
+
+Flags: ``include_skip`` (the D terms), ``include_gates`` (gates that are row / column scalings of a per-channel
+Phi); the output RMSNorm is a data-dependent row scaling diag(1/rms(o_t)), reported as ``view.after_norm``
+(see :func:`equivalent_matrix`). Gates that differ per value column of a head (gla's swish(x W_r)) are no row
+scaling of one head's Phi and stay outside.
 """
 
 from __future__ import annotations
