@@ -47,6 +47,8 @@ def test_phi_times_values_is_the_core_output(name):
     if view.causal:
         assert torch.triu(view.matrix, 1).abs().max() == 0
     assert view.mixer == name and view.note
+    if view.after_norm is not None:  # Phi after the output RMSNorm (gla, retnet, deltanet, ...)
+        view.after_norm.check(atol=1e-10)
 
 
 def test_check_can_fail():
@@ -95,7 +97,7 @@ def test_retnet_is_decayed_qk():
     _close(view.matrix, expected, 1e-11)
 
 
-@pytest.mark.parametrize("name", ["gla", "mamba"])
+@pytest.mark.parametrize("name", ["gla", "mamba", "hyena", "lizard"])
 def test_packed_documents_are_blocks(name):
     cu = torch.tensor([0, 5, T], dtype=torch.int32)
     view = analysis.equivalent_matrix(build(name), x_input(batch=1), cu_seqlens=cu)
