@@ -176,7 +176,15 @@ def test_record_calls_depth_and_off():
     assert all(d == 1 for n, d in names if n == "gla")  # flow's torch backend runs ops.gla inside
     n = len(calls)
     m(x)  # outside the block: nothing recorded
+    ops.note("outside", a=x)
     assert len(calls) == n and not ops._dispatch._RECORDERS
+    with ops.record_calls() as calls:
+        build("hyena", order=3).double()(x)
+    # ops.note: the gates hyena hands the recorder, in call order between its convolutions
+    assert [c.name for c in calls if c.name != "causal_conv1d"] == ["hyena.gate", "fft_conv"] * 2 + [
+        "hyena.gate"
+    ]
+    assert all(c.ran == "note" and c.result is None for c in calls if c.name == "hyena.gate")
 
 
 def test_plots(tmp_path):

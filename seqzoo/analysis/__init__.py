@@ -12,6 +12,7 @@ Nothing in ``seqzoo.layers`` or ``seqzoo.ops`` imports this package; it reads th
 from .equivalent import (
     ADAPTERS,
     PROBES,
+    Core,
     EquivalentView,
     Probe,
     channel,
@@ -19,12 +20,14 @@ from .equivalent import (
     equivalent_matrix,
     head,
     probe_call,
+    record_core,
     record_core_calls,
 )
 from .plot import mixer_grid, plot, plot_mixers
 
 __all__ = [
     "ADAPTERS",
+    "Core",
     "EquivalentView",
     "PROBES",
     "Probe",
@@ -36,5 +39,6 @@ __all__ = [
     "plot",
     "plot_mixers",
     "probe_call",
+    "record_core",
     "record_core_calls",
 ]
