@@ -8,7 +8,7 @@
 See docs/design.md ("The ops contract") for every signature; ``list_ops()`` lists them.
 """
 
-from ._dispatch import Op, list_ops
+from ._dispatch import Op, OpCall, list_ops, note, record_calls
 from .attention import attention
 from .causal_conv1d import causal_conv1d
 from .combiner import combiner
@@ -21,7 +21,10 @@ from .selective_scan import selective_scan, selective_state_update
 
 __all__ = [
     "Op",
+    "OpCall",
     "list_ops",
+    "note",
+    "record_calls",
     "attention",
     "causal_conv1d",
     "combiner",

@@ -19,6 +19,7 @@ to the reference), so the choice changes speed, never results. The backend that 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -240,6 +241,11 @@ class Op:
         return b
 
     def __call__(self, *args, backend: str = "auto", cu_seqlens=None, **kwargs):
+        if _RECORDERS:  # one truth test when nothing records (the common case)
+            return _recorded_call(self, args, kwargs, backend, cu_seqlens)
+        return self._call(args, kwargs, backend, cu_seqlens)
+
+    def _call(self, args, kwargs, backend, cu_seqlens):
         if cu_seqlens is not None:
             return self._call_packed(args, kwargs, backend, cu_seqlens)
         if self.validate is not None:
@@ -328,6 +334,80 @@ class Op:
 
     def __repr__(self) -> str:
         return f"<seqzoo op {self.name}: backends {self.backend_names()}>"
+
+
+# -- recording op calls (seqzoo.analysis) ----------------------------------------------------------------
+
+
+@dataclass
+class OpCall:
+    """One public op call seen by :func:`record_calls`: the op's ``name``, its ``arguments`` bound to the op's
+    parameter names (the tensors themselves, not copies), ``cu_seqlens`` and ``backend`` as passed, what it
+    returned (``result``), the backend that ran and its nesting ``depth`` (0: called from outside any op;
+    1: called by an op's backend, as flow_attention's torch backend calls ``ops.gla``; ...)."""
+
+    name: str
+    arguments: dict[str, Any]
+    cu_seqlens: Any
+    backend: str
+    result: Any
+    ran: str | None
+    depth: int
+
+
+# The lists open record_calls() contexts append to; empty (falsy) when none is open, so ``Op.__call__`` pays one
+# truth test. ``_DEPTH`` counts the op calls in progress, for OpCall.depth.
+_RECORDERS: list[list[OpCall]] = []
+_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def record_calls():
+    """Record every public op call made inside the block, nested ones included (their ``depth`` > 0)::
+
+        with ops.record_calls() as calls:
+            y = mixer(x)
+        [(c.name, c.depth) for c in calls]      # [("causal_conv1d", 0), ..., ("gla", 0)]
+
+    Yields a list of :class:`OpCall`, in the order the calls *finished* (an op's nested calls come before it).
+    Nothing is copied: the arguments are the tensors the caller passed. Costs nothing when no block is open.
+    Used by ``seqzoo.analysis.equivalent_matrix`` to re-run a mixer's ops on identity probes."""
+    calls: list[OpCall] = []
+    _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        _RECORDERS.remove(calls)
+
+
+def note(site: str, **tensors) -> None:
+    """Hand named tensors of a layer's plain-torch steps to the open :func:`record_calls` blocks (the gates of
+    hyena's chain, the conditioning coefficients of orchid, the inputs of lizard's window attention): what
+    happens outside any op, which ``seqzoo.analysis`` needs to compose a mixer's whole core. Recorded in call
+    order as an :class:`OpCall` named ``site`` with ``ran="note"`` and no result; one truth test when nothing
+    records, and it changes nothing the layer computes."""
+    if _RECORDERS:
+        call = OpCall(site, dict(tensors), None, "", None, "note", _DEPTH[0])
+        for calls in _RECORDERS:
+            calls.append(call)
+
+
+def _recorded_call(op: Op, args, kwargs, backend, cu_seqlens):
+    _DEPTH[0] += 1
+    try:
+        result = op._call(args, kwargs, backend, cu_seqlens)
+    finally:
+        _DEPTH[0] -= 1
+    try:
+        names = op.parameters()
+    except RuntimeError:
+        names = [f"arg{i}" for i in range(len(args))]
+    call = OpCall(
+        op.name, {**dict(zip(names, args)), **kwargs}, cu_seqlens, backend, result, op.last_backend, _DEPTH[0]
+    )
+    for calls in _RECORDERS:
+        calls.append(call)
+    return result
 
 
 def _first_tensor_device(args, kwargs) -> torch.device:

@@ -33,6 +33,7 @@ COMMANDS = {
     "eval": ("seqzoo.eval.harness.command", "score a trained run with lm-eval-harness (offline tasks ship)"),
     "lra": ("seqzoo.eval.lra.command", "Long Range Arena: train a mixer on a task, sweep, generate data"),
     "linearize": ("seqzoo.train.linearize", "attention run -> liger/lizard/gla, LoRA fine-tuned"),
+    "explain": ("seqzoo.eval.explain", "equivalent matrices (dynamical-systems view) of a trained MQAR run"),
 }
 
 

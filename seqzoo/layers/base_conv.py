@@ -128,6 +128,7 @@ class BaseConv(CachedConvMixer):
                 )
             c = c + long.to(x.dtype) + x  # Zoology's long convolution adds its input (a unit skip)
         p = self.projection(x)
+        ops.note("base_conv", values=x, c=c, p=p)  # for seqzoo.analysis: the gate outside the ops
         y = F.silu(c) * F.silu(p) if self.use_act else c * p
         return y + x, new_state
 

@@ -402,6 +402,7 @@ class Hyena(CachedConvMixer):
         K, D = self._filters(t0 + (x.shape[1] if packing is None else packing.longest))
         inputs = []
         for o, x_i in enumerate(reversed(gates[1:])):
+            ops.note("hyena.gate", value=v, gate=x_i)  # for seqzoo.analysis: the gate outside the ops
             z = self.dropout(v * x_i)
             if past is None and not keep_state:
                 v = ops.fft_conv(
@@ -412,6 +413,7 @@ class Hyena(CachedConvMixer):
                 prev = z.new_zeros(rows, 0, d) if past is None else past[..., o * d : (o + 1) * d]
                 v, full = continue_long_conv(prev, z, K[o], D[o], self.backend, packing)
                 inputs.append(full)
+        ops.note("hyena.gate", value=v, gate=gates[0])
         y = self.out_proj(v * gates[0])
         if not keep_state:
             return y, None

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..registry import register_mixer
 from .base import check_float, check_int
 from .liger import AttentionHybridMixer
@@ -176,6 +177,8 @@ class Lizard(AttentionHybridMixer):
         return (wide[..., :-1] / wide[..., -1:].clamp_min(1e-12)).to(o.dtype)
 
     def _window_attention(self, q, k, v, cu_seqlens=None):
+        # For seqzoo.analysis: this branch is plain torch, not an op (probed with window_attention_with_sinks).
+        ops.note("lizard.window", q=q, k=k, v=v, cu_seqlens=cu_seqlens)
         if cu_seqlens is None:
             return window_attention_with_sinks(q, k, v, self.window, self.meta_k, self.meta_v)
         # Packed documents: one document at a time (the meta tokens are seen by every document's queries).

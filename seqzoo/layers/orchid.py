@@ -185,6 +185,8 @@ class Orchid(CachedConvMixer):
         )
         w = w.unflatten(-1, (d, m + 1))
         w = w[..., 0] + (c * w[..., 1:]).sum(-1) + self.bias * z
+        # For seqzoo.analysis: the gates, coefficients and skip that combine the convolutions outside the ops.
+        ops.note("orchid", x0=x0, x1=x1, v=v, z=z, coef=c, bias=self.bias, w=w)
         y = x0 * w
         if self.residual_conv:
             r, cache_x = self._long(x, past_x, self.filter_res.taps(span), self.bias_res, keep_state, packing)
