@@ -120,6 +120,7 @@ PROBES: dict[str, Probe] = {
     "gla": head("v", "gla", rank=2),
     "delta_rule": head("v", "delta", rank=2),
     "flow_attention": head("v", "flow", rank=2),
+    "combiner": head("v", "combiner", rank=2),
     "selective_scan": channel("u", "selective", rank=2, skip=("D",), gates=("z",)),
     "linear_scan": channel("x", "diag_scan", rank=2),
     "fft_conv": channel("u", "lti", rank=2, skip=("D",)),
@@ -163,12 +164,14 @@ class EquivalentView:
     # channel): matrix diag(1 / rms(o_t)) Phi, values the values times the norm's weight (on the value axis),
     # output the norm's output. None when the layer has no such norm.
     after_norm: EquivalentView | None = None
+    # Set by an adapter whose composed core runs both ways from causal calls (vig: a forward and a reversed copy).
+    two_way: bool = False
 
     @property
     def causal(self) -> bool:
         """False when a probed call ran bidirectionally or backwards (``causal=False``, ``bidirectional=True``,
         ``reverse=True``): then Phi has entries above the diagonal; True: Phi is lower triangular."""
-        return not any(
+        return not self.two_way and not any(
             c.arguments.get("causal", True) is False
             or c.arguments.get("bidirectional", False) is True
             or c.arguments.get("reverse", False) is True
@@ -585,12 +588,53 @@ def _lizard(core: Core) -> EquivalentView:
 
 # Per-mixer composition of its core calls (by registered name), each a function of a :class:`Core`; a mixer not
 # listed takes its top-ranked call.
+def _vig(core: Core) -> EquivalentView:
+    """ViG's two directions in one causal ops.gla call (seqzoo/layers/vig.py ``bidirectional_gla``): the call's
+    input is the sequence followed by its time-reversed copy F (on the batch axis, or packed as N more
+    documents, each reversed in place), and o = (o_fwd + F o_bwd) / 2. With v_bwd = F v:
+
+        Phi = (Phi_fwd + F Phi_bwd F) / 2        (F the per-document reversal, a symmetric permutation)
+
+    values the layer's v, output the tensor ``bidirectional_gla`` returns (before the RMSNorm and the gated mix
+    with the local branch)."""
+    (call,) = core.op_calls("gla")
+    whole = probe_call(call)
+    cu = call.cu_seqlens
+    if cu is None:  # [x; F x] on the batch axis
+        b = whole.matrix.shape[0] // 2
+        fwd, bwd = whole.matrix[:b], whole.matrix[b:].flip(-1, -2)
+        values, out_f, out_b = whole.values[:b], whole.output[:b], whole.output[b:].flip(1)
+        idx = None
+    else:  # one row: the N documents, then their N reversed copies
+        n = (cu.numel() - 1) // 2
+        t = int(cu[n])
+        cu_n = cu[: n + 1].long()
+        doc = torch.repeat_interleave(torch.arange(n), cu_n[1:] - cu_n[:-1])
+        idx = cu_n[doc] + cu_n[doc + 1] - 1 - torch.arange(t)
+        fwd = whole.matrix[..., :t, :t]
+        bwd = whole.matrix[..., t:, t:][..., idx, :][..., idx]
+        values, out_f, out_b = whole.values[:, :t], whole.output[:, :t], whole.output[:, t:][:, idx]
+    return EquivalentView(
+        matrix=(fwd + bwd) / 2,
+        values=values,
+        output=(out_f + out_b) / 2,
+        grouping="head",
+        kind="gla",
+        op="gla",
+        groups=whole.groups,
+        calls=whole.calls,
+        note="(Phi_fwd + F Phi_bwd F) / 2 from one causal gla call on [x; reversed x];",
+        two_way=True,
+    )
+
+
 ADAPTERS: dict[str, Callable] = {
     "liger": _sum_adapter(lambda m: [float(m.gla_weight), float(m.swa_weight)]),
     "lizard": _lizard,
     "hyena": _hyena,
     "orchid": _orchid,
     "base_conv": _base_conv,
+    "vig": _vig,
 }
 
 # Where the core sits in each layer (the view's note): what precedes it and what follows it.
@@ -613,6 +657,8 @@ NOTES: dict[str, str] = {
     "orchid": "per channel: the gated data-dependent long convolution from v to the tensor out_proj receives",
     "base_conv": "per channel: the whole layer (it has no output projection) from its input x",
     "short_conv": "the depthwise causal convolution (banded Toeplitz per channel, silu as row scaling)",
+    "vig": "per head: ViG's two gla directions (shared q, k, v; own decays) averaged; the RMSNorm, the gated mix "
+    "with the 3x3 local branch and o_proj follow",
 }
 
 
@@ -629,6 +675,8 @@ OP_NOTES: dict[str, str] = {
     "linear_scan": "per channel: diagonal scan h_t = a_t h_{t-1} + x_t",
     "fft_conv": "per channel: the Toeplitz matrix of the long convolution's kernel, D on the diagonal",
     "causal_conv1d": "per channel: banded Toeplitz of the short convolution",
+    "combiner": "per head: Combiner's factorised softmax (direct attention in the own segment, one joint-softmax "
+    "entry per earlier segment spread by that segment's own attention); o_proj follows",
 }
 
 
