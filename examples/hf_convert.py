@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from seqzoo.interop.hf import load_hf, save_hf
+from seqzoo.interop.hf import load_hf, read_hf_config, save_hf
 
 
 def tiny_checkpoint(family: str, folder: Path):
@@ -50,13 +50,17 @@ def main() -> None:
         err = ((ours - ref).abs().max() / ref.abs().max()).item()
         print(f"logits: max relative difference {err:.2e} (fp32)")
         assert err < 1e-5, err
+        # Greedy: no stop at the end-of-text token, no padding mask (every prompt token is real).
+        reference.generation_config.eos_token_id = None
         greedy_ref = reference.generate(
-            ids, max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0
         )
         greedy = model.generate(ids, max_new_tokens=8, temperature=0)  # prefill + step
         print(f"greedy tokens equal to transformers' generate: {torch.equal(greedy, greedy_ref)}")
         assert torch.equal(greedy, greedy_ref)
-        save_hf(model, Path(tmp) / "exported")  # what `seqzoo export RUN --hf FOLDER` writes
+        # What `seqzoo export RUN --hf FOLDER` writes; the base config carries the fields seqzoo's model does not
+        # hold (token ids, Mamba-2's chunk_size), as the run's hf_config.json does for the command.
+        save_hf(model, Path(tmp) / "exported", base_config=read_hf_config(folder))
         back = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "exported").eval()
         with torch.no_grad():
             assert torch.equal(back(ids).logits, ref)
