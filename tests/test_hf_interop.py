@@ -214,6 +214,18 @@ def test_files_errors(checkpoints, tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="safetensors only"):
         load_hf(tmp_path)
+    # A folder without tokenizer.json converts, with a warning saying what the run then needs.
+    import shutil
+
+    from seqzoo.train.hf_command import convert
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(folder / name, bare / name)
+    with pytest.warns(UserWarning, match="no tokenizer.json"):
+        run = convert(bare, tmp_path / "run")
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "tokenizer.json").exists()
     # A tensor missing from the file (an untied head without lm_head) is named.
     sd = load_file(str(folder / "model.safetensors"))
     del sd["lm_head.weight"]

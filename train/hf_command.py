@@ -43,15 +43,16 @@ def convert(folder, run_dir, dtype: str | None = None, seq_len: int = 2048) -> P
     if (run_dir / "model").exists() or (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds a run: give a new --to folder")
     model = load_hf(folder, dtype)
+    has_tokenizer = (folder / "tokenizer.json").is_file()
+    if has_tokenizer:
+        from .tokenizers import HFTokenizer
+
+        HFTokenizer.load(folder)  # a tokenizer without an eos token fails now, before the run is written
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model")
     shutil.copyfile(folder / "config.json", run_dir / "hf_config.json")
-    has_tokenizer = _copy_tokenizer(folder, run_dir)
-    if has_tokenizer:
-        from .tokenizers import load_run_tokenizer
-
-        load_run_tokenizer(run_dir)  # fails now (naming what it lacks) rather than at generate time
-    else:
+    _copy_tokenizer(folder, run_dir)
+    if not has_tokenizer:
         warnings.warn(
             f"{folder} has no tokenizer.json: {run_dir} has no tokenizer. Put one there before generating or "
             f"evaluating: a tokenizers file as {run_dir / 'tokenizer.json'} (with tokenizer_config.json naming "

@@ -153,14 +153,15 @@ def _dtype_name(model: torch.nn.Module) -> str:
 
 def save_hf(model: CausalLM, folder: str | os.PathLike, base_config: dict | None = None) -> Path:
     """Write ``model`` as a transformers checkpoint: config.json (with ``architectures``, ``model_type``,
-    ``torch_dtype``) and model.safetensors in transformers' names, each written under a temporary name and
+    ``torch_dtype`` and ``dtype``) and model.safetensors in transformers' names, each written under a temporary name and
     renamed into place. ``base_config`` (the config.json a converted model came from) supplies the fields
     that do not change the function (token ids, init ranges, ...); the model's own fields override it."""
     family = family_of(model.config)
     hf = family.config_to_hf(model.config)
     base = {k: v for k, v in (base_config or {}).items() if k not in FILE_FIELDS}
     config = {**base, **hf, "architectures": [family.architecture], "model_type": family.model_type}
-    config["torch_dtype"] = _dtype_name(model)
+    # transformers 5 reads "dtype", 4.x "torch_dtype": both, so that either loads the weights in their dtype.
+    config["dtype"] = config["torch_dtype"] = _dtype_name(model)
     sd = family.weights_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
