@@ -97,7 +97,7 @@ class ConvertCommand:
             "--dtype",
             default=None,
             choices=["float32", "float64", "bfloat16", "float16"],
-            help="default float32",
+            help="the dtype the run stores its weights in (default float32; seqzoo computes in fp32 unless told)",
         )
         p.add_argument(
             "--seq-len", type=int, default=2048, help="data.seq_len of the run's config (eval's context)"
