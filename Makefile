@@ -7,12 +7,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
-# Each entry point installs what it runs: the tests, the recipe and seqzoo eval need the dev, train and eval extras (pytest,
+# Each entry point installs what it runs: the tests, the recipe and seqzoo eval need the dev, train, eval and hf extras (pytest,
+# transformers for the checkpoint-conversion tests,
 # datasets, tensorboard, ...); the demo needs only the core package and its plots, which saves ~40 s of a
 # fresh machine's install (pyarrow, pandas, tensorboard). One venv; a stamp per set of extras.
 # --no-compile: pip would byte-compile every module it installs (torch alone: 41 s of a 12 s install);
 # Python compiles the ones a run imports on first use instead.
-TEST_EXTRAS ?= dev,train,eval
+TEST_EXTRAS ?= dev,train,eval,hf
 DEMO_EXTRAS ?= demo
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo

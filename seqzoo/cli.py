@@ -10,9 +10,11 @@
     seqzoo eval       lm-eval-harness on a trained run (eval/harness/command.py)
     seqzoo lra        Long Range Arena: one task, a sweep, or generated data (eval/lra/command.py)
     seqzoo linearize  attention run -> liger / lizard / gla, LoRA fine-tuned (train/linearize.py)
+    seqzoo convert    transformers checkpoint folder -> run (train/hf_command.py)
+    seqzoo export     run -> transformers checkpoint folder (train/hf_command.py)
 
-Each subcommand lives in its own module with ``configure_parser(parser)`` and ``main(args) -> int``;
-a new command is added the same way.
+Each subcommand lives in its own module with ``configure_parser(parser)`` and ``main(args) -> int``
+(or in an object of a module holding several: ``"module:Name"``); a new command is added the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ COMMANDS = {
     "lra": ("seqzoo.eval.lra.command", "Long Range Arena: train a mixer on a task, sweep, generate data"),
     "linearize": ("seqzoo.train.linearize", "attention run -> liger/lizard/gla, LoRA fine-tuned"),
     "explain": ("seqzoo.eval.explain", "equivalent matrices (dynamical-systems view) of a trained MQAR run"),
+    "convert": ("seqzoo.train.hf_command:ConvertCommand", "transformers checkpoint folder -> seqzoo run"),
+    "export": ("seqzoo.train.hf_command:ExportCommand", "seqzoo run -> transformers checkpoint folder"),
 }
+
+
+def _command(module: str):
+    """The object with configure_parser and main: a module, or ``module:Name`` an attribute of one."""
+    name, _, attr = module.partition(":")
+    mod = importlib.import_module(name)
+    return getattr(mod, attr) if attr else mod
 
 
 def cmd_list(args) -> int:
@@ -96,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.commands[name] = p
         p.set_defaults(module=module)
         try:
-            importlib.import_module(module).configure_parser(p)
+            _command(module).configure_parser(p)
         except ImportError as e:  # an optional extra missing: say which, when the command is used
             p.set_defaults(import_error=e)
     return parser
@@ -158,7 +169,7 @@ def main(argv=None) -> int:
         print(f"seqzoo {args.command}: a needed package is missing: {args.import_error}", file=sys.stderr)
         return 2
     try:
-        return importlib.import_module(args.module).main(args)
+        return _command(args.module).main(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         # A bad argument that reached the command (a config value, a mixer keyword, a missing file): the
         # message names it; SEQZOO_DEBUG=1 shows the traceback.

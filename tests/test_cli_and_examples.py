@@ -64,8 +64,19 @@ EXAMPLE_ARGS = {
 }
 
 
+# Examples run in this process (runpy) rather than a fresh one: hf_convert.py imports transformers, whose import
+# (seconds) tests/test_hf_interop.py pays in this process anyway.
+IN_PROCESS = {"hf_convert.py"}
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
-def test_example_runs(example):
+def test_example_runs(example, monkeypatch):
+    if example in IN_PROCESS:
+        import runpy
+
+        monkeypatch.setattr(sys, "argv", [example, *EXAMPLE_ARGS.get(example, [])])
+        runpy.run_path(str(ROOT / "examples" / example), run_name="__main__")
+        return
     # A generous limit: lm_eval_run.py trains and scores (~30 s alone), and a loaded 2-core machine is 4x slower.
     subprocess.run(
         [sys.executable, str(ROOT / "examples" / example), *EXAMPLE_ARGS.get(example, [])],

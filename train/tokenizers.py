@@ -5,7 +5,9 @@
   characters are dropped from the input). One token is one byte, so bits per token = bits per byte.
 - ``bpe``: a byte-level BPE from the ``tokenizers`` package, trained on the run's corpus and saved with
   the run as ``tokenizer.json``.
-- ``path``: a ``tokenizer.json`` loaded from a local file or folder.
+- ``path``: a ``tokenizer.json`` loaded from a local file or folder; a ``tokenizer_config.json`` beside it
+  (a transformers checkpoint's, ``seqzoo convert`` copies it) names the end-of-text token when it is not
+  ``<|endoftext|>``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ class HFTokenizer:
 
     kind = "bpe"
 
-    def __init__(self, tok):
+    def __init__(self, tok, eos_token: str = EOS_TOKEN):
         self.tok = tok
-        eos = tok.token_to_id(EOS_TOKEN)
+        eos = tok.token_to_id(eos_token)
         if eos is None:
-            raise ValueError(f"the tokenizer has no {EOS_TOKEN!r} token to separate documents")
+            raise ValueError(f"the tokenizer has no {eos_token!r} token to separate documents")
         self.eos_id = eos
         self.vocab_size = tok.get_vocab_size()
 
@@ -70,7 +72,7 @@ class HFTokenizer:
             path = path / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer file at {path}")
-        return cls(Tokenizer.from_file(str(path)))
+        return cls(Tokenizer.from_file(str(path)), _eos_token(path.parent))
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
@@ -83,6 +85,19 @@ class HFTokenizer:
 
     def save(self, directory: str | Path) -> None:
         self.tok.save(str(Path(directory) / TOKENIZER_FILE))
+
+
+def _eos_token(directory: Path) -> str:
+    """The eos token a transformers ``tokenizer_config.json`` beside the tokenizer names, else ``EOS_TOKEN``."""
+    import json
+
+    config = directory / "tokenizer_config.json"
+    if not config.is_file():
+        return EOS_TOKEN
+    eos = json.loads(config.read_text()).get("eos_token")
+    if isinstance(eos, dict):  # {"content": "</s>", ...} in older files
+        eos = eos.get("content")
+    return eos if isinstance(eos, str) and eos else EOS_TOKEN
 
 
 def build_tokenizer(section, texts: Iterable[str] | None = None):

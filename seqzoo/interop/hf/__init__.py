@@ -14,4 +14,15 @@ from .family import FAMILIES, HFFamily, UnsupportedHFConfig, family_for, registe
 for _info in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["FAMILIES", "HFFamily", "UnsupportedHFConfig", "family_for", "register_family"]
+from .io import load_hf, read_hf_config, save_hf  # noqa: E402  (after the families registered)
+
+__all__ = [
+    "FAMILIES",
+    "HFFamily",
+    "UnsupportedHFConfig",
+    "family_for",
+    "load_hf",
+    "read_hf_config",
+    "register_family",
+    "save_hf",
+]

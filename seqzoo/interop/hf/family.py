@@ -42,6 +42,9 @@ class HFFamily:
     config_to_hf: Callable[[LMConfig], dict]
     weights_to_hf: Callable[[StateDict, LMConfig], StateDict]
     note: str = ""  # what the user should know (casts, what transformers cannot do)
+    # seqzoo mixer names whose models this family exports (``save_hf`` picks the family by them); empty: the
+    # family is tried and skipped when its config_to_hf refuses the field "mixer".
+    mixers: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, HFFamily] = {}
