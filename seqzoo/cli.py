@@ -12,6 +12,7 @@
     seqzoo linearize  attention run -> liger / lizard / gla, LoRA fine-tuned (train/linearize.py)
     seqzoo convert    transformers checkpoint folder -> run (train/hf_command.py)
     seqzoo export     run -> transformers checkpoint folder (train/hf_command.py)
+    seqzoo explain    equivalent matrices of a trained MQAR run (eval/explain.py)
 
 Each subcommand lives in its own module with ``configure_parser(parser)`` and ``main(args) -> int``
 (or in an object of a module holding several: ``"module:Name"``); a new command is added the same way.
