@@ -20,13 +20,18 @@ to D ** -0.5.
 Backends: ``reference`` (builds the implied T x T probability matrix in fp64 and applies it) and ``torch``
 (blocked einsums, O(T s + T^2 / s) logits and memory: :mod:`.torch`; the default everywhere). With ``cu_seqlens``
 each document runs alone (per sequence), its segments counted from its own start.
+
+Decoding (causal): ``combiner_step(q_t, k_t, v_t, state, variant="fixed", scale=None)``, one token per row
+from a state of the current segment and one summary per finished segment (:mod:`.step`).
 """
 
 from __future__ import annotations
 
+import torch as _pt  # not `torch`: that name is this package's torch.py backend
+
 from .._checks import check_bool, check_same_device, check_tensor
 from .._dispatch import define_op
-from .._spec import BenchGrid, OpSpec
+from .._spec import BenchGrid, OpSpec, draw_values, size_of
 from . import reference as _reference
 from . import step as _step
 from . import torch as _torch
@@ -151,14 +156,30 @@ def _validate_step(q, k, v, state, variant="fixed", scale=None):
 
 
 def _step_example(s: dict, draw) -> dict:
-    """One token after T tokens (segment 2 by default: finished segments and a partial one)."""
+    """One token after T tokens (segment 2 by default: finished segments and a partial one); the state drawn
+    directly (any values are a valid state), zeros after the current segment's pos mod s tokens."""
     variant = s.get("variant", "fixed")
     b, t, h, d = (s[key] for key in ("B", "T", "H", "D"))
     e = draw.shape("v")[-1]
-    state = _step.init_state(b, h, d, e, s.get("segment", 2), variant, draw.device, draw.dtype)
-    for _ in range(t):
-        args = (draw("q"), draw("k"), draw("v"))
-        _, state = _step.step_torch(*args, state, variant)
+    seg = s.get("segment", 2)
+    c, n = t % seg, t // seg
+    per = " S" if variant == "axial" else ""
+    sizes = {**s, "S": seg, "N": n, "E": e}
+
+    def state_draw(shape, keep=None):
+        x = draw_values(tuple(size_of(tok, sizes) for tok in shape.split()), "normal", "layer", draw.device)
+        if keep is not None:
+            x[:, keep:] = 0
+        return x.to(draw.dtype)
+
+    state = {
+        "q": state_draw("B 1 H D" if variant == "fixed" else "B S H D", None if variant == "fixed" else c),
+        "k": state_draw("B S H D", c),
+        "v": state_draw("B S H E", c),
+        "sk": state_draw(f"B N{per} H D"),
+        "sv": state_draw(f"B N{per} H E"),
+        "pos": _pt.full((b,), t, dtype=_pt.long, device=draw.device),
+    }
     return dict(q=draw("q"), k=draw("k"), v=draw("v"), state=state, variant=variant, scale=None)
 
 

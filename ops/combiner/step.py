@@ -17,8 +17,8 @@ token completes a segment (c = s - 1) the segment's summary is appended and the 
 Why axial's state is O(T) (fixed's is O(s + T / s)): a later query at column c reads column c of every
 finished row, a key and a row-attention output that depend on that row's full query/key/value set, and the
 column c' of the next query is not known in advance, so all s columns of every row are kept (2 s n vectors,
-like a KV cache). The paper's O(s + T / s) axial state needs a row summary (``row_summary`` != none), which
-this variant does not use.
+like a KV cache). An O(s + T / s) axial state would need a summary per row (the reference code's other
+``row_summary`` options), which this variant (``row_summary = none``) does not use.
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ Decoding keeps the current segment's keys and values (s each) and one summary pe
 fixed, the running max of the segment's queries [H, Dh] and a (key, value) per finished segment, so
 2 s + 1 + 2 floor(T / s) vectors per head, O(s + T / s); axial, the current row's queries too and, per finished
 row, a (key, value) for each of its s columns (a query at column c will read column c of every row): 3 s +
-2 s floor(T / s) vectors, O(T) like a KV cache. A segment's summary is made when its last token arrives and is
-used only by later segments, so step == forward exactly. ``prefill``/``step`` run the blocked torch backend's
-``blocks`` (``ops/combiner/torch.py``) with the past summaries as extra regions: there is no ``combiner_prefill``
-step op yet, so ``backend`` chooses the forward pass's backend only.
+2 s floor(T / s) vectors, O(T) like a KV cache (a later query at column c reads column c of every finished row,
+and which column comes next is not known in advance, so every column's key and row-attention output is kept;
+an O(s + T / s) axial state would need a summary per row, the reference code's other ``row_summary`` options, which
+this variant, ``row_summary = none``, does not use). A
+segment's summary is made when its last token arrives and is used only by later segments, so step == forward
+exactly. ``prefill``/``step`` run ``ops.combiner_step`` token by token with the layer's ``backend`` (a prompt
+costs T step calls: correct, not fast), the same ``backend`` the forward pass gives ``ops.combiner``.
 
 State: {"q", "k", "v": the current segment (zeros after its pos mod s tokens; fixed's "q" [B, 1, H, Dh] is the
 running max), "sk", "sv": summaries [B, n, H, Dh] (axial [B, n, s, H, Dh]), n = the most finished segments of any
