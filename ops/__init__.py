@@ -11,7 +11,7 @@ See docs/design.md ("The ops contract") for every signature; ``list_ops()`` list
 from ._dispatch import Op, OpCall, list_ops, note, record_calls
 from .attention import attention
 from .causal_conv1d import causal_conv1d
-from .combiner import combiner
+from .combiner import combiner, combiner_step
 from .delta_rule import delta_rule, delta_rule_step
 from .flow_attention import flow_attention, flow_attention_prefill, flow_attention_step
 from .gla import gla, gla_step
@@ -39,3 +39,4 @@ __all__ = [
 __all__ += ["selective_scan", "selective_state_update"]
 # Step ops for decoding: advance a state by new tokens, each with its own ``backend=``.
 __all__ += ["gla_step", "delta_rule_step", "flow_attention_prefill", "flow_attention_step"]
+__all__ += ["combiner_step"]

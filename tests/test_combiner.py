@@ -14,6 +14,7 @@ import seqzoo
 from seqzoo import ops
 from seqzoo.ops.combiner import reference as ref_mod
 from seqzoo.ops.combiner import torch as torch_mod
+from seqzoo.ops.combiner.step import init_state
 
 BACKENDS = ("reference", "torch")
 VARIANTS = ("fixed", "axial")
@@ -115,15 +116,19 @@ def test_torch_equals_reference_outputs_and_grads(variant, causal):
     torch.testing.assert_close(o32.double(), outs["reference"][0].detach(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_mixer_prefill_and_step_equal_forward(variant):
+def test_mixer_prefill_and_step_equal_forward(variant, backend):
     """The decoding state (current segment + summaries) gives the forward pass: prefill in pieces that start
-    mid-segment, then steps; and rows at different positions (a batch continued one row at a time)."""
+    mid-segment, then steps; and rows at different positions (a batch continued one row at a time). Decoding
+    runs ``ops.combiner_step`` on the layer's ``backend`` (and only there)."""
     torch.manual_seed(0)
-    m = seqzoo.build_mixer("combiner", 16, n_heads=2, segment=3, variant=variant).double()
+    m = seqzoo.build_mixer("combiner", 16, n_heads=2, segment=3, variant=variant, backend=backend).double()
     x = torch.randn(2, 14, 16, dtype=torch.float64)
     y = m(x)
+    assert ops.combiner.last_backend == backend
     y1, st = m.prefill(x[:, :4])
+    assert ops.combiner_step.last_backend == backend
     y2, st = m.prefill(x[:, 4:8], st)
     ys = [y1, y2]
     for t in range(8, 14):
@@ -144,6 +149,64 @@ def test_mixer_prefill_and_step_equal_forward(variant):
     want0 = m(torch.cat([x[:1, :5], z[:1]], 1))[:, 5:]
     want1 = m(torch.cat([x[1:, :7], z[1:]], 1))[:, 7:]
     torch.testing.assert_close(y_both, torch.cat([want0, want1]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_combiner_step_is_the_causal_op_row_by_row(variant):
+    """``ops.combiner_step`` from the empty state, rows at different positions, gives causal ``ops.combiner``
+    (reference, fp64) on both backends and at segments 1 (attention) and 3 (T = 10: a partial last segment);
+    the torch backend equals the reference in the outputs and in the state; fp32 near fp64; the given state is
+    left unmodified; bad calls are refused naming the argument."""
+    torch.manual_seed(0)
+    b, t, h, d, e = 2, 10, 2, 4, 3
+    q, k, v = (torch.randn(b, t, h, n, dtype=torch.float64) for n in (d, d, e))
+    for s in (1, 3):
+        want = ops.combiner(q, k, v, segment=s, variant=variant, backend="reference")
+        states = {}
+        for backend in BACKENDS:
+            st = init_state(b, h, d, e, s, variant, dtype=torch.float64)
+            # Row 1 starts 2 tokens late: the rows sit at different positions (and summary counts).
+            st1 = {key: x[1:] for key, x in st.items()}
+            for i in range(2):
+                _, st1 = ops.combiner_step(
+                    q[1:, i], k[1:, i], v[1:, i], st1, variant=variant, backend=backend
+                )
+            st = {key: torch.cat(_same_count(st[key][:1], st1[key])) for key in st}
+            outs = []
+            for i in range(t - 2):
+                before = {key: x.clone() for key, x in st.items()}
+                j = torch.tensor([i, i + 2])
+                qi, ki, vi = (x[torch.arange(b), j] for x in (q, k, v))
+                o, new = ops.combiner_step(qi, ki, vi, st, variant=variant, backend=backend)
+                assert ops.combiner_step.last_backend == backend
+                for key in st:
+                    assert torch.equal(st[key], before[key]), key
+                outs.append(o)
+                st = new
+            o = torch.stack(outs, 1)
+            torch.testing.assert_close(o[0], want[0, : o.shape[1]], rtol=0, atol=1e-12)
+            torch.testing.assert_close(o[1], want[1, 2 : 2 + o.shape[1]], rtol=0, atol=1e-12)
+            states[backend] = st
+        for key in states["torch"]:
+            torch.testing.assert_close(states["torch"][key], states["reference"][key], rtol=0, atol=1e-12)
+    st = init_state(b, h, d, e, 3, variant)
+    o32, _ = ops.combiner_step(q[:, 0].float(), k[:, 0].float(), v[:, 0].float(), st, variant=variant)
+    torch.testing.assert_close(o32.double(), v[:, 0], rtol=0, atol=1e-5)  # the first token sees only itself
+    with pytest.raises(ValueError, match=r"state\['k'\]"):
+        ops.combiner_step(q[:, 0], k[:, 0], v[:, 0], {**st, "k": st["k"][:, :, :1]}, variant=variant)
+    with pytest.raises(ValueError, match="state lacks"):
+        ops.combiner_step(q[:, 0], k[:, 0], v[:, 0], {"pos": st["pos"]}, variant=variant)
+    other = "axial" if variant == "fixed" else "fixed"
+    with pytest.raises(ValueError, match="variant"):
+        ops.combiner_step(q[:, 0].float(), k[:, 0].float(), v[:, 0].float(), st, variant=other)
+
+
+def _same_count(a, b):
+    """Two rows' state entries, summaries zero-padded along dimension 1 to the larger count."""
+    if a.dim() < 2 or a.shape[1] == b.shape[1]:
+        return a, b
+    n = max(a.shape[1], b.shape[1])
+    return tuple(torch.cat([x, x.new_zeros(x.shape[0], n - x.shape[1], *x.shape[2:])], 1) for x in (a, b))
 
 
 def test_decoding_state_is_sublinear_for_fixed():

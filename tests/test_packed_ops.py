@@ -85,7 +85,13 @@ def test_packed_equals_separate_runs(name, backend, dtype, device):
 
 def test_every_op_with_a_time_axis_packs():
     """The ops without one are exactly those that take a single token or make a kernel."""
-    assert NOT_PACKED == ["flow_attention_step", "s4_kernel", "s4d_kernel", "selective_state_update"]
+    assert NOT_PACKED == [
+        "combiner_step",
+        "flow_attention_step",
+        "s4_kernel",
+        "s4d_kernel",
+        "selective_state_update",
+    ]
 
 
 @pytest.mark.parametrize("name", NOT_PACKED)

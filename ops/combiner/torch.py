@@ -9,11 +9,10 @@ region) and viewed as [B, n, s, H, D]. Per head, with l = scale q.k:
     axial:   row attention [B, n, H, s, s] over each complete row -> vbar_(r, c) = its output at (r, c);
              region logits [B, n, H, s, n] = scale q_(m, c) . k_(r, c) (same column, other rows; a short last
              row is read at column min(c, its length - 1))
-    o = softmax([direct ; regions ; past]) . [v ; vbar ; past values]       (one joint softmax per query)
+    o = softmax([direct ; regions]) . [v ; vbar]       (one joint softmax per query)
 
 Causal: a segment sees only strictly earlier segments' regions, never its own summary (its pooled query and key
-mix its later tokens). ``blocks`` also takes the summaries of segments before the chunk (decoding) and returns
-the chunk's complete segments' summaries, which is all a decoder keeps: O(s + T / s) (fixed) per sequence.
+mix its later tokens). Decoding is ``ops.combiner_step`` (:mod:`.step`), from the same summaries.
 """
 
 from __future__ import annotations
@@ -71,16 +70,8 @@ def blocks(
     variant: str,
     causal: bool,
     scale: float,
-    past_k=None,
-    past_v=None,
-    n_valid: int | None = None,
-    want_summaries: bool = False,
 ):
-    """Combiner over a chunk that starts at a segment boundary; q, k [B, T, H, D], v [B, T, H, E].
-
-    ``past_k``, ``past_v``: regions every query of the chunk sees (earlier segments' summaries; fixed
-    [B, P, H, D | E], axial [B, P, s, H, D | E], by column). Returns o [B, T, H, E] in the compute dtype, and
-    with ``want_summaries`` the summaries of the chunk's complete segments (what decoding keeps)."""
+    """Combiner over q, k [B, T, H, D], v [B, T, H, E]: o [B, T, H, E] in the inputs' (compute) dtype."""
     b, t, h, d = q.shape
     s = segment
     n = (t + s - 1) // s
@@ -108,25 +99,14 @@ def blocks(
         l_region = torch.einsum("bnqhd,brqhd->bnhqr", qs, kbar) * scale
         region_ok = sees[:, None, None, :]
     l_region = l_region.masked_fill(~region_ok, NEG)
-    parts = [l_direct, l_region]
-    if past_k is not None and past_k.shape[1] > 0:
-        eq = "bnqhd,bphd->bnhqp" if variant == "fixed" else "bnqhd,bpqhd->bnhqp"
-        parts.append(torch.einsum(eq, qs, past_k) * scale)
-    p = torch.softmax(torch.cat(parts, -1), dim=-1)
+    p = torch.softmax(torch.cat([l_direct, l_region], -1), dim=-1)
     o = torch.einsum("bnhqk,bnkhe->bnqhe", p[..., :s], vs)
     p_region = p[..., s : s + n]
     if variant == "fixed":
         o = o + torch.einsum("bnhqr,brhe->bnqhe", p_region, vbar)
     else:
         o = o + torch.einsum("bnhqr,brqhe->bnqhe", p_region, vbar)
-    if len(parts) == 3:
-        eq = "bnhqp,bphe->bnqhe" if variant == "fixed" else "bnhqp,bpqhe->bnqhe"
-        o = o + torch.einsum(eq, p[..., s + n :], past_v)
-    o = o.reshape(b, n * s, h, -1)[:, :t]
-    if not want_summaries:
-        return o
-    full = t // s  # complete segments only: a partial one is still growing
-    return o, kbar[:, :full], vbar[:, :full]
+    return o.reshape(b, n * s, h, -1)[:, :t]
 
 
 def combiner(q, k, v, segment=None, variant="fixed", causal=True, scale=None):

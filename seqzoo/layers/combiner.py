@@ -17,10 +17,13 @@ Decoding keeps the current segment's keys and values (s each) and one summary pe
 fixed, the running max of the segment's queries [H, Dh] and a (key, value) per finished segment, so
 2 s + 1 + 2 floor(T / s) vectors per head, O(s + T / s); axial, the current row's queries too and, per finished
 row, a (key, value) for each of its s columns (a query at column c will read column c of every row): 3 s +
-2 s floor(T / s) vectors, O(T) like a KV cache. A segment's summary is made when its last token arrives and is
-used only by later segments, so step == forward exactly. ``prefill``/``step`` run the blocked torch backend's
-``blocks`` (``ops/combiner/torch.py``) with the past summaries as extra regions: there is no ``combiner_prefill``
-step op yet, so ``backend`` chooses the forward pass's backend only.
+2 s floor(T / s) vectors, O(T) like a KV cache (a later query at column c reads column c of every finished row,
+and which column comes next is not known in advance, so every column's key and row-attention output is kept;
+an O(s + T / s) axial state would need a summary per row, the reference code's other ``row_summary`` options, which
+this variant, ``row_summary = none``, does not use). A
+segment's summary is made when its last token arrives and is used only by later segments, so step == forward
+exactly. ``prefill``/``step`` run ``ops.combiner_step`` token by token with the layer's ``backend`` (a prompt
+costs T step calls: correct, not fast), the same ``backend`` the forward pass gives ``ops.combiner``.
 
 State: {"q", "k", "v": the current segment (zeros after its pos mod s tokens; fixed's "q" [B, 1, H, Dh] is the
 running max), "sk", "sv": summaries [B, n, H, Dh] (axial [B, n, s, H, Dh]), n = the most finished segments of any
@@ -36,8 +39,8 @@ from torch import nn
 from .. import ops
 from ..modules.rotary import apply_rotary
 from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
-from ..ops.combiner import torch as _blocked
 from ..ops.combiner.reference import VARIANTS, default_segment
+from ..ops.combiner.step import init_state
 from ..registry import LRASettings, register_mixer
 from .attention import TRANSFORMER_LRA_BLOCK
 from .base import Mixer, State, check_bool, check_float, check_int
@@ -144,84 +147,32 @@ class Combiner(Mixer):
 
     _state_keys = ("q", "k", "v", "sk", "sv", "pos")
 
-    def _summary_shape(self, batch: int, n: int) -> tuple[int, ...]:
-        per = (self.segment,) if self.variant == "axial" else ()
-        return (batch, n, *per, self.n_heads, self.head_dim)
-
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or self.o_proj.weight.dtype
-        s, h, d = self.segment, self.n_heads, self.head_dim
-        cur = torch.zeros(batch_size, s, h, d, device=device, dtype=dtype)
-        q_rows = 1 if self.variant == "fixed" else s  # fixed keeps only the running max of the queries
-        empty = torch.zeros(self._summary_shape(batch_size, 0), device=device, dtype=dtype)
-        return {
-            "q": torch.zeros(batch_size, q_rows, h, d, device=device, dtype=dtype),
-            "k": cur,
-            "v": cur.clone(),
-            "sk": empty,
-            "sv": empty.clone(),
-            "pos": torch.zeros(batch_size, dtype=torch.long, device=device),
-        }
+        return init_state(
+            batch_size, self.n_heads, self.head_dim, self.head_dim, self.segment, self.variant, device, dtype
+        )
 
-    def _advance(self, q, k, v, state: State, rows: slice, start: int):
-        """Rows ``rows`` of ``state``, all at position ``start``, take the new q, k, v [b, t, H, Dh]: the output
-        and the rows' new state (summaries of their finished segments only, unpadded)."""
-        s = self.segment
-        c, done = start % s, start // s
-        st = {key: state[key][rows] for key in ("q", "k", "v", "sk", "sv")}
-        dt = st["k"].dtype
-        q, k, v = q.to(dt), k.to(dt), v.to(dt)
-        # The current segment's earlier tokens join the chunk so that it starts at a segment boundary. Their
-        # queries only feed the segment's pool (their outputs are dropped): fixed keeps just the running max,
-        # which c copies of reproduce exactly.
-        past_q = st["q"][:, :c] if self.variant == "axial" else st["q"].expand(-1, c, -1, -1)
-        qc, kc, vc = (
-            torch.cat([p, n], 1) for p, n in ((past_q, q), (st["k"][:, :c], k), (st["v"][:, :c], v))
-        )
-        scale = self.head_dim**-0.5
-        acc = _blocked._compute_dtype(qc)
-        o, sk, sv = _blocked.blocks(
-            qc.to(acc),
-            kc.to(acc),
-            vc.to(acc),
-            s,
-            self.variant,
-            True,
-            scale,
-            past_k=st["sk"][:, :done].to(acc),
-            past_v=st["sv"][:, :done].to(acc),
-            want_summaries=True,
-        )
-        full = qc.shape[1] // s * s  # tokens in finished segments; the rest is the new current segment
-        tail = qc.shape[1] - full
-        pad = (0, 0, 0, 0, 0, s - tail)
-        nk, nv = (torch.nn.functional.pad(x[:, full:], pad) for x in (kc, vc))
-        if self.variant == "axial":
-            nq = torch.nn.functional.pad(qc[:, full:], pad)
-        elif tail:
-            nq = qc[:, full:].amax(1, keepdim=True)
-        else:
-            nq = torch.zeros_like(st["q"])
-        new = {
-            "q": nq,
-            "k": nk,
-            "v": nv,
-            "sk": torch.cat([st["sk"][:, :done], sk.to(dt)], 1),
-            "sv": torch.cat([st["sv"][:, :done], sv.to(dt)], 1),
-        }
-        return o[:, c:], new
+    def _steps(self, q, k, v, state: State) -> tuple[torch.Tensor, State]:
+        """q, k, v [b, t, H, Dh] through ``ops.combiner_step`` token by token with the layer's ``backend``."""
+        outs = []
+        for i in range(q.shape[1]):
+            o, state = ops.combiner_step(
+                q[:, i], k[:, i], v[:, i], state, variant=self.variant, backend=self.backend
+            )
+            outs.append(o)
+        return torch.stack(outs, 1), state
 
     @staticmethod
-    def _stack(parts: list[State], pos: torch.Tensor) -> State:
+    def _stack(parts: list[State]) -> State:
         """Row states as one, the summaries zero-padded after each row's own (to the most finished segments)."""
         n = max(p["sk"].shape[1] for p in parts)
 
         def pad(x):
             return torch.cat([x, x.new_zeros(x.shape[0], n - x.shape[1], *x.shape[2:])], 1)
 
-        out = {key: torch.cat([p[key] for p in parts]) for key in ("q", "k", "v")}
+        out = {key: torch.cat([p[key] for p in parts]) for key in ("q", "k", "v", "pos")}
         out.update({key: torch.cat([pad(p[key]) for p in parts]) for key in ("sk", "sv")})
-        out["pos"] = pos
         return out
 
     def prefill(
@@ -239,29 +190,20 @@ class Combiner(Mixer):
         else:
             self.check_state(state, rows_n, self._state_keys)
         pos = state["pos"].to(x.device)
-        starts = pos.tolist()
         if bounds is None:
-            positions = pos[:, None] + torch.arange(t, device=x.device)
-            q, k, v = self._project(x, positions)
-            if len(set(starts)) <= 1:  # every row at one position: the batch in one call
-                o, new = self._advance(q, k, v, state, slice(None), starts[0] if starts else 0)
-                return self._out(o), {**new, "pos": state["pos"] + t}
-            spans = [(slice(n, n + 1), slice(None)) for n in range(rows_n)]
-            lengths = [t] * rows_n
-        else:
-            cu = cu_seqlens.to(x.device)
-            positions = positions_from_cu_seqlens(cu) + pos[seq_idx_from_cu_seqlens(cu)]
-            q, k, v = self._project(x, positions)
-            spans = [(slice(0, 1), slice(s, e)) for s, e in zip(bounds[:-1], bounds[1:])]
-            lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+            q, k, v = self._project(x, pos[:, None] + torch.arange(t, device=x.device))
+            o, new = self._steps(q, k, v, state)
+            return self._out(o.to(x.dtype)), new
+        cu = cu_seqlens.to(x.device)
+        positions = positions_from_cu_seqlens(cu) + pos[seq_idx_from_cu_seqlens(cu)]
+        q, k, v = self._project(x, positions)
         outs, parts = [], []
-        for n, ((b, tt), start) in enumerate(zip(spans, starts)):
-            o, new = self._advance(q[b, tt], k[b, tt], v[b, tt], state, slice(n, n + 1), start)
+        for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+            row = {key: value[n : n + 1] for key, value in state.items()}
+            o, new = self._steps(q[:, s:e], k[:, s:e], v[:, s:e], row)
             outs.append(o)
             parts.append(new)
-        o = torch.cat(outs, dim=0 if bounds is None else 1)
-        new_pos = state["pos"] + torch.tensor(lengths, device=state["pos"].device)
-        return self._out(o.to(x.dtype)), self._stack(parts, new_pos)
+        return self._out(torch.cat(outs, 1).to(x.dtype)), self._stack(parts)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.check_input(x_t, "x_t", ndim=2)
