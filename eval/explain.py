@@ -149,9 +149,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    # A context, not torch.set_grad_enabled(False): main also runs inside other processes (tests, notebooks).
+    with torch.no_grad():
+        return _explain(args)
+
+
+def _explain(args) -> int:
     from seqzoo.analysis import equivalent_matrix
 
-    torch.set_grad_enabled(False)
     run = Path(args.run)
     try:
         model, config = load_run(run)
