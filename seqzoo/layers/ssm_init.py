@@ -21,7 +21,7 @@ import math
 
 import torch
 
-S4D_INITS = ("legs", "lin", "inv", "real")
+S4D_INITS = ("legs", "lin", "inv", "real", "legs-ptd")
 
 
 def _check_n(n: int) -> None:
@@ -65,6 +65,10 @@ def s4d_init(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.complex(torch.full_like(m, -0.5), n / math.pi * (n / (2 * m + 1) - 1)), ones
     if kind == "real":
         return torch.complex(-(m + 1), torch.zeros_like(m)), ones
+    if kind == "legs-ptd":  # S4-PTD: perturb-then-diagonalize of LegS of size N/2 (seqzoo/layers/ptd.py)
+        from .ptd import s4d_legs_ptd
+
+        return s4d_legs_ptd(n)
     raise ValueError(f"init must be one of {S4D_INITS}, got {kind!r}")
 
 
