@@ -30,8 +30,12 @@ Lambda (``Lambda_re``, ``Lambda_im``), B and log_step train at ``ssm_lr`` withou
 
 State {"ssm": [B, m, 2]}: x_k as (real, imag), fp32 (fp64 for fp64 models). Packed documents (``cu_seqlens``):
 the scan restarts at each document (``ops.linear_scan(..., cu_seqlens=)``, the backward scan too), ``prefill``
-takes and returns one state row per document. On a GPU the scan runs on linear_scan's torch backend: its
-Triton and CUDA kernels take real inputs only.
+takes and returns one state row per document.
+
+The scan (``scan``): ``"complex"`` runs ops.linear_scan on complex a = Lambda_bar, x = B_bar u (its reference
+and torch backends); ``"real"`` runs the same recurrence in a frame rotating with each mode's phase, where the
+decay |Lambda_bar| is real (``_scan_real``), on any linear_scan backend, Triton and CUDA included; ``"auto"``
+(default): real on a GPU (or with backend triton/cuda), complex elsewhere. Both agree to rounding (tests).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .ssm_init import hippo_legs, log_dt_init
 S5_INITS = ("legs", "ptd")
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
+SCANS = ("auto", "complex", "real")
 
 
 def hippo_n(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +137,7 @@ class S5(Mixer):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         ssm_lr: float = 1e-3,
+        scan: str = "auto",
         backend: str = "auto",
     ):
         super().__init__(d_model)
@@ -164,9 +170,12 @@ class S5(Mixer):
         check_float(name, "dt_min", dt_min, 0.0, open_low=True)
         check_float(name, "dt_max", dt_max, dt_min)
         check_float(name, "ssm_lr", ssm_lr, 0.0, open_low=True)
+        if scan not in SCANS:
+            raise ValueError(f"s5: scan must be one of {SCANS}, got {scan!r}")
         self.d_state, self.blocks, self.init, self.discretization = d_state, blocks, init, discretization
         self.conj_sym, self.C_init, self.activation = conj_sym, C_init, activation
         self.bidirectional, self.clip_eigs, self.backend = bidirectional, clip_eigs, backend
+        self.scan = scan
 
         lam, V, Vinv = block_init(init, block, blocks, conj_sym)
         self.n_modes = m = lam.shape[0]
@@ -229,6 +238,79 @@ class S5(Mixer):
         y = (h @ C.transpose(0, 1)).real
         return 2 * y if self.conj_sym else y
 
+    def _real_form(self, x) -> bool:
+        """Whether to scan in the rotating frame (``_scan_real``): ``scan="real"``, or ``"auto"`` on a GPU or
+        with a GPU backend named (linear_scan's triton and cuda kernels take real inputs only)."""
+        if self.scan != "auto":
+            return self.scan == "real"
+        return x.is_cuda or self.backend in ("triton", "cuda")
+
+    def _scan(self, Lbar, Bu, h0=None, cu_seqlens=None, reverse=False, final=False, real=False):
+        if not real:
+            return ops.linear_scan(
+                Lbar.expand_as(Bu),
+                Bu,
+                initial_state=h0,
+                output_final_state=final,
+                reverse=reverse,
+                backend=self.backend,
+                cu_seqlens=cu_seqlens,
+            )
+        return self._scan_real(Lbar, Bu, h0, cu_seqlens, reverse, final)
+
+    def _scan_real(self, Lbar, Bu, h0, cu_seqlens, reverse, final):
+        """x_t = Lbar x_{t-1} + Bu_t on real kernels. With Lbar = r e^{i theta} (r = |Lbar| > 0) and t the row
+        position, g_t = e^{-i s theta t} x_t (s = 1, or -1 for the reverse scan x_t = Lbar x_{t+1} + Bu_t) obeys
+
+            g_t = r g_{t-1 (t+1 reversed)} + e^{-i s theta t} Bu_t,      x_t = e^{i s theta t} g_t
+
+        a recurrence with the REAL decay r, so Re g and Im g are one real ops.linear_scan over 2m channels (every
+        backend: triton and cuda too). The phases are taken in fp64 (theta t grows with t). A document starting
+        at row position p (packed) starts from g = e^{-i s theta (p - s)} x_0 (its state one step before p); its final
+        x = e^{i s theta q} g_q at its last scanned position q."""
+        B, T, m = Bu.shape
+        sd = Bu.real.dtype
+        r, theta = Lbar.abs(), torch.angle(Lbar.to(torch.complex128))
+        sign = -1.0 if reverse else 1.0
+        pos = torch.arange(T, device=Bu.device, dtype=torch.float64)
+        # the state one step before position p: e^{-i s theta (p - s)} = e^{-i s theta p} e^{i theta}
+        step_back = torch.polar(torch.ones_like(theta), theta)
+
+        def phase(t):  # e^{i s theta t} [.., m] for positions t [..]
+            return torch.polar(torch.ones_like(t[..., None] * theta), sign * t[..., None] * theta).to(
+                Bu.dtype
+            )
+
+        Gu = Bu * phase(pos).conj()
+        g0 = None
+        if h0 is not None:
+            if cu_seqlens is None:
+                start = torch.full((h0.shape[0],), T - 1.0 if reverse else 0.0, dtype=torch.float64)
+            else:
+                cu = cu_seqlens.to(device=Bu.device, dtype=torch.float64)
+                start = cu[1:] - 1 if reverse else cu[:-1]
+            g0 = h0 * phase(start.to(Bu.device)).conj() * step_back.to(Bu.dtype)
+            g0 = torch.cat([g0.real, g0.imag], -1)
+        g, gT = ops.linear_scan(
+            r.repeat(2).expand(B, T, 2 * m),
+            torch.cat([Gu.real, Gu.imag], -1),
+            initial_state=g0,
+            output_final_state=final,
+            backend=self.backend,
+            reverse=reverse,
+            cu_seqlens=cu_seqlens,
+        )
+        h = torch.complex(g[..., :m], g[..., m:]) * phase(pos)
+        if not final:
+            return h, None
+        if cu_seqlens is None:
+            last = torch.full((B,), 0.0 if reverse else T - 1.0, dtype=torch.float64)
+        else:
+            cu = cu_seqlens.to(dtype=torch.float64)
+            last = cu[:-1] if reverse else cu[1:] - 1
+        hT = torch.complex(gT[..., :m].to(sd), gT[..., m:].to(sd)) * phase(last.to(Bu.device))
+        return h, hT
+
     def ssm(self, x, h0=None, cu_seqlens=None, final=False):
         """The SSM alone, before the activation: y [B, T, H] (in the state dtype) and the final state x_T
         [B or N, m] complex when ``final``; h0 [B or N, m] complex or None."""
@@ -236,14 +318,11 @@ class S5(Mixer):
         Lbar, Bbar, C = self.discrete(sd)
         u = x.to(sd)
         Bu = u.to(Bbar.dtype) @ Bbar.transpose(0, 1)  # [B, T, m]
-        a = Lbar.expand_as(Bu)
-        m = self.n_modes
-        h, hT = ops.linear_scan(
-            a, Bu, initial_state=h0, output_final_state=final, backend=self.backend, cu_seqlens=cu_seqlens
-        )
+        m, real = self.n_modes, self._real_form(x)
+        h, hT = self._scan(Lbar, Bu, h0, cu_seqlens, final=final, real=real)
         y = self._readout(h, C[:, :m])
         if self.bidirectional:
-            hb, _ = ops.linear_scan(a, Bu, reverse=True, backend=self.backend, cu_seqlens=cu_seqlens)
+            hb, _ = self._scan(Lbar, Bu, cu_seqlens=cu_seqlens, reverse=True, real=real)
             y = y + self._readout(hb, C[:, m:])
         return y + self.D.to(sd) * u, hT
 
