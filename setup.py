@@ -70,6 +70,7 @@ setup(
     packages=packages,
     package_dir=ROOTS,
     package_data={
+        "seqzoo.layers": ["ptd_data/*.safetensors"],  # PTD's optimised perturbations (seqzoo/layers/ptd.py)
         "seqzoo.csrc": ["*.cu", "*.cuh", "*.h", "**/*.cu", "**/*.cuh", "**/*.h"],
         "seqzoo.train": ["configs/*.yaml", "configs/**/*.yaml"],
         "seqzoo.eval": ["configs/*.yaml", "configs/**/*.yaml", "harness/tasks/*.yaml"],

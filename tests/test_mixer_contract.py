@@ -26,6 +26,7 @@ MIXER_FAMILIES = {
     "orchid": "long convolution",
     "s4": "time-invariant SSM",
     "s4d": "time-invariant SSM",
+    "s5": "time-invariant SSM",
     "mamba": "selective SSM",
     "mamba2": "structured state space duality",
     "gla": "gated linear attention",

@@ -53,7 +53,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-S4D_INITS = ("legs", "lin", "inv", "real", "foud", "inv2", "quad")
+S4D_INITS = ("legs", "lin", "inv", "real", "foud", "inv2", "quad", "legs-ptd")
 HIPPO_MEASURES = ("legs", "legt", "lagt", "fout", "foud")
 # The S4 layer's inits: a measure, or "hippo" (the repo's combination: half the SSM copies legs, half fout).
 S4_INITS = HIPPO_MEASURES + ("hippo",)
@@ -237,6 +237,10 @@ def s4d_init(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.complex(half, (2 * m + 1) ** 2 / math.pi), ones
     if kind == "real":
         return torch.complex(-(m + 1), torch.zeros_like(m)), ones
+    if kind == "legs-ptd":  # S4-PTD: perturb-then-diagonalize of LegS of size N/2 (seqzoo/layers/ptd.py)
+        from .ptd import s4d_legs_ptd
+
+        return s4d_legs_ptd(n)
     raise ValueError(f"init must be one of {S4D_INITS}, got {kind!r}")
 
 
