@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")  # in the test extras (hf): never skipped under make test
-
+import transformers  # noqa: E402  (in the test extras: hf)
 from safetensors.torch import load_file  # noqa: E402
 
 from seqzoo.cli import main as cli_main  # noqa: E402

@@ -76,7 +76,7 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
 def pair(request, tmp_path_factory):
     """(transformers model, converted seqzoo model, config.json dict, safetensors state dict), fp32, eval."""
-    transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    import transformers  # the test extras include hf
     from safetensors.torch import load_file
 
     tied = request.param
@@ -93,7 +93,7 @@ def pair(request, tmp_path_factory):
     model = CausalLM(family.config_from_hf(hf_config)).eval()
     model.load_state_dict(family.weights_from_hf(hf_weights, hf_config), strict=True)
     assert (model.head.weight is model.embedding.weight) == tied
-    return hf, model, hf_config, hf_weights
+    return hf, model, hf_config, hf_weights, directory
 
 
 def _ids(batch: int, length: int, seed: int) -> torch.Tensor:
@@ -105,7 +105,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_logits_fp32(pair):
-    hf, model, _, _ = pair
+    hf, model, _, _, _ = pair
     ids = _ids(2, 3 * WINDOW, seed=3)  # past the window, so the window matters
     with torch.no_grad():
         expected = hf(ids, use_cache=False).logits
@@ -146,7 +146,7 @@ def lift_fp32_casts(monkeypatch):
 
 
 def test_logits_fp64(pair, lift_fp32_casts):
-    hf, model, _, _ = pair
+    hf, model, _, _, _ = pair
     ids = _ids(2, 3 * WINDOW, seed=4)
     hf64, model64 = hf.double(), model.double()
     try:
@@ -162,7 +162,7 @@ def test_logits_fp64(pair, lift_fp32_casts):
 def test_greedy_decoding_matches_generate(pair):
     """seqzoo prefill + step vs transformers generate(do_sample=False) from a prompt longer than the window: the
     same tokens, and the same logits at every decoded position (1e-5), so the tokens are no accident of ties."""
-    hf, model, _, _ = pair
+    hf, model, _, _, _ = pair
     prompt = _ids(2, PROMPT, seed=5)
     with torch.no_grad():
         out = hf.generate(
@@ -190,7 +190,7 @@ def test_greedy_decoding_matches_generate(pair):
 
 def test_packed_documents_decode_alone(pair):
     """The converted model takes packed documents like any seqzoo model (cu_seqlens): each as if alone."""
-    _, model, _, _ = pair
+    _, model, _, _, _ = pair
     a, b = _ids(1, 9, seed=6), _ids(1, 7, seed=7)
     cu = torch.tensor([0, 9, 16], dtype=torch.int32)
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_packed_documents_decode_alone(pair):
 
 
 def test_weights_and_config_round_trip(pair):
-    hf, model, hf_config, hf_weights = pair
+    hf, model, hf_config, hf_weights, _ = pair
     family = FAMILIES["recurrent_gemma"]
     back = family.weights_to_hf(
         family.weights_from_hf(hf_weights, hf_config), family.config_from_hf(hf_config)
@@ -218,7 +218,8 @@ def test_weights_and_config_round_trip(pair):
     assert not missing
     assert family.config_from_hf(hf_back) == cfg
     # Export of the seqzoo model loads into a fresh transformers model, strictly, with the same logits.
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     fresh = transformers.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(**hf_back)).eval()
     loaded = fresh.load_state_dict(family.weights_to_hf(model.state_dict(), cfg), strict=False)
     assert loaded.unexpected_keys == []
@@ -404,3 +405,26 @@ def test_soft_cap_and_embed_scale_in_every_path():
             steps.append(step[:, None])
     assert full.abs().max() < 0.5
     assert _rel(full, torch.cat(steps, dim=1)) < 1e-5
+
+
+def test_cli_convert_and_export_round_trip(pair, tmp_path):
+    """seqzoo convert / export on a RecurrentGemma folder (the family found by model_type): the run's model gives
+    transformers' logits, and the exported folder holds the same tensors and the fields of the config."""
+    from safetensors.torch import load_file
+
+    from seqzoo.cli import main as cli_main
+
+    hf, _, hf_config, hf_weights, folder = pair
+    run, exported = tmp_path / "run", tmp_path / "hf"
+    assert cli_main(["convert", str(folder), "--to", str(run), "--seq-len", "32"]) == 0
+    model = CausalLM.load(run / "model").eval()
+    ids = _ids(1, 2 * WINDOW, seed=9)
+    with torch.no_grad():
+        assert _rel(model(ids), hf(ids, use_cache=False).logits) < 1e-5
+    assert cli_main(["export", str(run), "--hf", str(exported)]) == 0
+    back = load_file(str(exported / "model.safetensors"))
+    assert back.keys() == hf_weights.keys() and all(torch.equal(back[k], hf_weights[k]) for k in back)
+    exported_config = json.loads((exported / "config.json").read_text())
+    assert exported_config["model_type"] == "recurrent_gemma"
+    for key in ("hidden_size", "num_hidden_layers", "attention_window_size", "tie_word_embeddings"):
+        assert exported_config[key] == hf_config[key], key
