@@ -53,7 +53,7 @@ def mu_law_encode(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
 
 
 def mu_law_decode(q: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """mu-law ids -> samples in [-1, 1] (float32); ``Q_ZERO`` -> 0."""
+    """mu-law ids -> samples in [-1, 1] (float32); ``Q_ZERO`` -> 1.1e-4 (255 levels have no exact zero)."""
     mu = 2**bits - 1
     y = q.double() / mu * 2 - 1
     return (torch.sign(y) * ((1 + mu) ** y.abs() - 1) / mu).float()
@@ -130,7 +130,12 @@ def read_wav(path, sample_rate: int | None = None, resample: bool = False) -> tu
     path = Path(path)
     try:
         with wave.open(str(path), "rb") as w:
-            channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            channels, width, rate, frames = (
+                w.getnchannels(),
+                w.getsampwidth(),
+                w.getframerate(),
+                w.getnframes(),
+            )
             raw = w.readframes(frames)
     except (wave.Error, EOFError) as e:
         raise ValueError(f"{path}: not a PCM .wav file ({e})") from None
@@ -289,7 +294,9 @@ def wav_audio_data(section) -> AudioData:
         if not windows[name]:
             take = max(1, min(train.shape[0] // 10, 64))
             if train.shape[0] <= take:
-                raise ValueError(f"data.paths: {train.shape[0]} window(s) of {length} samples: too few to split")
+                raise ValueError(
+                    f"data.paths: {train.shape[0]} window(s) of {length} samples: too few to split"
+                )
             windows[name], train = [train[-take:]], train[:-take]
     return AudioData(
         train, torch.cat(windows["val"]), section.seq_len, 1.0, Q_LEVELS, test=torch.cat(windows["test"]),

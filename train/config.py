@@ -202,7 +202,8 @@ AUDIO_SOURCES = ("audio_synthetic", "audio_wav")
 class DataSection(Section):
     source: Literal["builtin", "files", "hub", "task", "lra", "audio_synthetic", "audio_wav"] = "builtin"
     paths: list[str] = Field(
-        default_factory=list, description="files or globs (source=files); wav files, folders or globs (audio_wav)"
+        default_factory=list,
+        description="files or globs (source=files); wav files, folders or globs (audio_wav)",
     )
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_field: str = "text"
@@ -380,7 +381,9 @@ class RunConfig(Section):
         if self.model.kind != "sashimi":
             return self
         if self.data.source in ("task", "lra"):
-            raise ValueError(f"model.kind sashimi is a next-sample model; data.source {self.data.source!r} is not")
+            raise ValueError(
+                f"model.kind sashimi is a next-sample model; data.source {self.data.source!r} is not"
+            )
         total = math.prod(self.model.pool)
         if self.data.seq_len % total:
             raise ValueError(
@@ -389,7 +392,9 @@ class RunConfig(Section):
             )
         mixer = self.model.mixer
         if isinstance(mixer, list) and len(mixer) != 1:
-            raise ValueError("model.mixer: sashimi takes one mixer entry (every block of every level uses it)")
+            raise ValueError(
+                "model.mixer: sashimi takes one mixer entry (every block of every level uses it)"
+            )
         return self
 
     def out_path(self) -> Path:

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from ..registry import build_mixer, mixer_class, mixer_record
+from .backbone import init_weights
 from .io import load_weights, read_config, save_model_dir
 from .mixer_settings import with_paper_settings
 from .sampling import sample_next
@@ -179,7 +180,9 @@ class Stack(nn.Module):
         self.mixer_norms = nn.ModuleList(
             _norm(config.norm, d, config.norm_eps) for _ in range(config.n_layers)
         )
-        self.ffs = nn.ModuleList(FF(d, config.ff, config.dropout) for _ in range(config.n_layers * (config.ff > 0)))
+        self.ffs = nn.ModuleList(
+            FF(d, config.ff, config.dropout) for _ in range(config.n_layers * (config.ff > 0))
+        )
         self.ff_norms = nn.ModuleList(_norm(config.norm, d, config.norm_eps) for _ in range(len(self.ffs)))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
@@ -243,7 +246,9 @@ class Sashimi(nn.Module):
             raise TypeError(f"config must be a SashimiConfig or a dict, got {type(config).__name__}")
         # The saved config names every keyword (the paper settings written out), so it loads the same model.
         entry = config.entry()
-        config = SashimiConfig(**{**config.model_dump(), "mixer": entry, "mixer_kwargs": {}, "mixer_settings": "none"})
+        config = SashimiConfig(
+            **{**config.model_dump(), "mixer": entry, "mixer_kwargs": {}, "mixer_settings": "none"}
+        )
         self.config = config
         length_kwarg = mixer_record(entry["name"]).seq_len_kwarg
 
@@ -262,6 +267,9 @@ class Sashimi(nn.Module):
         self.stacks = nn.ModuleList(Stack(self.widths[i], config, level_entry(i)) for i in range(n))
         self.norm = _norm(config.norm, H, config.norm_eps)
         self.head = nn.Linear(H, config.vocab_size)
+        # GPT-style init (std 0.02) as CausalLM, then each mixer's own (S4's A, dt): with PyTorch's defaults
+        # (N(0, 1) embeddings) the model sat at the unigram entropy for hundreds of steps on tones.
+        init_weights(self)
 
     # -- checks ------------------------------------------------------------------------------------------
 
@@ -274,7 +282,9 @@ class Sashimi(nn.Module):
         if ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"{name} must hold integer sample ids, got {ids.dtype}")
         if ids.dim() != ndim:
-            raise ValueError(f"{name} must have shape {'[B, T]' if ndim == 2 else '[B]'}, got {tuple(ids.shape)}")
+            raise ValueError(
+                f"{name} must have shape {'[B, T]' if ndim == 2 else '[B]'}, got {tuple(ids.shape)}"
+            )
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size})")
 
