@@ -2,7 +2,8 @@
 
     seqzoo train sashimi-tones       train.out_dir=runs/sashimi-tones
     seqzoo train sashimi-tones-flat  train.out_dir=runs/sashimi-tones-flat
-    python bench_results/sashimi-tones.py runs/sashimi-tones runs/sashimi-tones-flat
+    python bench_results/sashimi-tones.py runs/sashimi-tones runs/sashimi-tones-flat [SUFFIX]
+    python bench_results/sashimi-tones.py runs/sashimi-tones-long - -long     # SaShiMi alone
 
 Writes bench_results/sashimi-tones-cpu.{json,md} and sashimi-tones-cpu-continuation.png: test bits per sample
 (mean cross-entropy / ln 2 over every position of the 64 test windows) of both models against the uniform 8-bit
@@ -40,10 +41,13 @@ def test_bits(run_dir: Path) -> tuple[float, int, int]:
     return total / count / math.log(2), count, sum(p.numel() for p in model.parameters())
 
 
-def main(sashimi_dir: str, flat_dir: str, tone_hz: float = 440.0, seed: int = 0) -> None:
+def main(sashimi_dir: str, flat_dir: str, suffix: str = "", tone_hz: float = 440.0, seed: int = 0) -> None:
+    """``flat_dir`` "-": SaShiMi alone (a longer run's bits and continuation); ``suffix`` names the outputs
+    (sashimi-tones-cpu{suffix}.*)."""
     torch.set_num_threads(1)
     results = {"uniform_bits_per_sample": 8.0}
-    for name, run in (("sashimi", Path(sashimi_dir)), ("flat_s4", Path(flat_dir))):
+    runs = [("sashimi", Path(sashimi_dir))] + ([("flat_s4", Path(flat_dir))] if flat_dir != "-" else [])
+    for name, run in runs:
         bits, n, params = test_bits(run)
         summary = json.loads((run / "summary.json").read_text())
         results[name] = {
@@ -57,7 +61,7 @@ def main(sashimi_dir: str, flat_dir: str, tone_hz: float = 440.0, seed: int = 0)
             "unigram_entropy_bits": round(summary["unigram_entropy_bits_per_token"], 4),
         }
     t0 = time.perf_counter()
-    out = HERE / "tmp" / "sashimi-generate"
+    out = HERE / "tmp" / f"sashimi-generate{suffix}"
     (r,) = generate_audio(
         sashimi_dir,
         tone_hz=tone_hz,
@@ -80,10 +84,12 @@ def main(sashimi_dir: str, flat_dir: str, tone_hz: float = 440.0, seed: int = 0)
         "within_5_percent": abs(peak - tone_hz) <= 0.05 * tone_hz,
         "generate_wall_time_s": round(time.perf_counter() - t0, 1),
     }
-    shutil.copy(r["png"], HERE / "sashimi-tones-cpu-continuation.png")
+    png = f"sashimi-tones-cpu{suffix}-continuation.png"
+    shutil.copy(r["png"], HERE / png)
     results["command"] = " ".join(["python", *sys.argv])
-    (HERE / "sashimi-tones-cpu.json").write_text(json.dumps(results, indent=2) + "\n")
-    s, f, c = results["sashimi"], results["flat_s4"], results["continuation"]
+    (HERE / f"sashimi-tones-cpu{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    s, c = results["sashimi"], results["continuation"]
+    f = results.get("flat_s4")
     md = [
         "# SaShiMi on synthetic tones (CPU)",
         "",
@@ -95,20 +101,26 @@ def main(sashimi_dir: str, flat_dir: str, tone_hz: float = 440.0, seed: int = 0)
         "|---|---|---|---|---|---|",
         f"| SaShiMi (s4, pool [4, 4]) | {s['parameters']:,} | {s['steps']} | {s['train_wall_time_s']:.0f} | "
         f"{s['test_bits_per_sample']:.3f} | {s['val_bits_per_sample']:.3f} |",
-        f"| flat s4 stack (CausalLM) | {f['parameters']:,} | {f['steps']} | {f['train_wall_time_s']:.0f} | "
-        f"{f['test_bits_per_sample']:.3f} | {f['val_bits_per_sample']:.3f} |",
+        *(
+            [
+                f"| flat s4 stack (CausalLM) | {f['parameters']:,} | {f['steps']} | {f['train_wall_time_s']:.0f} | "
+                f"{f['test_bits_per_sample']:.3f} | {f['val_bits_per_sample']:.3f} |"
+            ]
+            if f
+            else []
+        ),
         "| uniform 8-bit | 0 | | | 8.000 | |",
         f"| unigram (validation histogram) | | | | {s['unigram_entropy_bits']:.3f} | |",
         "",
         f"Continuation of a {tone_hz:g} Hz pure tone (1,024-sample prompt, 1,024 new samples, temperature 1): "
         f"spectral peak {c['continuation_peak_hz']:.1f} Hz, {100 * c['relative_error']:.1f}% off "
         f"({'within' if c['within_5_percent'] else 'NOT within'} 5%); "
-        "![continuation](sashimi-tones-cpu-continuation.png)",
+        f"![continuation]({png})",
         "",
     ]
-    (HERE / "sashimi-tones-cpu.md").write_text("\n".join(md))
+    (HERE / f"sashimi-tones-cpu{suffix}.md").write_text("\n".join(md))
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -389,6 +389,8 @@ class Sashimi(nn.Module):
         self._check_ids(input_ids)
         self._no_packing(cu_seqlens)
         B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids: prefill needs at least one sample per row")
         if state is not None:
             self._check_state(state, B)
         pos = 0 if state is None or B == 0 else int(state["pos"][0])
