@@ -26,6 +26,7 @@ with 1 "byte" per token here) is the validation loss in bits per sample; 8 is th
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import wave
 from dataclasses import dataclass
@@ -262,11 +263,16 @@ def synthetic_audio_data(section, seed: int = 0) -> AudioData:
     )  # fmt: skip
 
 
+def is_validation(key: str, fraction: float) -> bool:
+    """Whether a hash of ``key`` falls in the first ``fraction`` (train/data.py's split, kept here so that
+    data.py, which imports this module, is not imported back)."""
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < fraction
+
+
 def wav_audio_data(section) -> AudioData:
     """``data.source: audio_wav``: the files of ``data.paths``, split by a hash of each file's name
     (``data.val_fraction`` to validation, as much again to test), cut into windows of seq_len + 1 samples."""
-    from .data import is_validation
-
     a = section.audio
     encode, _ = quantiser(a.quantization)
     length = section.seq_len + 1
