@@ -1,4 +1,5 @@
-"""The model a run's config describes: a CausalLM, or a SequenceClassifier for ``model.kind: classifier``.
+"""The model a run's config describes: a CausalLM, a SequenceClassifier for ``model.kind: classifier``, or a
+Sashimi for ``model.kind: sashimi``.
 
 Both the loop (training) and :mod:`seqzoo.train.generate` (loading a finished run for generation and the
 lm-eval harness) build models here, so loading a run does not import the training loop (and through it the
@@ -13,6 +14,7 @@ from seqzoo import CausalLM, LMConfig
 from seqzoo.models.classifier import SequenceClassifier
 from seqzoo.models.config import BackboneConfig, ClassifierConfig
 from seqzoo.models.mixer_settings import resolve_mixers
+from seqzoo.models.sashimi import Sashimi, SashimiConfig
 
 from .config import RunConfig
 
@@ -33,12 +35,36 @@ def model_config(config: RunConfig, seq_len: int) -> dict:
     entry is written out with its paper's settings (``seqzoo.models.mixer_settings``), so the saved model's
     config.json names every keyword and loads the same model whatever the table says later."""
     model_cfg = config.model.model_dump()
-    for key in ("kind", "pooling", "bidirectional"):  # the recipe's, not LMConfig's (build_model reads them)
+    for key in ("kind", "pooling", "bidirectional", *SASHIMI_ONLY):  # the recipe's, not LMConfig's
         model_cfg.pop(key)
     if model_cfg.pop("mixer_settings") == "paper":
         model_cfg["mixer"] = resolve_mixers(model_cfg["mixer"], seq_len, model_cfg["mixer_kwargs"])
         model_cfg["mixer_kwargs"] = {}
     return model_cfg
+
+
+SASHIMI_ONLY = ("pool", "expand", "ff")
+
+
+def sashimi_config(config: RunConfig, seq_len: int, vocab_size: int) -> SashimiConfig:
+    """The SashimiConfig of ``model.kind: sashimi``: the model section's width, layers per level, pools and
+    mixer entry, its levels' lengths from ``seq_len`` (``mlp`` is not used: SaShiMi's FF is ``ff``)."""
+    m = config.model
+    mixer = m.mixer[0] if isinstance(m.mixer, list) else m.mixer
+    return SashimiConfig(
+        d_model=m.d_model,
+        n_layers=m.n_layers,
+        pool=m.pool,
+        expand=m.expand,
+        ff=m.ff,
+        mixer=mixer,
+        mixer_kwargs=m.mixer_kwargs,
+        mixer_settings=m.mixer_settings,
+        seq_len=seq_len,
+        vocab_size=m.vocab_size or vocab_size,
+        dropout=m.dropout,
+        norm="rms" if m.norm == "rms" else "layer",
+    )
 
 
 def supports_bidirectional(mixer) -> bool:
@@ -60,6 +86,8 @@ def supports_bidirectional(mixer) -> bool:
 
 def build_model(config: RunConfig, data) -> torch.nn.Module:
     """The CausalLM, or for ``model.kind: classifier`` the SequenceClassifier, that ``config`` describes."""
+    if config.model.kind == "sashimi":
+        return Sashimi(sashimi_config(config, data.seq_len, data.vocab_size))
     model_cfg = model_config(config, data.seq_len)
     if config.model.kind == "classifier":
         bidirectional = config.model.bidirectional

@@ -17,6 +17,7 @@ validates. Unknown keys, wrong types and impossible values raise :class:`ConfigE
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -95,9 +96,14 @@ class ModelSection(LMConfig):
     model_config = ConfigDict(allow_inf_nan=False)
     _scalar_types = field_validator("*", mode="before")(_check_scalar_type)
 
-    kind: Literal["lm", "classifier"] = Field(
-        "lm", description="lm: CausalLM; classifier: SequenceClassifier (data.source lra)"
+    kind: Literal["lm", "classifier", "sashimi"] = Field(
+        "lm",
+        description="lm: CausalLM; classifier: SequenceClassifier (data.source lra); sashimi: the multi-scale "
+        "audio model (seqzoo.models.Sashimi: d_model, n_layers per level, pool, expand, ff, one mixer entry)",
     )
+    pool: list[int] = Field(default_factory=lambda: [4, 4], description="sashimi: pooling factor per level")
+    expand: int = Field(2, ge=1, description="sashimi: width multiplier per pooling")
+    ff: int = Field(2, ge=0, description="sashimi: FF hidden size = ff * width (0: no FF blocks)")
     pooling: Literal["mean", "last", "cls"] = Field(
         "mean", description="classifier: how positions are pooled"
     )
@@ -112,6 +118,13 @@ class ModelSection(LMConfig):
         description="paper: fill each mixer's kwargs from seqzoo.models.mixer_settings (its paper's settings) "
         "before the entry's own; none: the layers' own defaults",
     )
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, value):
+        if not value or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in value):
+            raise ValueError(f"a non-empty list of pooling factors (ints >= 1), got {value!r}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -159,9 +172,39 @@ class TokenizerSection(Section):
         return self
 
 
+class AudioSection(Section):
+    """8-bit audio (``data.source: audio_synthetic`` or ``audio_wav``; train/audio.py)."""
+
+    sample_rate: int = Field(8000, ge=1, description="Hz; wav files at another rate are refused or resampled")
+    quantization: Literal["mu_law", "linear"] = "mu_law"
+    resample: bool = Field(False, description="audio_wav: resample files at another rate instead of refusing")
+    n_train: int = Field(2048, ge=1, description="audio_synthetic: training clips")
+    n_val: int = Field(64, ge=1, description="audio_synthetic: validation clips")
+    n_test: int = Field(64, ge=1, description="audio_synthetic: test clips")
+    f_min: float = Field(100.0, gt=0, description="audio_synthetic: lowest tone (Hz)")
+    f_max: float = Field(1000.0, gt=0, description="audio_synthetic: highest tone (Hz)")
+    max_tones: int = Field(3, ge=1, description="audio_synthetic: 1..max_tones sinusoids per clip")
+    noise: float = Field(0.01, ge=0, description="audio_synthetic: Gaussian noise sigma")
+
+    @model_validator(mode="after")
+    def _band(self):
+        if not self.f_min <= self.f_max < self.sample_rate / 2:
+            raise ValueError(
+                f"data.audio: need f_min <= f_max < sample_rate / 2, got f_min {self.f_min}, f_max {self.f_max}, "
+                f"sample_rate {self.sample_rate}"
+            )
+        return self
+
+
+AUDIO_SOURCES = ("audio_synthetic", "audio_wav")
+
+
 class DataSection(Section):
-    source: Literal["builtin", "files", "hub", "task", "lra"] = "builtin"
-    paths: list[str] = Field(default_factory=list, description="files or globs (source=files)")
+    source: Literal["builtin", "files", "hub", "task", "lra", "audio_synthetic", "audio_wav"] = "builtin"
+    paths: list[str] = Field(
+        default_factory=list,
+        description="files or globs (source=files); wav files, folders or globs (audio_wav)",
+    )
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_field: str = "text"
     name: str | None = Field(
@@ -190,16 +233,17 @@ class DataSection(Section):
         "never predict across a document boundary; false: the windows run as one text",
     )
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+    audio: AudioSection = Field(default_factory=AudioSection)
 
     @model_validator(mode="after")
     def _source_needs(self):
-        if self.source == "files" and not self.paths:
-            raise ValueError("data.paths is required when data.source is 'files'")
+        if self.source in ("files", "audio_wav") and not self.paths:
+            raise ValueError(f"data.paths is required when data.source is '{self.source}'")
         if self.source in ("hub", "task", "lra") and not self.name:
             raise ValueError(f"data.name is required when data.source is '{self.source}'")
         if self.generate is not None and self.source != "lra":
             raise ValueError("data.generate is for data.source lra")
-        if self.pack and self.source in ("task", "lra"):
+        if self.pack and self.source in ("task", "lra", *AUDIO_SOURCES):
             raise ValueError(
                 f"data.pack is for text sources (builtin, files, hub), not '{self.source}': a task's examples "
                 "are one sequence each, and an LRA batch already runs only its real tokens"
@@ -329,6 +373,27 @@ class RunConfig(Section):
             raise ValueError(
                 "model.kind: a classifier trains on a classification task (data.source lra) and an LRA task "
                 f"trains a classifier; got model.kind {self.model.kind!r} with data.source {self.data.source!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sashimi_pools(self):
+        if self.model.kind != "sashimi":
+            return self
+        if self.data.source in ("task", "lra"):
+            raise ValueError(
+                f"model.kind sashimi is a next-sample model; data.source {self.data.source!r} is not"
+            )
+        total = math.prod(self.model.pool)
+        if self.data.seq_len % total:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) must be a multiple of prod(model.pool) = {total} "
+                f"(model.pool {self.model.pool}): every SaShiMi level pools whole groups"
+            )
+        mixer = self.model.mixer
+        if isinstance(mixer, list) and len(mixer) != 1:
+            raise ValueError(
+                "model.mixer: sashimi takes one mixer entry (every block of every level uses it)"
             )
         return self
 

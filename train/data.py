@@ -6,7 +6,8 @@ Sources of documents (``data.source``):
 - ``files``: local text / jsonl / parquet files or globs, read through ``datasets``;
 - ``hub``: a Hugging Face hub dataset by name, streamed through ``datasets`` (a local dataset folder takes the
   same code path, which is how it is tested on a machine without the hub);
-- ``task``: a synthetic or LRA task from ``seqzoo.eval.tasks`` (already tokenized, with labels).
+- ``task``: a synthetic or LRA task from ``seqzoo.eval.tasks`` (already tokenized, with labels);
+- ``audio_synthetic`` / ``audio_wav``: 8-bit audio windows (tones, or a folder of .wav files; train/audio.py).
 
 Text is split into train and validation per document by a hash of its key (deterministic on every machine),
 tokenized, and packed into one stream per split with the tokenizer's end-of-text id between documents.
@@ -174,6 +175,14 @@ def build_data(section, tokenizer_factory, seed: int = 0):
 
         d = load_task(section.name, section.data_dir, section.generate, **section.task_args)
         return ClassificationData(d.train, d.val, d.test, d.vocab_size, d.n_classes, d.pairs), None
+    if section.source == "audio_synthetic":  # 8-bit samples are the tokens: no tokenizer
+        from .audio import synthetic_audio_data
+
+        return synthetic_audio_data(section, seed), None
+    if section.source == "audio_wav":
+        from .audio import wav_audio_data
+
+        return wav_audio_data(section), None
     train_texts, val_texts = split_documents(documents(section), section.val_fraction)
     tokenizer = tokenizer_factory(train_texts)
     train, val = pack(train_texts, tokenizer), pack(val_texts, tokenizer)

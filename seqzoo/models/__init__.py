@@ -1,9 +1,10 @@
-"""Models built from mixers: the causal language model and the sequence classifier."""
+"""Models built from mixers: the causal language model, the sequence classifier, and SaShiMi (audio)."""
 
 from .classifier import SequenceClassifier
 from .config import BackboneConfig, ClassifierConfig, LMConfig
 from .lm import CausalLM
 from .presets import PRESETS, preset
+from .sashimi import Sashimi, SashimiConfig
 
 __all__ = [
     "BackboneConfig",
@@ -11,6 +12,8 @@ __all__ = [
     "ClassifierConfig",
     "CausalLM",
     "SequenceClassifier",
+    "Sashimi",
+    "SashimiConfig",
     "preset",
     "PRESETS",
 ]
