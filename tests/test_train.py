@@ -88,6 +88,13 @@ def test_every_shipped_config_builds_its_model(name):
         clf = build_model(cfg, data).eval()
         x = torch.randint(1, 257, (2, 2, 64) if pairs else (2, 64))
         assert clf(x).shape == (2, info.n_classes)
+    elif cfg.model.kind == "sashimi":  # the audio model: its levels' lengths from the config's windows
+        from seqzoo.models import Sashimi
+        from seqzoo.train.build import sashimi_config
+
+        sashimi = Sashimi(sashimi_config(cfg, cfg.data.seq_len, 256)).eval()
+        x = torch.randint(0, 256, (1, cfg.data.seq_len))
+        assert sashimi(x).shape == (1, cfg.data.seq_len, 256)
     elif not name.startswith("lm-"):
         lm = CausalLM(LMConfig(**model))
         v = model["vocab_size"]
