@@ -155,3 +155,91 @@ def single_mixer(family: str, cfg, name: str) -> dict:
     if cfg.norm not in ("auto", "rms"):
         raise UnsupportedHFConfig(family, "norm", cfg.norm, "the transformers model has RMSNorm")
     return kwargs
+
+
+# -- what the Mamba and Mamba-2 families share ----------------------------------------------------------------
+
+MAMBA_HEAD = "lm_head.weight"
+MAMBA_EMBED = "backbone.embeddings.weight"
+
+
+def mamba_table(mixer_params: tuple[str, ...]) -> list[Rename]:
+    """The renames of a transformers Mamba / Mamba-2 checkpoint: embedding, final norm, each block's norm, its
+    depthwise conv ([E, 1, W] there, [E, W] here) and the mixer's own ``mixer_params`` (same names both sides)."""
+    return [
+        Rename(MAMBA_EMBED, "embedding.weight"),
+        Rename("backbone.norm_f.weight", "backbone.final_norm.weight"),
+        Rename("backbone.layers.{i}.norm.weight", "backbone.blocks.{i}.mixer_norm.weight"),
+        Rename(
+            "backbone.layers.{i}.mixer.conv1d.weight",
+            "backbone.blocks.{i}.mixer.conv.weight",
+            conv_to_seqzoo,
+            conv_to_hf,
+        ),
+        Rename("backbone.layers.{i}.mixer.conv1d.bias", "backbone.blocks.{i}.mixer.conv.bias"),
+        *[
+            Rename(f"backbone.layers.{{i}}.mixer.{name}", f"backbone.blocks.{{i}}.mixer.{name}")
+            for name in mixer_params
+        ],
+    ]
+
+
+_MAMBA_BIASES = [  # only with use_bias
+    Rename("backbone.layers.{i}.mixer.in_proj.bias", "backbone.blocks.{i}.mixer.in_proj.bias"),
+    Rename("backbone.layers.{i}.mixer.out_proj.bias", "backbone.blocks.{i}.mixer.out_proj.bias"),
+]
+
+
+def select_mamba_table(table: list[Rename], use_bias: bool, use_conv_bias: bool) -> list[Rename]:
+    """``table`` with the projections' biases (``use_bias``) and without the conv's bias (not ``use_conv_bias``)."""
+    table = table + (_MAMBA_BIASES if use_bias else [])
+    if not use_conv_bias:
+        table = [r for r in table if not r.hf.endswith("conv1d.bias")]
+    return table
+
+
+def positive_expand(family: str, hf: dict) -> int:
+    expand = field(family, hf, "expand", 2)
+    if isinstance(expand, bool) or not isinstance(expand, int) or expand < 1:
+        raise UnsupportedHFConfig(
+            family, "expand", expand, f"seqzoo's {family} takes a positive integer expand"
+        )
+    return expand
+
+
+def dt_init_from_hf(family: str, hf: dict) -> dict:
+    """The layer's dt init from transformers' time_step_* fields: a fresh model's (after resizing, say), no
+    effect on converted weights."""
+    return {
+        "dt_min": float(field(family, hf, "time_step_min", 1e-3)),
+        "dt_max": float(field(family, hf, "time_step_max", 1e-1)),
+        "dt_init_floor": float(field(family, hf, "time_step_floor", 1e-4)),
+    }
+
+
+def dt_init_to_hf(kw: dict) -> dict:
+    return {
+        "time_step_min": kw["dt_min"],
+        "time_step_max": kw["dt_max"],
+        "time_step_floor": kw["dt_init_floor"],
+    }
+
+
+def mamba_lm_config(family: str, hf: dict, mixer: str, kwargs: dict, norm_eps: float, tied: bool):
+    """The LMConfig of a Mamba-family checkpoint: blocks of ``mixer`` with no MLP; pydantic's refusal becomes an
+    UnsupportedHFConfig naming seqzoo's field."""
+    from ...models.config import LMConfig
+
+    try:
+        return LMConfig(
+            d_model=positive_int(family, hf, "hidden_size"),
+            n_layers=positive_int(family, hf, "num_hidden_layers"),
+            vocab_size=positive_int(family, hf, "vocab_size"),
+            mixer=mixer,
+            mixer_kwargs=kwargs,
+            mlp="none",
+            norm_eps=norm_eps,
+            tie_embeddings=tied,
+        )
+    except ValueError as e:  # pydantic's, naming seqzoo's field
+        raise UnsupportedHFConfig(family, "config", None, str(e)) from None

@@ -24,12 +24,18 @@ import math
 
 from ...models.config import LMConfig
 from ._common import (
+    MAMBA_EMBED,
+    MAMBA_HEAD,
     Rename,
-    conv_to_hf,
-    conv_to_seqzoo,
+    dt_init_from_hf,
+    dt_init_to_hf,
     field,
+    mamba_lm_config,
+    mamba_table,
+    positive_expand,
     positive_int,
     require,
+    select_mamba_table,
     single_mixer,
 )
 from ._common import weights_from_hf as _from_hf
@@ -37,44 +43,23 @@ from ._common import weights_to_hf as _to_hf
 from .family import HFFamily, StateDict, UnsupportedHFConfig, register_family
 
 FAMILY = "mamba"
-HEAD = "lm_head.weight"
-EMBED = "backbone.embeddings.weight"
+HEAD, EMBED = MAMBA_HEAD, MAMBA_EMBED
 
-TABLE = [
-    Rename(EMBED, "embedding.weight"),
-    Rename("backbone.norm_f.weight", "backbone.final_norm.weight"),
-    Rename("backbone.layers.{i}.norm.weight", "backbone.blocks.{i}.mixer_norm.weight"),
-    Rename(
-        "backbone.layers.{i}.mixer.conv1d.weight",
-        "backbone.blocks.{i}.mixer.conv.weight",
-        conv_to_seqzoo,
-        conv_to_hf,
-    ),
-    Rename("backbone.layers.{i}.mixer.conv1d.bias", "backbone.blocks.{i}.mixer.conv.bias"),
-    *[
-        Rename(f"backbone.layers.{{i}}.mixer.{name}", f"backbone.blocks.{{i}}.mixer.{name}")
-        for name in (
-            "in_proj.weight",
-            "x_proj.weight",
-            "dt_proj.weight",
-            "dt_proj.bias",
-            "A_log",
-            "D",
-            "out_proj.weight",
-        )
-    ],
-]
-BIASES = [  # only with use_bias
-    Rename("backbone.layers.{i}.mixer.in_proj.bias", "backbone.blocks.{i}.mixer.in_proj.bias"),
-    Rename("backbone.layers.{i}.mixer.out_proj.bias", "backbone.blocks.{i}.mixer.out_proj.bias"),
-]
+TABLE = mamba_table(
+    (
+        "in_proj.weight",
+        "x_proj.weight",
+        "dt_proj.weight",
+        "dt_proj.bias",
+        "A_log",
+        "D",
+        "out_proj.weight",
+    )
+)
 
 
 def _table(use_bias: bool, use_conv_bias: bool) -> list[Rename]:
-    table = TABLE + (BIASES if use_bias else [])
-    if not use_conv_bias:
-        table = [r for r in table if not r.hf.endswith("conv1d.bias")]
-    return table
+    return select_mamba_table(TABLE, use_bias, use_conv_bias)
 
 
 def _tied(hf: dict) -> bool:
@@ -83,9 +68,7 @@ def _tied(hf: dict) -> bool:
 
 def config_from_hf(hf: dict) -> LMConfig:
     d = positive_int(FAMILY, hf, "hidden_size")
-    expand = field(FAMILY, hf, "expand", 2)
-    if isinstance(expand, bool) or not isinstance(expand, int) or expand < 1:
-        raise UnsupportedHFConfig(FAMILY, "expand", expand, "seqzoo's mamba takes a positive integer expand")
+    expand = positive_expand(FAMILY, hf)
     inner = field(FAMILY, hf, "intermediate_size", expand * d)
     if inner != expand * d:
         raise UnsupportedHFConfig(
@@ -104,25 +87,12 @@ def config_from_hf(hf: dict) -> LMConfig:
         "dt_rank": rank,
         "conv_bias": bool(field(FAMILY, hf, "use_conv_bias", True)),
         "bias": bool(field(FAMILY, hf, "use_bias", False)),
-        # The dt init (a fresh model's, e.g. after resizing): no effect on converted weights.
-        "dt_min": float(field(FAMILY, hf, "time_step_min", 1e-3)),
-        "dt_max": float(field(FAMILY, hf, "time_step_max", 1e-1)),
-        "dt_init_floor": float(field(FAMILY, hf, "time_step_floor", 1e-4)),
+        **dt_init_from_hf(FAMILY, hf),
         "dt_scale": float(field(FAMILY, hf, "time_step_scale", 1.0)),
     }
-    try:
-        return LMConfig(
-            d_model=d,
-            n_layers=positive_int(FAMILY, hf, "num_hidden_layers"),
-            vocab_size=positive_int(FAMILY, hf, "vocab_size"),
-            mixer="mamba",
-            mixer_kwargs=kwargs,
-            mlp="none",
-            norm_eps=float(field(FAMILY, hf, "layer_norm_epsilon", 1e-5)),
-            tie_embeddings=_tied(hf),
-        )
-    except ValueError as e:  # pydantic's, naming seqzoo's field
-        raise UnsupportedHFConfig(FAMILY, "config", None, str(e)) from None
+    return mamba_lm_config(
+        FAMILY, hf, "mamba", kwargs, float(field(FAMILY, hf, "layer_norm_epsilon", 1e-5)), _tied(hf)
+    )
 
 
 def weights_from_hf(sd: StateDict, hf: dict) -> StateDict:
@@ -165,9 +135,7 @@ def config_to_hf(cfg: LMConfig) -> dict:
         "hidden_act": "silu",
         "layer_norm_epsilon": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "time_step_min": kw["dt_min"],
-        "time_step_max": kw["dt_max"],
-        "time_step_floor": kw["dt_init_floor"],
+        **dt_init_to_hf(kw),
         "time_step_scale": kw["dt_scale"],
         "residual_in_fp32": True,
     }

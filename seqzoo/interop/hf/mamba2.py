@@ -26,12 +26,18 @@ import math
 
 from ...models.config import LMConfig
 from ._common import (
+    MAMBA_EMBED,
+    MAMBA_HEAD,
     Rename,
-    conv_to_hf,
-    conv_to_seqzoo,
+    dt_init_from_hf,
+    dt_init_to_hf,
     field,
+    mamba_lm_config,
+    mamba_table,
+    positive_expand,
     positive_int,
     require,
+    select_mamba_table,
     single_mixer,
 )
 from ._common import weights_from_hf as _from_hf
@@ -39,36 +45,13 @@ from ._common import weights_to_hf as _to_hf
 from .family import HFFamily, StateDict, UnsupportedHFConfig, register_family
 
 FAMILY = "mamba2"
-HEAD = "lm_head.weight"
-EMBED = "backbone.embeddings.weight"
+HEAD, EMBED = MAMBA_HEAD, MAMBA_EMBED
 
-TABLE = [
-    Rename(EMBED, "embedding.weight"),
-    Rename("backbone.norm_f.weight", "backbone.final_norm.weight"),
-    Rename("backbone.layers.{i}.norm.weight", "backbone.blocks.{i}.mixer_norm.weight"),
-    Rename(
-        "backbone.layers.{i}.mixer.conv1d.weight",
-        "backbone.blocks.{i}.mixer.conv.weight",
-        conv_to_seqzoo,
-        conv_to_hf,
-    ),
-    Rename("backbone.layers.{i}.mixer.conv1d.bias", "backbone.blocks.{i}.mixer.conv.bias"),
-    *[
-        Rename(f"backbone.layers.{{i}}.mixer.{name}", f"backbone.blocks.{{i}}.mixer.{name}")
-        for name in ("in_proj.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight")
-    ],
-]
-BIASES = [  # only with use_bias
-    Rename("backbone.layers.{i}.mixer.in_proj.bias", "backbone.blocks.{i}.mixer.in_proj.bias"),
-    Rename("backbone.layers.{i}.mixer.out_proj.bias", "backbone.blocks.{i}.mixer.out_proj.bias"),
-]
+TABLE = mamba_table(("in_proj.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"))
 
 
 def _table(use_bias: bool, use_conv_bias: bool) -> list[Rename]:
-    table = TABLE + (BIASES if use_bias else [])
-    if not use_conv_bias:
-        table = [r for r in table if not r.hf.endswith("conv1d.bias")]
-    return table
+    return select_mamba_table(TABLE, use_bias, use_conv_bias)
 
 
 def _tied(hf: dict) -> bool:
@@ -77,9 +60,7 @@ def _tied(hf: dict) -> bool:
 
 def config_from_hf(hf: dict) -> LMConfig:
     d = positive_int(FAMILY, hf, "hidden_size")
-    expand = field(FAMILY, hf, "expand", 2)
-    if isinstance(expand, bool) or not isinstance(expand, int) or expand < 1:
-        raise UnsupportedHFConfig(FAMILY, "expand", expand, "seqzoo's mamba2 takes a positive integer expand")
+    expand = positive_expand(FAMILY, hf)
     inner = expand * d
     head_dim = positive_int(FAMILY, hf, "head_dim", 64)
     heads = positive_int(FAMILY, hf, "num_heads", 128)
@@ -106,24 +87,9 @@ def config_from_hf(hf: dict) -> LMConfig:
         "norm_eps": float(field(FAMILY, hf, "layer_norm_epsilon", 1e-5)),
         "conv_bias": bool(field(FAMILY, hf, "use_conv_bias", True)),
         "bias": bool(field(FAMILY, hf, "use_bias", False)),
-        # The dt init (a fresh model's): no effect on converted weights.
-        "dt_min": float(field(FAMILY, hf, "time_step_min", 1e-3)),
-        "dt_max": float(field(FAMILY, hf, "time_step_max", 1e-1)),
-        "dt_init_floor": float(field(FAMILY, hf, "time_step_floor", 1e-4)),
+        **dt_init_from_hf(FAMILY, hf),
     }
-    try:
-        return LMConfig(
-            d_model=d,
-            n_layers=positive_int(FAMILY, hf, "num_hidden_layers"),
-            vocab_size=positive_int(FAMILY, hf, "vocab_size"),
-            mixer="mamba2",
-            mixer_kwargs=kwargs,
-            mlp="none",
-            norm_eps=kwargs["norm_eps"],
-            tie_embeddings=_tied(hf),
-        )
-    except ValueError as e:
-        raise UnsupportedHFConfig(FAMILY, "config", None, str(e)) from None
+    return mamba_lm_config(FAMILY, hf, "mamba2", kwargs, kwargs["norm_eps"], _tied(hf))
 
 
 def weights_from_hf(sd: StateDict, hf: dict) -> StateDict:
@@ -175,9 +141,7 @@ def config_to_hf(cfg: LMConfig) -> dict:
         "hidden_act": "silu",
         "layer_norm_epsilon": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "time_step_min": kw["dt_min"],
-        "time_step_max": kw["dt_max"],
-        "time_step_floor": kw["dt_init_floor"],
+        **dt_init_to_hf(kw),
         "time_step_limit": [0.0, math.inf],
         "residual_in_fp32": True,
     }
