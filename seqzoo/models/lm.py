@@ -29,7 +29,7 @@ from ..ops._varlen import (
 from .backbone import Backbone, init_weights
 from .config import LMConfig
 from .io import load_weights, read_config, save_model_dir
-from .sampling import sample_next
+from .sampling import decode
 
 IGNORE_INDEX = -100
 
@@ -218,24 +218,9 @@ class CausalLM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Prompt [B, T] -> [B, T + n] ids, n <= max_new_tokens. ``temperature=0`` is greedy decoding."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        logits, states = self.prefill(input_ids)
-        out = [input_ids]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        next_logits = logits[:, -1]
-        for i in range(max_new_tokens):
-            token = sample_next(next_logits, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                token = token.masked_fill(done, eos_token_id)
-                done |= token == eos_token_id
-            out.append(token[:, None])
-            if i + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
-                break
-            next_logits, states = self.step(token, states)
-        return torch.cat(out, dim=1)
+        return decode(self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator)
 
     # -- persistence ---------------------------------------------------------------------------------
 

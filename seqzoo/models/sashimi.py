@@ -52,7 +52,7 @@ from ..registry import build_mixer, mixer_class, mixer_record
 from .backbone import init_weights
 from .io import load_weights, read_config, save_model_dir
 from .mixer_settings import with_paper_settings
-from .sampling import sample_next
+from .sampling import decode
 
 IGNORE_INDEX = -100
 MODEL_KIND = "sashimi"
@@ -463,22 +463,11 @@ class Sashimi(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Prompt [B, T] (T >= 1) -> [B, T + max_new_tokens] sample ids; ``temperature=0`` is greedy."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids: give at least one prompt sample (e.g. the quantiser's zero, 128)")
-        logits, state = self.prefill(input_ids)
-        out = [input_ids]
-        next_logits = logits[:, -1]
-        for i in range(max_new_tokens):
-            token = sample_next(next_logits, temperature, top_k, top_p, generator)
-            out.append(token[:, None])
-            if i + 1 == max_new_tokens:
-                break
-            next_logits, state = self.step(token, state)
-        return torch.cat(out, dim=1)
+        return decode(self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator)
 
     # -- persistence -------------------------------------------------------------------------------------
 
