@@ -234,6 +234,7 @@ BACKEND_OP = {
     "rglru": "linear_scan",
     "s4": "s4_kernel",
     "s4d": "s4d_kernel",
+    "s5": "linear_scan",
     "short_conv": "causal_conv1d",
     "vig": "gla",
 }

@@ -274,3 +274,12 @@ def test_lra_image_tasks_give_vig_their_grid():
     clf = build_model(cfg, SimpleNamespace(seq_len=1024, vocab_size=256, n_classes=2, pairs=False))
     assert clf.config.bidirectional and clf.backbone.blocks[0].mixer.image_size == (32, 32)
     assert clf(torch.randint(0, 256, (2, 1024))).shape == (2, 2)
+
+
+def test_no_tiny_language_model_config_for_an_encoder_only_mixer():
+    """tiny-<mixer> is a causal LM: vig has none, and asking for it says what to do instead."""
+    from seqzoo.train.config import ConfigError, available_configs, load_config
+
+    assert "tiny-vig" not in available_configs() and "tiny-gla" in available_configs()
+    with pytest.raises(ConfigError, match="encoder-only.*lra pathfinder --cpu --mixer vig"):
+        load_config("tiny-vig")

@@ -410,7 +410,9 @@ def available_configs() -> list[str]:
     from seqzoo.registry import list_mixers
 
     files = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
-    return sorted(files | {f"{TINY}-{name}" for name in list_mixers()})
+    # An encoder-only mixer (vig: bidirectional whatever its arguments) has no causal language model.
+    causal = [name for name, record in list_mixers().items() if not getattr(record.cls, "bidirectional", False)]
+    return sorted(files | {f"{TINY}-{name}" for name in causal})
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -438,7 +440,13 @@ def _tiny_mixer(name: str | Path) -> str | None:
     mixer = name.removeprefix(f"{TINY}-")
     if mixer in REMOVED_MIXERS:
         raise ConfigError(f"no config {name!r}: {REMOVED_MIXERS[mixer]}; its tiny config is {TINY}-rglru")
-    return mixer if mixer in list_mixers() else None
+    records = list_mixers()
+    if mixer in records and getattr(records[mixer].cls, "bidirectional", False):
+        raise ConfigError(
+            f"no config {name!r}: {mixer} is encoder-only (bidirectional, it sees the future), so it has no "
+            f"causal language model; train it as a classifier, e.g. seqzoo lra pathfinder --cpu --mixer {mixer}"
+        )
+    return mixer if mixer in records else None
 
 
 def _merged(base: dict, over: dict) -> dict:

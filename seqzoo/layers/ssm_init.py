@@ -150,7 +150,14 @@ def nplr(
         A = V_f (diag(Lambda_f) - P~_f^T conj(P~_f)) V_f^*,   B = V_f B~_f = 2 Re(V B~),   P = 2 Re(V P~^T)^T
 
     for the measure's (A, B) = :func:`hippo` and P = :func:`rank_correction` (``rank`` pads P with zero rows).
-    ``B_clip``: clip Im(B~) to [-B_clip, B_clip] (HTTYH's option; then B is no longer the HiPPO B exactly)."""
+    ``B_clip``: clip Im(B~) to [-B_clip, B_clip] (HTTYH's option; then B is no longer the HiPPO B exactly).
+    Computed on the CPU whatever the default device (a model built under ``torch.device("meta")`` still needs
+    the numbers: the eigen-decomposition reads some of them)."""
+    with torch.device("cpu"):
+        return _nplr(measure, n, rank, B_clip)
+
+
+def _nplr(measure: str, n: int, rank: int | None, B_clip: float | None):
     A, B = hippo(measure, n)
     P = rank_correction(measure, n, rank)
     if B_clip is not None and not (isinstance(B_clip, (int, float)) and B_clip > 0):
