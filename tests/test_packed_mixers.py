@@ -58,7 +58,9 @@ def _held(packed: torch.Tensor, own: torch.Tensor, key: str) -> torch.Tensor:
         return packed
     n = own.shape[1]
     assert packed.shape[2:] == own.shape[2:] and packed.shape[1] > n, (key, packed.shape, own.shape)
-    if n == 0:  # an empty cache (combiner's summaries before a first finished segment): its row is all padding
+    if (
+        n == 0
+    ):  # an empty cache (combiner's summaries before a first finished segment): its row is all padding
         assert (packed == 0).all(), f"state[{key!r}]: an empty cache padded with non-zeros"
         return packed[:, :0]
     for held, rest in ((packed[:, -n:], packed[:, :-n]), (packed[:, :n], packed[:, n:])):

@@ -411,7 +411,9 @@ def available_configs() -> list[str]:
 
     files = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
     # An encoder-only mixer (vig: bidirectional whatever its arguments) has no causal language model.
-    causal = [name for name, record in list_mixers().items() if not getattr(record.cls, "bidirectional", False)]
+    causal = [
+        name for name, record in list_mixers().items() if not getattr(record.cls, "bidirectional", False)
+    ]
     return sorted(files | {f"{TINY}-{name}" for name in causal})
 
 
