@@ -97,7 +97,11 @@ def test_the_cpu_sweep_runs_each_mixer_at_its_records_lr():
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(RECORDS))
+# An encoder-only mixer (vig) has no tiny LM config (test_vig checks the refusal).
+CAUSAL = sorted(n for n, r in RECORDS.items() if not getattr(r.cls, "bidirectional", False))
+
+
+@pytest.mark.parametrize("name", CAUSAL)
 def test_tiny_mixer_is_tiny_with_the_mixer_and_its_mlp(name):
     config = load_config(f"tiny-{name}")
     tiny = load_config("tiny", [f"model.mixer={name}"])
