@@ -111,11 +111,7 @@ def all_mixers() -> list[str]:
     vig, whose class is bidirectional whatever its arguments."""
     import seqzoo
 
-    return [
-        name
-        for name, record in seqzoo.list_mixers().items()
-        if not getattr(record.cls, "bidirectional", False)
-    ]
+    return [name for name, record in seqzoo.list_mixers().items() if not record.encoder_only]
 
 
 def record_lrs(lrs: list[float]) -> dict[str, list[float]]:

@@ -104,6 +104,12 @@ class MixerRecord:
         if self.lra is not None and not isinstance(self.lra, LRASettings):
             raise TypeError(f"mixer {self.name!r}: lra must be an LRASettings, got {type(self.lra).__name__}")
 
+    @property
+    def encoder_only(self) -> bool:
+        """True for a mixer whose class is bidirectional whatever its arguments (vig): it has no causal mode, so
+        no language model, MQAR run or tiny LM config."""
+        return bool(getattr(self.cls, "bidirectional", False))
+
     def __str__(self) -> str:
         return f"{self.name}: {self.description} [{self.paper}]"
 

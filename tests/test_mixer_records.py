@@ -98,7 +98,7 @@ def test_the_cpu_sweep_runs_each_mixer_at_its_records_lr():
 
 
 # An encoder-only mixer (vig) has no tiny LM config (test_vig checks the refusal).
-CAUSAL = sorted(n for n, r in RECORDS.items() if not getattr(r.cls, "bidirectional", False))
+CAUSAL = sorted(n for n, r in RECORDS.items() if not r.encoder_only)
 
 
 @pytest.mark.parametrize("name", CAUSAL)

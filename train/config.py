@@ -411,9 +411,7 @@ def available_configs() -> list[str]:
 
     files = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
     # An encoder-only mixer (vig: bidirectional whatever its arguments) has no causal language model.
-    causal = [
-        name for name, record in list_mixers().items() if not getattr(record.cls, "bidirectional", False)
-    ]
+    causal = [name for name, record in list_mixers().items() if not record.encoder_only]
     return sorted(files | {f"{TINY}-{name}" for name in causal})
 
 
@@ -443,7 +441,7 @@ def _tiny_mixer(name: str | Path) -> str | None:
     if mixer in REMOVED_MIXERS:
         raise ConfigError(f"no config {name!r}: {REMOVED_MIXERS[mixer]}; its tiny config is {TINY}-rglru")
     records = list_mixers()
-    if mixer in records and getattr(records[mixer].cls, "bidirectional", False):
+    if mixer in records and records[mixer].encoder_only:
         raise ConfigError(
             f"no config {name!r}: {mixer} is encoder-only (bidirectional, it sees the future), so it has no "
             f"causal language model; train it as a classifier, e.g. seqzoo lra pathfinder --cpu --mixer {mixer}"
