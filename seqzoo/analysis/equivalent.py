@@ -882,19 +882,3 @@ def equivalent_matrix(
         idx = torch.as_tensor([int(i) % g for i in keep], device=view.matrix.device)
         view = _select(view, idx, [int(i) % g for i in keep])
     return view
-
-
-__all__ = [
-    "ADAPTERS",
-    "Core",
-    "EquivalentView",
-    "PROBES",
-    "Probe",
-    "channel",
-    "equivalent_matrices",
-    "equivalent_matrix",
-    "head",
-    "probe_call",
-    "record_core",
-    "record_core_calls",
-]

@@ -243,3 +243,25 @@ def mamba_lm_config(family: str, hf: dict, mixer: str, kwargs: dict, norm_eps: f
         )
     except ValueError as e:  # pydantic's, naming seqzoo's field
         raise UnsupportedHFConfig(family, "config", None, str(e)) from None
+
+
+def mamba_config_to_hf(cfg, kw: dict, architecture: str, model_type: str, **own) -> dict:
+    """The config.json fields a Mamba-family LMConfig shares with the other family, then the family's ``own``."""
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "state_size": kw["d_state"],
+        "conv_kernel": kw["d_conv"],
+        "expand": kw["expand"],
+        "use_bias": kw["bias"],
+        "use_conv_bias": kw["conv_bias"],
+        "hidden_act": "silu",
+        "layer_norm_epsilon": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        **dt_init_to_hf(kw),
+        "residual_in_fp32": True,
+        **own,
+    }

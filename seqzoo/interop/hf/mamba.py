@@ -28,8 +28,8 @@ from ._common import (
     MAMBA_HEAD,
     Rename,
     dt_init_from_hf,
-    dt_init_to_hf,
     field,
+    mamba_config_to_hf,
     mamba_lm_config,
     mamba_table,
     positive_expand,
@@ -119,26 +119,15 @@ def _kwargs(cfg: LMConfig) -> dict:
 
 def config_to_hf(cfg: LMConfig) -> dict:
     kw = _kwargs(cfg)
-    return {
-        "architectures": ["MambaForCausalLM"],
-        "model_type": "mamba",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "state_size": kw["d_state"],
-        "conv_kernel": kw["d_conv"],
-        "expand": kw["expand"],
-        "intermediate_size": kw["expand"] * cfg.d_model,
-        "time_step_rank": kw["dt_rank"],
-        "use_bias": kw["bias"],
-        "use_conv_bias": kw["conv_bias"],
-        "hidden_act": "silu",
-        "layer_norm_epsilon": cfg.norm_eps,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        **dt_init_to_hf(kw),
-        "time_step_scale": kw["dt_scale"],
-        "residual_in_fp32": True,
-    }
+    return mamba_config_to_hf(
+        cfg,
+        kw,
+        "MambaForCausalLM",
+        "mamba",
+        intermediate_size=kw["expand"] * cfg.d_model,
+        time_step_rank=kw["dt_rank"],
+        time_step_scale=kw["dt_scale"],
+    )
 
 
 def weights_to_hf(sd: StateDict, cfg: LMConfig) -> StateDict:

@@ -30,8 +30,8 @@ from ._common import (
     MAMBA_HEAD,
     Rename,
     dt_init_from_hf,
-    dt_init_to_hf,
     field,
+    mamba_config_to_hf,
     mamba_lm_config,
     mamba_table,
     positive_expand,
@@ -124,27 +124,16 @@ def _kwargs(cfg: LMConfig) -> dict:
 
 def config_to_hf(cfg: LMConfig) -> dict:
     kw = _kwargs(cfg)
-    return {
-        "architectures": ["Mamba2ForCausalLM"],
-        "model_type": "mamba2",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "state_size": kw["d_state"],
-        "conv_kernel": kw["d_conv"],
-        "expand": kw["expand"],
-        "head_dim": kw["headdim"],
-        "num_heads": kw["expand"] * cfg.d_model // kw["headdim"],
-        "n_groups": kw["n_groups"],
-        "use_bias": kw["bias"],
-        "use_conv_bias": kw["conv_bias"],
-        "hidden_act": "silu",
-        "layer_norm_epsilon": cfg.norm_eps,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        **dt_init_to_hf(kw),
-        "time_step_limit": [0.0, math.inf],
-        "residual_in_fp32": True,
-    }
+    return mamba_config_to_hf(
+        cfg,
+        kw,
+        "Mamba2ForCausalLM",
+        "mamba2",
+        head_dim=kw["headdim"],
+        num_heads=kw["expand"] * cfg.d_model // kw["headdim"],
+        n_groups=kw["n_groups"],
+        time_step_limit=[0.0, math.inf],
+    )
 
 
 def weights_to_hf(sd: StateDict, cfg: LMConfig) -> StateDict:
