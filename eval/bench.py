@@ -95,9 +95,13 @@ def _case_fn(op, backend: str, inputs: dict, kwargs: dict, mode: str) -> Callabl
 
         return forward
 
-    # Leaves that require grad: every floating-point input, so the backward computes every gradient.
-    leaves = {name: t.detach().requires_grad_(t.is_floating_point()) for name, t in inputs.items()}
-    wrt = [t for t in leaves.values() if t.requires_grad]
+    # Leaves that require grad: every floating-point input, so the backward computes every gradient (an
+    # input that is not a tensor is an option the shape sets, passed as it is).
+    leaves = {
+        name: t.detach().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor) else t
+        for name, t in inputs.items()
+    }
+    wrt = [t for t in leaves.values() if isinstance(t, torch.Tensor) and t.requires_grad]
     grad_outputs: list[torch.Tensor] = []
 
     def forward_backward():

@@ -69,8 +69,8 @@ def register_bench(
     """Register a benchmark of ``seqzoo.ops.<op_name>``.
 
     ``make_inputs(shape, dtype, device)`` returns the op's tensor inputs by keyword for one ``shape`` (a
-    dict such as ``{"B": 2, "T": 512, "H": 4, "D": 64}``); ``kwargs`` are the op's other arguments
-    (``causal=True``).
+    dict such as ``{"B": 2, "T": 512, "H": 4, "D": 64}``), and any option whose value depends on the shape
+    (combiner's ``segment``); ``kwargs`` are the op's other arguments, the same at every shape (``causal=True``).
     ``shapes`` is the default grid, ``quick_shapes`` the ``--quick`` one (default: the first shape) and
     ``cuda_shapes`` the default on a GPU (default: ``shapes``). ``label`` names the bench on the command line
     and in results (default: ``op_name``); registering a label again replaces it. ``op``, when given, is

@@ -15,6 +15,8 @@ what ``--quick`` runs on either device (seconds).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .bench_registry import mixer_op, register_bench
@@ -29,15 +31,17 @@ BENCH_ARGUMENTS = {
 }
 
 
-def spec_inputs(op_name: str, leave_out=()):
-    """``make_inputs`` of a bench of ``seqzoo.ops.<op_name>``: the tensors of its spec's example at one shape."""
+def spec_inputs(op_name: str, leave_out=(), per_shape=()):
+    """``make_inputs`` of a bench of ``seqzoo.ops.<op_name>``: the tensors of its spec's example at one shape,
+    and the example's options named in ``per_shape`` (those the grid sets, such as combiner's ``segment``)."""
 
-    def make(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    def make(shape: dict, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         from seqzoo.ops import list_ops
         from seqzoo.ops._spec import tensors
 
         example = list_ops()[op_name].spec.example(dtype, device, **shape)
-        return {k: v for k, v in tensors(example).items() if k not in leave_out}
+        out = {k: v for k, v in tensors(example).items() if k not in leave_out}
+        return {**out, **{k: example[k] for k in per_shape}}
 
     return make
 
@@ -48,12 +52,16 @@ def register_spec_benches(op_name: str, spec) -> None:
 
     for label, variant in spec.labels(op_name).items():
         kwargs = {**options(spec.example(**variant)), **BENCH_ARGUMENTS.get(op_name, {})}
+        # An option the grid sets (combiner's segment: None = ceil(sqrt T)) is made with each shape's inputs:
+        # taken from the example at the default sizes it would be that example's value at every shape.
+        per_shape = tuple(k for k in kwargs if k in spec.bench.keys())
+        kwargs = {k: v for k, v in kwargs.items() if k not in per_shape}
         # A variant that sets an argument (flow-attention's causal) is in the arguments, not the shape.
         shape_keys = {k: v for k, v in variant.items() if k not in kwargs}
         shapes, quick, cuda = spec.bench.grids(shape_keys)
         register_bench(
             op_name,
-            spec_inputs(op_name, leave_out=kwargs),
+            spec_inputs(op_name, leave_out=kwargs, per_shape=per_shape),
             label=label,
             shapes=shapes,
             quick_shapes=quick,

@@ -119,6 +119,11 @@ class BenchGrid:
     # GPU shapes beyond the grid (selective_scan's larger N).
     cuda_extra: tuple[dict, ...] = ()
 
+    def keys(self) -> set[str]:
+        """Every size or option some grid sets (B, T and the op's own, such as combiner's segment)."""
+        extra = {k for e in self.cuda_extra for k in e}
+        return {"B", "T", *self.cpu, *(self.quick or {}), *(self.cuda or {}), *extra}
+
     def grids(self, variant: dict) -> tuple[list[dict], list[dict], list[dict]]:
         """(cpu, quick, cuda) lists of sizes for one variant."""
         quick = self.quick if self.quick is not None else {**self.cpu, "B": 1}

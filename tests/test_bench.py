@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seqzoo.eval import bench
-from seqzoo.ops import list_ops
+from seqzoo.ops import list_ops, record_calls
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -233,3 +233,19 @@ def test_mqar_step_time_tool_runs_and_writes_json(tmp_path):
     (row,) = data["rows"]
     assert row["mixer"] == "short_conv" and row["full_head_ms"] > 0 and row["scored_head_ms"] > 0
     assert set(row["profile_ms"]) >= {"matrix products"} and data["meta"]["sweep"] == "mqar-cpu"
+
+
+def test_an_option_the_grid_sets_follows_each_shape():
+    # combiner's grid says segment None (ceil(sqrt T) at each length): the value must reach the op at every
+    # shape, not be frozen at the spec example's default (segment 2 made the committed bench O(T^2)).
+    b = bench.list_benches()["combiner"]
+    assert "segment" not in b.kwargs
+    for segment in (None, 7):
+        shape = {"B": 1, "T": 50, "H": 1, "D": 4, "segment": segment}
+        inputs = b.make_inputs(shape, torch.float32, torch.device("cpu"))
+        assert inputs["segment"] == segment
+    for mode in bench.MODES:
+        fn = bench._case_fn(list_ops()["combiner"], "torch", inputs, b.kwargs, mode)
+        with record_calls() as calls:
+            fn()
+        assert [c.arguments["segment"] for c in calls if c.name == "combiner"] == [7], mode
