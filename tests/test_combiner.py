@@ -128,8 +128,9 @@ def test_mixer_prefill_and_step_equal_forward(variant, backend):
     y = m(x)
     assert ops.combiner.last_backend == backend
     y1, st = m.prefill(x[:, :4])
-    assert ops.combiner_step.last_backend == backend
+    assert ops.combiner.last_backend == backend
     y2, st = m.prefill(x[:, 4:8], st)
+    assert ops.combiner_step.last_backend == backend
     ys = [y1, y2]
     for t in range(8, 14):
         y_t, st = m.step(x[:, t], st)
@@ -149,6 +150,38 @@ def test_mixer_prefill_and_step_equal_forward(variant, backend):
     want0 = m(torch.cat([x[:1, :5], z[:1]], 1))[:, 5:]
     want1 = m(torch.cat([x[1:, :7], z[1:]], 1))[:, 7:]
     torch.testing.assert_close(y_both, torch.cat([want0, want1]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prefill_from_the_empty_state_is_stepping_in_parallel(variant, packed):
+    """A prompt from position 0 runs as one forward pass and the state is built from its summaries: the same
+    outputs and state (every key, the zero padding included) as stepping token by token, for prompts shorter than
+    a segment, ending mid-segment and ending on a segment's last token; packed, one state row per document."""
+    torch.manual_seed(0)
+    m = seqzoo.build_mixer("combiner", 16, n_heads=2, segment=4, variant=variant).double()
+    for t in (2, 8, 11):
+        x = torch.randn(1 if packed else 2, t if not packed else t + 5, 16, dtype=torch.float64)
+        cu = torch.tensor([0, t, t + 5], dtype=torch.int32) if packed else None
+        with ops.record_calls() as calls:
+            y, st = m.prefill(x, cu_seqlens=cu)
+        assert not [c for c in calls if c.name == "combiner_step"]  # in parallel, not stepped
+        rows = [x[:, :t], x[:, t:]] if packed else [x]
+        ys, sts = [], []
+        for row in rows:
+            state = m.init_state(row.shape[0], dtype=torch.float64)
+            outs = []
+            for i in range(row.shape[1]):  # step() from a later state: combiner_step, token by token
+                o, state = m.step(row[:, i], state)
+                outs.append(o[:, None])
+            ys.append(torch.cat(outs, 1))
+            sts.append(state)
+        want_state = m._stack(sts) if packed else sts[0]
+        torch.testing.assert_close(y, torch.cat(ys, 1), rtol=1e-10, atol=1e-10)
+        assert set(st) == set(want_state)
+        for key in st:
+            assert st[key].dtype == want_state[key].dtype, key
+            torch.testing.assert_close(st[key], want_state[key], rtol=1e-10, atol=1e-10, msg=key)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

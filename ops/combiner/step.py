@@ -98,6 +98,46 @@ def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(x.shape[0], n - x.shape[1], *x.shape[2:])], 1)
 
 
+def state_from_prefix(q, k, v, segment: int, variant: str = "fixed", scale=None, n_min: int = 0, dtype=None):
+    """The state ``combiner_step`` reaches from the empty state after q, k [B, T, H, D], v [B, T, H, E] (every
+    row T tokens), in one pass: the T // s finished segments' summaries (as :func:`.torch.summaries` makes them
+    for the forward pass) and the T mod s tokens of the current one. ``n_min``: at least this many summary slots
+    (zeros), as a given state's own would keep; ``dtype``: the state's (default q's)."""
+    from .torch import summaries
+
+    b, t, h, d = q.shape
+    s = segment
+    n, c = t // s, t % s
+    dt = dtype or q.dtype
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scale = d**-0.5 if scale is None else scale
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    full = n * s
+
+    def rows(x):  # [B, n, s, H, *]
+        return x[:, :full].reshape(b, n, s, *x.shape[2:])
+
+    if n:
+        valid = torch.ones(n, s, dtype=torch.bool, device=q.device)
+        sk, sv = summaries(rows(q), rows(k), rows(v), valid, variant, scale)
+    else:
+        per = (s,) if variant == "axial" else ()
+        sk, sv = k.new_zeros(b, 0, *per, h, d), v.new_zeros(b, 0, *per, h, v.shape[-1])
+    sk, sv = _grow(sk, n_min), _grow(sv, n_min)
+
+    def current(x, slots):  # the current segment's c tokens, zeros after
+        return torch.cat([x[:, full:], x.new_zeros(b, slots - c, *x.shape[2:])], 1)
+
+    if variant == "fixed":
+        cq = q[:, full:].amax(1, keepdim=True) if c else q.new_zeros(b, 1, h, d)
+    else:
+        cq = current(q, s)
+    new = {"q": cq, "k": current(k, s), "v": current(v, s), "sk": sk, "sv": sv}
+    new = {key: x.to(dt) for key, x in new.items()}
+    new["pos"] = torch.full((b,), t, dtype=torch.long, device=q.device)
+    return new
+
+
 def step_reference(q, k, v, state, variant="fixed", scale=None):
     """The definition: each row alone, token by token, in fp64 (the ground truth)."""
     out_dtype = q.dtype

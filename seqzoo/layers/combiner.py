@@ -22,8 +22,9 @@ and which column comes next is not known in advance, so every column's key and r
 an O(s + T / s) axial state would need a summary per row, the reference code's other ``row_summary`` options, which
 this variant, ``row_summary = none``, does not use). A
 segment's summary is made when its last token arrives and is used only by later segments, so step == forward
-exactly. ``prefill``/``step`` run ``ops.combiner_step`` token by token with the layer's ``backend`` (a prompt
-costs T step calls: correct, not fast), the same ``backend`` the forward pass gives ``ops.combiner``.
+exactly. ``prefill`` from the empty state runs the prompt in parallel (``ops.combiner``, then the state from the
+same summaries: :func:`seqzoo.ops.combiner.step.state_from_prefix`); from a later state it, and ``step``, run
+``ops.combiner_step`` token by token. Both use the layer's ``backend``.
 
 State: {"q", "k", "v": the current segment (zeros after its pos mod s tokens; fixed's "q" [B, 1, H, Dh] is the
 running max), "sk", "sv": summaries [B, n, H, Dh] (axial [B, n, s, H, Dh]), n = the most finished segments of any
@@ -40,7 +41,7 @@ from .. import ops
 from ..modules.rotary import apply_rotary
 from ..ops._varlen import positions_from_cu_seqlens, seq_idx_from_cu_seqlens
 from ..ops.combiner.reference import VARIANTS, default_segment
-from ..ops.combiner.step import init_state
+from ..ops.combiner.step import init_state, state_from_prefix
 from ..registry import LRASettings, register_mixer
 from .attention import TRANSFORMER_LRA_BLOCK
 from .base import Mixer, State, check_bool, check_float, check_int
@@ -163,6 +164,18 @@ class Combiner(Mixer):
             outs.append(o)
         return torch.stack(outs, 1), state
 
+    def _parallel(self, q, k, v, cu_seqlens=None) -> torch.Tensor:
+        return ops.combiner(
+            q, k, v, segment=self.segment, variant=self.variant, causal=True, backend=self.backend,
+            cu_seqlens=cu_seqlens,
+        )  # fmt: skip
+
+    def _prefix_state(self, q, k, v, state: State) -> State:
+        """The state after q, k, v [b, t, H, Dh] from ``state`` (at position 0): its summary slots and dtype kept."""
+        return state_from_prefix(
+            q, k, v, self.segment, self.variant, n_min=state["sk"].shape[1], dtype=state["k"].dtype
+        )
+
     @staticmethod
     def _stack(parts: list[State]) -> State:
         """Row states as one, the summaries zero-padded after each row's own (to the most finished segments)."""
@@ -190,13 +203,28 @@ class Combiner(Mixer):
         else:
             self.check_state(state, rows_n, self._state_keys)
         pos = state["pos"].to(x.device)
+        # From the empty state (every row at position 0) the prompt runs in parallel: the forward pass's
+        # output (causal Combiner is exactly what stepping computes) and the state from the same summaries.
+        fresh = t > 1 and not bool(pos.any())
         if bounds is None:
             q, k, v = self._project(x, pos[:, None] + torch.arange(t, device=x.device))
+            if fresh:
+                o = self._parallel(q, k, v)
+                return self._out(o), self._prefix_state(q, k, v, state)
             o, new = self._steps(q, k, v, state)
             return self._out(o.to(x.dtype)), new
         cu = cu_seqlens.to(x.device)
         positions = positions_from_cu_seqlens(cu) + pos[seq_idx_from_cu_seqlens(cu)]
         q, k, v = self._project(x, positions)
+        if fresh:
+            o = self._parallel(q, k, v, cu_seqlens=cu)
+            parts = [
+                self._prefix_state(
+                    q[:, s:e], k[:, s:e], v[:, s:e], {key: x[n : n + 1] for key, x in state.items()}
+                )
+                for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))
+            ]
+            return self._out(o), self._stack(parts)
         outs, parts = [], []
         for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
             row = {key: value[n : n + 1] for key, value in state.items()}
