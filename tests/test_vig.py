@@ -250,6 +250,27 @@ def test_vigs_init_survives_a_models_init_and_a_causal_lm_refuses_vig():
         CausalLM(LMConfig(vocab_size=5, d_model=16, n_layers=1, mixer={"name": "vig", "n_heads": 2}))
 
 
+@pytest.mark.parametrize("conv_init", ["vig", "torch"])
+def test_conv_init_decides_whether_the_global_branch_starts_above_its_norms_eps(conv_init):
+    """ViG's xavier gain on the depthwise conv leaves the global branch's output (the gla core, before its
+    RMSNorm) far below sqrt(eps) at d_model 64 on unit-scale inputs: the branch starts switched off.
+    PyTorch's conv init keeps it within a decade of sqrt(eps), 1e4 times larger."""
+    torch.manual_seed(0)
+    m = seqzoo.build_mixer("vig", 64, image_size=(8, 8), conv_init=conv_init)
+    x = torch.randn(2, 64, 64)
+    with torch.no_grad(), ops.record_calls() as calls:
+        m(x)
+    (o,) = [c.result[0] for c in calls if c.name == "gla"]
+    rms = o.pow(2).mean().sqrt().item()
+    floor = m.g_norm.eps**0.5
+    if conv_init == "vig":
+        assert rms < 1e-3 * floor, rms
+    else:
+        assert 1e-2 * floor < rms, rms
+    with pytest.raises(ValueError, match="conv_init"):
+        seqzoo.build_mixer("vig", 64, conv_init="kaiming")
+
+
 def test_vig_is_left_out_of_causal_mqar():
     """MQAR trains causal LMs: 'mixers: all' (mqar-zoology-fig2) leaves vig out, and so does the CPU grid."""
     from seqzoo.eval.mqar import all_mixers, load_sweep

@@ -32,7 +32,9 @@ through one ``ops.gla(cu_seqlens=)`` call.
 Two bugs of the upstream code are not copied: its fused bidirectional recurrent kernel has a broken backward
 (inference only), and its inference path halves the output twice (hidden by the RMSNorm after it).
 Init: xavier_uniform with gain 2^-2.5 on every projection and the convolution, as ViG (``post_init``, so a
-model's GPT-style init does not replace it).
+model's GPT-style init does not replace it). ``conv_init="torch"`` leaves the convolution at PyTorch's init:
+with ViG's, at d_model 64 the global branch starts below its RMSNorm's eps (switched off; ``post_init`` says
+by how much), which a short training run may never leave.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .linear_attention import head_split
 
 CONV_ACTS = ("silu", None)
 INIT_GAIN = 2**-2.5  # ViG's xavier_uniform gain
+CONV_INITS = ("vig", "torch")
 
 
 def flip_documents(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
@@ -145,6 +148,7 @@ class ViG(Mixer):
         gate_low_rank: int = 16,
         gate_logit_normalizer: float = 16.0,
         norm_eps: float = 1e-5,
+        conv_init: str = "vig",
         bidirectional: bool = True,
         backend: str = "auto",
     ):
@@ -160,6 +164,9 @@ class ViG(Mixer):
             check_float(name, arg, value, 0.0, open_low=True)
         check_float(name, "gate_logit_normalizer", gate_logit_normalizer, 0.0, open_low=True)
         check_int(name, "gate_low_rank", gate_low_rank, 1)
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"{name}: conv_init must be one of {CONV_INITS}, got {conv_init!r}")
+        self.conv_init = conv_init
         if conv_act not in CONV_ACTS:
             raise ValueError(f"{name}: conv_act must be 'silu' or None, got {conv_act!r}")
         self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
@@ -205,15 +212,21 @@ class ViG(Mixer):
         return (image_size[0], image_size[1])
 
     def post_init(self) -> None:
-        """ViG's init (``reset_parameters``): xavier_uniform, gain 2^-2.5, on every weight but the norms'."""
-        for w in (
-            self.qkv_proj.weight,
-            self.conv.weight,
-            self.g_proj.weight,
-            self.o_proj.weight,
-            self.gk_proj[0].weight,
-            self.gk_proj[1].weight,
-        ):
+        """ViG's init (``reset_parameters``): xavier_uniform, gain 2^-2.5, on every weight but the norms';
+        ``conv_init="torch"``: the depthwise convolution keeps PyTorch's own init instead.
+
+        Why the option: the conv's xavier bound counts fan_out = d_model * 9, so at d_model 64 its output on
+        unit-scale inputs has RMS ~0.015, q, k and v ~1e-3, and the global branch's output ~5e-8, far below
+        the RMSNorm's sqrt(eps) = 3e-3 that follows it: the global branch starts switched off (its output
+        and its gradients scaled by ~1e-5). PyTorch's init gives the conv ~0.3 and the global branch ~4e-4
+        (``tests/test_vig.py`` measures both)."""
+        weights = [self.qkv_proj.weight, self.g_proj.weight, self.o_proj.weight]
+        weights += [self.gk_proj[0].weight, self.gk_proj[1].weight]
+        if self.conv_init == "vig":
+            weights.append(self.conv.weight)
+        else:
+            self.conv.reset_parameters()
+        for w in weights:
             nn.init.xavier_uniform_(w, gain=INIT_GAIN)
 
     def extra_repr(self) -> str:
