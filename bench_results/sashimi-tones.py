@@ -92,8 +92,9 @@ def main(sashimi_dir: str, flat_dir: str, suffix: str = "", tone_hz: float = 440
         "# SaShiMi on synthetic tones (CPU)",
         "",
         "train/configs/sashimi-tones.yaml and sashimi-tones-flat.yaml: mu-law 8-bit mixtures of 1-3 sinusoids "
-        "(100-1000 Hz at 8 kHz, noise sigma 0.01), 1,024-sample windows, same data, steps and optimiser; "
-        "test = 64 held-out windows. `python bench_results/sashimi-tones.py RUN RUN_FLAT`.",
+        "(100-1000 Hz at 8 kHz, noise sigma 0.01), 1,024-sample windows, same data and optimiser (the steps "
+        "and training times are in the table; both runs on one thread each, side by side); "
+        f"test = 64 held-out windows. `{results['command']}`.",
         "",
         "| model | parameters | steps | train s | test bits/sample | val bits/sample |",
         "|---|---|---|---|---|---|",
