@@ -162,6 +162,41 @@ def test_classifier(pooling, tmp_path):
     torch.testing.assert_close(SequenceClassifier.load(tmp_path)(x, mask), out)
 
 
+def test_classifier_position_embeddings(tmp_path):
+    """Learned absolute positions (ViG's abs pos embed): each row's tokens at 0, 1, ... whether or not the batch
+    is padded; a sequence longer than the table is an error; the run config's key reaches the classifier."""
+    from types import SimpleNamespace
+
+    from seqzoo.train.build import build_model
+    from seqzoo.train.config import load_config
+
+    kwargs = dict(n_classes=2, vocab_size=20, d_model=16, n_layers=1, mixer="gla", bidirectional=True)
+    clf = SequenceClassifier(**kwargs, position_embeddings=9)
+    with torch.no_grad():
+        clf.position.weight.normal_()  # well away from the init's small scale
+    x = torch.randint(0, 20, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 5:] = False
+    torch.testing.assert_close(clf(x, mask)[0], clf(x[:1, :5])[0])  # packed: the row keeps positions 0..4
+    # Positions change what a sequence of one repeated token gives (without them, every position looks alike).
+    same = torch.full((1, 9), 3)
+    plain = SequenceClassifier(**kwargs)
+    plain.load_state_dict({k: v for k, v in clf.state_dict().items() if not k.startswith("position")})
+    assert not torch.allclose(clf(same), plain(same))
+    with pytest.raises(ValueError, match="10 positions, more than position_embeddings"):
+        clf(torch.randint(0, 20, (1, 10)))
+    clf.save(tmp_path)
+    torch.testing.assert_close(SequenceClassifier.load(tmp_path)(x, mask), clf(x, mask))
+    data = SimpleNamespace(seq_len=9, vocab_size=20, n_classes=2, pairs=False)
+    base = {"model": {"kind": "classifier", "d_model": 16, "n_layers": 1, "mixer": "gla"},
+            "data": {"source": "lra", "name": "pathfinder"}}  # fmt: skip
+    built = build_model(load_config(base, ["model.position_embeddings=9"]), data)
+    assert built.position.num_embeddings == 9
+    # An LM-only option is refused for a classifier, not dropped.
+    with pytest.raises(ValueError, match="model.tie_embeddings: a causal LM's option"):
+        build_model(load_config(base, ["model.tie_embeddings=false"]), data)
+
+
 def test_classifier_continuous_inputs_and_bidirectional_mixers():
     clf = SequenceClassifier(
         n_classes=2, d_input=3, d_model=16, n_layers=1, mixer="short_conv", bidirectional=False

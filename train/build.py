@@ -44,6 +44,8 @@ def model_config(config: RunConfig, seq_len: int) -> dict:
 
 
 SASHIMI_ONLY = ("pool", "expand", "ff")
+# The LM options a SequenceClassifier has no use for, at their defaults (set otherwise: an error, not ignored).
+LM_ONLY = {"tie_embeddings": True, "embed_dropout": 0.0, "embed_scale": 1.0, "logits_soft_cap": None}
 
 
 def sashimi_config(config: RunConfig, seq_len: int, vocab_size: int) -> SashimiConfig:
@@ -99,7 +101,14 @@ def build_model(config: RunConfig, data) -> torch.nn.Module:
                 "configured (a short convolution is causal: use_short_conv=false); set model.bidirectional to "
                 "false or auto"
             )
+        for key, default in LM_ONLY.items():
+            if model_cfg[key] != default:
+                raise ValueError(
+                    f"model.{key}: a causal LM's option; a classifier has none (got {model_cfg[key]!r}, leave it "
+                    f"at {default!r})"
+                )
         fields = {k: v for k, v in model_cfg.items() if k in BackboneConfig.model_fields}
+        fields["position_embeddings"] = model_cfg["position_embeddings"]
         return SequenceClassifier(
             ClassifierConfig(
                 **fields,

@@ -2,6 +2,7 @@
 
     logits = model(inputs, mask=None)      # inputs [B, T] token ids or [B, T, d_input] features
                                            # mask [B, T] bool, True on real (non-padding) positions
+``position_embeddings=P`` adds learned absolute positions (T <= P) to the input embeddings.
 Pooling: ``mean`` over unmasked positions, ``last`` unmasked position, or a learned ``cls`` token
 prepended to the sequence (pair it with ``bidirectional=True``, or a causal mixer never lets it see
 the sequence). ``bidirectional=True`` builds every mixer with ``bidirectional=True``.
@@ -40,6 +41,11 @@ class SequenceClassifier(nn.Module):
             self.encoder = nn.Embedding(config.vocab_size, config.d_model)
         else:
             self.encoder = nn.Linear(config.d_input, config.d_model)
+        # Learned absolute positions (ViG's and the LRA Transformer's), added to each row's embeddings before
+        # padding is cut, so a packed document's tokens keep their own positions 0, 1, ...
+        self.position = (
+            nn.Embedding(config.position_embeddings, config.d_model) if config.position_embeddings else None
+        )
         extra = {"bidirectional": True} if config.bidirectional else None
         self.backbone = Backbone(config, extra_mixer_kwargs=extra)
         self.cls_token = nn.Parameter(torch.zeros(config.d_model)) if config.pooling == "cls" else None
@@ -79,6 +85,12 @@ class SequenceClassifier(nn.Module):
                 f"mask must be a bool tensor of shape {(b, t)}, got {tuple(mask.shape)} {mask.dtype}"
             )
         h = self.encoder(inputs)
+        if self.position is not None:
+            if t > self.position.num_embeddings:
+                raise ValueError(
+                    f"inputs have {t} positions, more than position_embeddings ({self.position.num_embeddings})"
+                )
+            h = h + self.position.weight[:t].to(h.dtype)
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(b, 1, -1).to(h.dtype), h], dim=1)
             if mask is not None:

@@ -118,6 +118,12 @@ class ClassifierConfig(BackboneConfig):
         description="two towers (LRA retrieval): inputs [B, 2, T] encoded by the same backbone, pooled to u, v, "
         "classified from [u, v, u*v, u-v] by an MLP",
     )
+    position_embeddings: int = Field(
+        0,
+        ge=0,
+        description="learned absolute positions added to the input embeddings for up to this many tokens "
+        "(0: none; ViG's abs pos embed)",
+    )
 
     @model_validator(mode="after")
     def _one_input_kind(self):
