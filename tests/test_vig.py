@@ -291,6 +291,13 @@ def test_lra_image_tasks_give_vig_their_grid():
     assert build_config("pathx", "vig").model.mixer["image_size"] == [128, 128]
     assert "image_size" not in build_config("listops", "vig", cpu=True).model.mixer
     assert "image_size" not in build_config("pathfinder", "gla", cpu=True).model.mixer
+    # The task's norm, not the papers' per-token RMSNorm (bench_results/lra-norm-probe.md: with it no mixer
+    # leaves chance on the CPU budget); the block stays their pre-norm one.
+    # A longer memory at init than the papers' 16 (a 16-token half-life on 1,024-pixel sequences).
+    for mixer, normalizer in (("vig", "gate_logit_normalizer"), ("gla", "gate_normalizer")):
+        cfg = build_config("pathfinder", mixer, cpu=True)
+        assert (cfg.model.norm, cfg.model.block, cfg.model.mixer[normalizer]) == ("batch", "prenorm", 128.0)
+    assert build_config("image", "vig").model.norm == "layer"  # the S4 paper's image block
     cfg = build_config("pathfinder", "vig", cpu=True, overrides=["model.d_model=8", "model.n_layers=1"])
     clf = build_model(cfg, SimpleNamespace(seq_len=1024, vocab_size=256, n_classes=2, pairs=False))
     assert clf.config.bidirectional and clf.backbone.blocks[0].mixer.image_size == (32, 32)
