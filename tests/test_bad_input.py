@@ -264,6 +264,7 @@ CONFIG_CASES = {
     "train.keep_last": st.one_of(NON_POSITIVE_INT, st.booleans()),
     "train.threads": st.one_of(NON_POSITIVE_INT, st.booleans(), JUNK_TEXT),
     "train.early_stop_acc": st.one_of(NON_POSITIVE_FLOAT, st.floats(1.01, 5.0), NOT_FINITE),
+    "train.bn_stats_batches": st.one_of(NEGATIVE_INT, st.booleans(), st.floats(0.5, 10.5)),
     "log.every": st.one_of(NON_POSITIVE_INT, st.booleans()),
     "log.progress": NOT_BOOL,
     "log.tensorboard": NOT_BOOL,

@@ -221,3 +221,52 @@ def test_classifier_summary_reports_the_best_weights_test_accuracy(tmp_path):
     assert summary["final_test_acc"] == pytest.approx(final_acc)
     assert summary["test_acc"] == pytest.approx(by_hand(best, data.test)[1])
     assert summary["best_val_acc"] == pytest.approx(by_hand(best, data.val)[1])
+
+
+def test_recompute_bn_stats_sets_the_training_batches_statistics_and_frees_evaluation_from_stale_ones():
+    """train.bn_stats_batches: before evaluating, every BatchNorm's running mean and variance become the average
+    of its batch statistics over the first K training batches, whatever they were; momentum and mode return."""
+    from seqzoo.train.objectives import recompute_bn_stats
+
+    data = classification_data()
+    torch.manual_seed(0)
+    model = SequenceClassifier(
+        n_classes=3, vocab_size=V, d_model=16, n_layers=2, mixer="short_conv", bidirectional=False,
+        norm="batch", block="prenorm",
+    )  # fmt: skip
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms
+    # What each BatchNorm sees on each of the first two training batches of 4 (hooks, training mode).
+    seen = {id(m): [] for m in norms}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen[id(m)].append(i[0].detach())) for m in norms]
+    with torch.no_grad():
+        for x, mask, _ in data.batches(data.train, 4, 8):
+            model(x, mask=mask)
+    for h in hooks:
+        h.remove()
+    for m in norms:
+        m.running_mean.fill_(5.0)  # stale statistics, far from the data's
+        m.running_var.fill_(9.0)
+    model.eval()
+    objective = ClassifierObjective(batch_size=4, eval_batches=2)
+    stale = objective.evaluate(model, data, "cpu", NO_AUTOCAST)
+    objective.bn_stats_batches = 2
+    fresh = objective.evaluate(model, data, "cpu", NO_AUTOCAST)
+    assert all(m.momentum == 0.1 for m in norms)
+    for m in norms:
+        # [B, T, D] per batch (the packed classifier's BatchNorm reads [1, real tokens, D]): per-channel
+        # statistics of each batch, averaged over the two (variance unbiased, as BatchNorm keeps it).
+        per_batch = [t.flatten(0, 1).T for t in seen[id(m)]]
+        mean = torch.stack([t.mean(1) for t in per_batch]).mean(0)
+        var = torch.stack([t.var(1, unbiased=True) for t in per_batch]).mean(0)
+        torch.testing.assert_close(m.running_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.running_var, var, rtol=1e-5, atol=1e-6)
+    # The evaluation now reads those statistics: the same as a model whose running averages were good already.
+    model.eval()  # evaluate leaves the model training, as the loop wants it
+    loss, acc = by_hand(model, data.val)
+    assert fresh["val_loss"] == pytest.approx(loss, rel=1e-5) and fresh["val_acc"] == pytest.approx(acc)
+    assert stale["val_loss"] != pytest.approx(fresh["val_loss"], rel=1e-3)
+    model.eval()
+    assert recompute_bn_stats(model, data.batches(data.train, 4, 8), "cpu", NO_AUTOCAST) == len(norms)
+    assert not model.training  # the mode it was in
+    assert recompute_bn_stats(classifier(), data.batches(data.train, 4, 8), "cpu", NO_AUTOCAST) == 0  # no BN

@@ -294,6 +294,13 @@ class TrainSection(Section):
         description="on a CPU, keep freed memory in the process instead of returning it to the system "
         "(train/cpu_memory.py: fewer page faults, 10-25% faster steps for some mixers; same results)",
     )
+    bn_stats_batches: int = Field(
+        0,
+        ge=0,
+        description="classifiers with BatchNorm: before every evaluation, recompute its statistics over this many "
+        "training batches (the first, in file order) with the current weights (precise BN); 0: the running "
+        "averages of training",
+    )
     early_stop_acc: float | None = Field(
         None, gt=0, le=1, description="stop once validation accuracy reaches it"
     )
